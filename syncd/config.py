@@ -1,0 +1,525 @@
+"""Typed, frozen settings loaded from one YAML file and validated against one schema.
+
+The schema *is* the dataclasses below: every field's type, default and constraints live in one
+place. Loading walks the YAML document against them, rejects unknown keys, and collects every
+problem with its key path before raising a single :class:`~syncd.errors.ConfigError`.
+
+The API key is never read from the YAML: it comes from ``MAVI_API_KEY``, ``MAVI_API_KEY_FILE``,
+``api.key_file``, or ``$CREDENTIALS_DIRECTORY/mavi_api_key`` (systemd ``LoadCredential=``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import stat
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from syncd.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_PATH = "/etc/syncd/config.yaml"
+DEFAULT_BASE_URL = "https://mavi-backend.memories.ai/serve/api/v2"
+CREDENTIAL_NAME = "mavi_api_key"
+
+# Names that writers use while a file is incomplete: dotfiles (rsync's ``.name.XXXXXX``),
+# browser and torrent partials, editors' swap and lock files.
+DEFAULT_TEMP_PATTERNS: tuple[str, ...] = (
+    ".*",
+    "*.part",
+    "*.partial",
+    "*.tmp",
+    "*.crdownload",
+    "*.!qB",
+    "~$*",
+    "*.swp",
+)
+
+
+def _meta(doc: str, minimum: float | None = None, exclusive_min: bool = False) -> Any:
+    return {"doc": doc, "minimum": minimum, "exclusive_min": exclusive_min}
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    base_url: str = field(default=DEFAULT_BASE_URL, metadata=_meta("MAVI v2 base URL"))
+    key_file: str | None = field(
+        default=None, metadata=_meta("file holding the API key (MAVI_API_KEY env wins)")
+    )
+    upload_mode: Literal["direct", "signed_url", "auto"] = field(
+        default="auto", metadata=_meta("direct | signed_url | auto")
+    )
+    signed_url_min_bytes: int = field(
+        default=64 * 1024 * 1024, metadata=_meta("auto mode: signed URL at/above", minimum=0)
+    )
+    connect_timeout_s: float = field(
+        default=10.0, metadata=_meta("TCP+TLS connect timeout", minimum=0, exclusive_min=True)
+    )
+    read_timeout_s: float = field(
+        default=120.0,
+        metadata=_meta("longest silence while reading an answer", minimum=0, exclusive_min=True),
+    )
+    verify_tls: bool = field(default=True, metadata=_meta("verify the server's certificate"))
+
+
+@dataclass(frozen=True)
+class WatchRoot:
+    path: str = field(metadata=_meta("absolute path of a folder to watch"))
+    recursive: bool = field(default=True, metadata=_meta("watch sub-folders too"))
+    include: tuple[str, ...] = field(default=(), metadata=_meta("globs; empty means all"))
+    exclude: tuple[str, ...] = field(default=(), metadata=_meta("globs to ignore"))
+    polling: bool = field(default=False, metadata=_meta("poll instead of inotify (NFS/SMB)"))
+    follow_symlinks: bool = field(default=False, metadata=_meta("follow symlinks in this root"))
+
+
+@dataclass(frozen=True)
+class SettleConfig:
+    quiet_s: float = field(default=3.0, metadata=_meta("silence before a file is complete", 0))
+    max_wait_s: float = field(
+        default=86400.0,
+        metadata=_meta("give up on a file that never settles", minimum=0, exclusive_min=True),
+    )
+    temp_patterns: tuple[str, ...] = field(
+        default=DEFAULT_TEMP_PATTERNS, metadata=_meta("names of incomplete files")
+    )
+    check_open_writers: bool = field(
+        default=True, metadata=_meta("look in /proc for writers of scanned files")
+    )
+
+
+@dataclass(frozen=True)
+class LedgerConfig:
+    path: str = field(default="/var/lib/syncd/ledger.db", metadata=_meta("SQLite ledger file"))
+    backup_dir: str | None = field(default=None, metadata=_meta("where scheduled backups go"))
+    backup_interval_s: float = field(
+        default=86400.0, metadata=_meta("seconds between backups; 0 disables", minimum=0)
+    )
+    backup_keep: int = field(default=7, metadata=_meta("backups to keep", minimum=1))
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    rescan_interval_s: float = field(
+        default=3600.0, metadata=_meta("periodic rescan; 0 disables", minimum=0)
+    )
+    on_start: bool = field(default=True, metadata=_meta("scan every root at startup"))
+
+
+@dataclass(frozen=True)
+class UploadConfig:
+    workers: int = field(default=4, metadata=_meta("concurrent uploads", minimum=1))
+    hash_workers: int = field(default=2, metadata=_meta("concurrent hashing threads", minimum=1))
+    max_attempts: int = field(default=10, metadata=_meta("attempts before failed", minimum=1))
+    backoff_initial_s: float = field(
+        default=5.0, metadata=_meta("first retry delay", minimum=0, exclusive_min=True)
+    )
+    backoff_max_s: float = field(
+        default=3600.0, metadata=_meta("longest retry delay", minimum=0, exclusive_min=True)
+    )
+    reject_after: int = field(
+        default=3, metadata=_meta("400s while others succeed before rejected", minimum=1)
+    )
+    max_file_bytes: int | None = field(
+        default=None, metadata=_meta("skip larger files; null means no limit", minimum=1)
+    )
+
+
+@dataclass(frozen=True)
+class RateLimitsConfig:
+    upload_per_s: float = field(
+        default=1.0, metadata=_meta("upload request starts per second", 0, exclusive_min=True)
+    )
+    metadata_per_s: float = field(
+        default=1.0, metadata=_meta("metadata requests per second", 0, exclusive_min=True)
+    )
+    signed_url_per_s: float = field(
+        default=1.0, metadata=_meta("signed-URL allocations per second", 0, exclusive_min=True)
+    )
+    burst: int = field(default=1, metadata=_meta("bucket capacity", minimum=1))
+    cooldown_initial_s: float = field(
+        default=2.0, metadata=_meta("first cool-down after a 400/429", 0, exclusive_min=True)
+    )
+    cooldown_max_s: float = field(
+        default=300.0, metadata=_meta("longest cool-down", minimum=0, exclusive_min=True)
+    )
+
+
+@dataclass(frozen=True)
+class PollConfig:
+    initial_s: float = field(
+        default=5.0, metadata=_meta("first status poll after upload", 0, exclusive_min=True)
+    )
+    max_s: float = field(
+        default=3600.0, metadata=_meta("longest gap between polls", 0, exclusive_min=True)
+    )
+
+
+@dataclass(frozen=True)
+class ShutdownConfig:
+    grace_s: float = field(
+        default=20.0, metadata=_meta("time in-flight uploads get to finish", minimum=0)
+    )
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    listen: str | None = field(
+        default="127.0.0.1:9477",
+        metadata=_meta("HOST:PORT or unix:/path for /healthz, /metrics...; null disables"),
+    )
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = field(
+        default="info", metadata=_meta("log level")
+    )
+    format: Literal["auto", "text", "json"] = field(
+        default="auto", metadata=_meta("auto: text on a terminal, JSON lines otherwise")
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    watch: tuple[WatchRoot, ...] = field(default=(), metadata=_meta("folders to watch"))
+    api: ApiConfig = field(default_factory=ApiConfig, metadata=_meta("the remote API"))
+    settle: SettleConfig = field(default_factory=SettleConfig, metadata=_meta("completeness"))
+    ledger: LedgerConfig = field(default_factory=LedgerConfig, metadata=_meta("the ledger"))
+    scan: ScanConfig = field(default_factory=ScanConfig, metadata=_meta("rescans"))
+    upload: UploadConfig = field(default_factory=UploadConfig, metadata=_meta("uploads"))
+    rate_limits: RateLimitsConfig = field(
+        default_factory=RateLimitsConfig, metadata=_meta("request pacing")
+    )
+    poll: PollConfig = field(default_factory=PollConfig, metadata=_meta("status polling"))
+    shutdown: ShutdownConfig = field(default_factory=ShutdownConfig, metadata=_meta("shutdown"))
+    http: HttpConfig = field(default_factory=HttpConfig, metadata=_meta("local HTTP endpoint"))
+    log: LogConfig = field(default_factory=LogConfig, metadata=_meta("logging"))
+    # Where the settings came from; not a YAML key.
+    source: str = field(default="<defaults>", metadata={"internal": True})
+
+
+# --------------------------------------------------------------------------------------------
+# Validation: walk a YAML document against the dataclasses, collecting every problem.
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.items.append(f"{path or '<top>'}: {message}")
+
+
+_MISSING = object()
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    return {int: "integer", float: "number", str: "string", bool: "boolean"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _convert(value: Any, tp: Any, path: str, meta: Mapping[str, Any], problems: _Problems) -> Any:
+    """Given a YAML value and a target type, return the converted value or ``_MISSING``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        non_null = [a for a in args if a is not type(None)]
+        if len(non_null) == 1:
+            return _convert(value, non_null[0], path, meta, problems)
+        problems.add(path, f"expected {_type_name(tp)}")
+        return _MISSING
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            problems.add(path, f"expected one of {', '.join(map(str, allowed))}, got {value!r}")
+            return _MISSING
+        return value
+    if origin is tuple:
+        (item_tp, *_rest) = typing.get_args(tp)
+        if not isinstance(value, list):
+            problems.add(path, f"expected a list, got {_yaml_kind(value)}")
+            return _MISSING
+        items = [_convert(v, item_tp, f"{path}[{i}]", {}, problems) for i, v in enumerate(value)]
+        return _MISSING if any(i is _MISSING for i in items) else tuple(items)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path, problems)
+    if tp is bool:
+        if not isinstance(value, bool):
+            problems.add(path, f"expected true or false, got {_yaml_kind(value)}")
+            return _MISSING
+        return value
+    if tp is int or tp is float:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        if tp is float:
+            ok = ok or isinstance(value, float)
+        if not ok:
+            problems.add(path, f"expected {_type_name(tp)}, got {_yaml_kind(value)}")
+            return _MISSING
+        minimum = meta.get("minimum")
+        if minimum is not None:
+            if meta.get("exclusive_min") and value <= minimum:
+                problems.add(path, f"must be greater than {minimum}, got {value}")
+                return _MISSING
+            if value < minimum:
+                problems.add(path, f"must be at least {minimum}, got {value}")
+                return _MISSING
+        return tp(value)
+    if tp is str:
+        if not isinstance(value, str):
+            problems.add(path, f"expected a string, got {_yaml_kind(value)}")
+            return _MISSING
+        return value
+    raise TypeError(f"unsupported schema type {tp!r}")  # a bug in the schema, not in the input
+
+
+def _yaml_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean {value}"
+    if isinstance(value, int | float):
+        return f"number {value}"
+    if isinstance(value, str):
+        return f"string {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _build(cls: Any, data: Any, path: str, problems: _Problems) -> Any:
+    if not isinstance(data, dict):
+        problems.add(path, f"expected a mapping, got {_yaml_kind(data)}")
+        return _MISSING
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs: dict[str, Any] = {}
+    ok = True
+    for key in data:
+        if key not in fields:
+            near = ", ".join(sorted(fields))
+            problems.add(_join(path, str(key)), f"unknown key (known here: {near})")
+            ok = False
+    for name, f in fields.items():
+        sub = _join(path, name)
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                problems.add(sub, "required key is missing")
+                ok = False
+            continue
+        value = _convert(data[name], hints[name], sub, f.metadata, problems)
+        if value is _MISSING:
+            ok = False
+        else:
+            kwargs[name] = value
+    return cls(**kwargs) if ok else _MISSING
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _check_semantics(cfg: Config, problems: _Problems) -> None:
+    """Cross-field rules the types cannot express."""
+    if not cfg.api.base_url.startswith(("http://", "https://")):
+        problems.add("api.base_url", "must start with http:// or https://")
+    if cfg.upload.backoff_initial_s > cfg.upload.backoff_max_s:
+        problems.add("upload.backoff_initial_s", "must not exceed upload.backoff_max_s")
+    if cfg.rate_limits.cooldown_initial_s > cfg.rate_limits.cooldown_max_s:
+        problems.add("rate_limits.cooldown_initial_s", "must not exceed rate_limits.cooldown_max_s")
+    if cfg.poll.initial_s > cfg.poll.max_s:
+        problems.add("poll.initial_s", "must not exceed poll.max_s")
+    for i, root in enumerate(cfg.watch):
+        if not os.path.isabs(root.path):
+            problems.add(f"watch[{i}].path", f"must be an absolute path, got {root.path!r}")
+    seen: dict[str, int] = {}
+    for i, root in enumerate(cfg.watch):
+        norm = os.path.normpath(root.path)
+        if norm in seen:
+            problems.add(f"watch[{i}].path", f"same folder as watch[{seen[norm]}].path")
+        seen.setdefault(norm, i)
+    for key, value in (("ledger.path", cfg.ledger.path), ("api.key_file", cfg.api.key_file)):
+        if value is not None and not os.path.isabs(value):
+            problems.add(key, f"must be an absolute path, got {value!r}")
+    if cfg.ledger.backup_dir is not None and not os.path.isabs(cfg.ledger.backup_dir):
+        problems.add(
+            "ledger.backup_dir", f"must be an absolute path, got {cfg.ledger.backup_dir!r}"
+        )
+    if cfg.http.listen is not None:
+        listen = cfg.http.listen
+        if listen.startswith("unix:"):
+            if not os.path.isabs(listen[5:]):
+                problems.add("http.listen", "unix socket path must be absolute")
+        else:
+            host, sep, port = listen.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+                problems.add("http.listen", f"expected HOST:PORT or unix:/path, got {listen!r}")
+
+
+def parse_config(data: Any, source: str) -> Config:
+    """Validate a parsed YAML document.
+
+    Given the document (``None`` for an empty file) and a name for messages; returns the
+    frozen :class:`Config`; raises :class:`ConfigError` listing every problem.
+    """
+    problems = _Problems()
+    cfg = _build(Config, {} if data is None else data, "", problems)
+    if cfg is not _MISSING:
+        _check_semantics(cfg, problems)
+    if problems.items:
+        raise ConfigError(source, problems.items)
+    result: Config = dataclasses.replace(cfg, source=source)
+    return result
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a YAML config file.
+
+    Given its path; returns the :class:`Config`; raises :class:`ConfigError` for an unreadable
+    file, invalid YAML (with line and column) or any schema problem.
+    """
+    name = os.fspath(path)
+    try:
+        text = Path(name).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(name, [f"<file>: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(name, [f"<file>: not UTF-8 text ({exc.reason})"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(name, [f"<yaml>: invalid YAML at {where}: {what}"]) from None
+    return parse_config(data, name)
+
+
+def config_path_from(cli_value: str | None) -> str:
+    """Return the config path: the ``-c`` value, else ``$SYNCD_CONFIG``, else the default."""
+    return cli_value or os.environ.get("SYNCD_CONFIG") or DEFAULT_CONFIG_PATH
+
+
+# --------------------------------------------------------------------------------------------
+# The API key: never in the YAML, never logged.
+
+
+def _clean_key(raw: str, origin: str) -> str:
+    key = raw.strip()
+    if key.lower().startswith("bearer "):
+        log.warning("the API key from %s starts with 'Bearer '; syncd strips it", origin)
+        key = key[7:].strip()
+    return key
+
+
+def _read_key_file(path: str, origin: str) -> str:
+    try:
+        st = os.stat(path)
+        with open(path, encoding="utf-8") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise ConfigError(origin, [f"cannot read key file {path}: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(origin, [f"key file {path} is not UTF-8 text"]) from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning(
+            "key file %s is readable by group or others (mode %o); fix with: chmod 600 %s",
+            path,
+            stat.S_IMODE(st.st_mode),
+            path,
+        )
+    return _clean_key(raw, f"key file {path}")
+
+
+def resolve_api_key(cfg: Config, env: Mapping[str, str] | None = None) -> str:
+    """Find the API key.
+
+    Given the config and the environment (default ``os.environ``); looks in order at
+    ``MAVI_API_KEY``, ``MAVI_API_KEY_FILE``, ``api.key_file`` and
+    ``$CREDENTIALS_DIRECTORY/mavi_api_key``. Returns the key, stripped of whitespace and of a
+    ``Bearer`` prefix; raises :class:`ConfigError` when none is found or it is empty.
+    """
+    env = os.environ if env is None else env
+    if env.get("MAVI_API_KEY", "").strip():
+        key = _clean_key(env["MAVI_API_KEY"], "MAVI_API_KEY")
+    elif env.get("MAVI_API_KEY_FILE"):
+        key = _read_key_file(env["MAVI_API_KEY_FILE"], "MAVI_API_KEY_FILE")
+    elif cfg.api.key_file:
+        key = _read_key_file(cfg.api.key_file, f"{cfg.source}: api.key_file")
+    elif env.get("CREDENTIALS_DIRECTORY") and os.path.exists(
+        os.path.join(env["CREDENTIALS_DIRECTORY"], CREDENTIAL_NAME)
+    ):
+        key = _read_key_file(
+            os.path.join(env["CREDENTIALS_DIRECTORY"], CREDENTIAL_NAME), "systemd credential"
+        )
+    else:
+        raise ConfigError(
+            cfg.source,
+            [
+                "no API key: set MAVI_API_KEY, or api.key_file, or a systemd credential "
+                f"named {CREDENTIAL_NAME}"
+            ],
+        )
+    if not key:
+        raise ConfigError(cfg.source, ["the API key is empty"])
+    return key
+
+
+def effective_config(cfg: Config) -> dict[str, Any]:
+    """Return the settings as plain data (for ``syncd config check``); holds no key."""
+    data = dataclasses.asdict(cfg)
+    data.pop("source", None)
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    result: dict[str, Any] = plain(data)
+    return result
+
+
+def schema_docs() -> list[tuple[str, str, str]]:
+    """Return ``(key path, type, doc)`` for every key, for docs and the example-config test."""
+    rows: list[tuple[str, str, str]] = []
+
+    def walk(cls: Any, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("internal"):
+                continue
+            tp = hints[f.name]
+            path = _join(prefix, f.name)
+            rows.append((path, _type_name(tp), f.metadata.get("doc", "")))
+            inner = typing.get_args(tp)[0] if typing.get_origin(tp) is tuple else tp
+            if dataclasses.is_dataclass(inner):
+                walk(inner, path + ("[]" if inner is not tp else ""))
+
+    walk(Config, "")
+    return rows
