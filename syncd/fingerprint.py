@@ -22,8 +22,5 @@ class Fingerprint(NamedTuple):
 
     @classmethod
     def stat(cls, path: str | bytes) -> Fingerprint:
-        """Stat ``path`` (without following a final symlink's target? no: following it).
-
-        Returns its fingerprint; raises ``OSError`` as ``os.stat`` does.
-        """
+        """Stat ``path``, following symlinks; returns its fingerprint; raises ``OSError``."""
         return cls.of(os.stat(path))
