@@ -1,0 +1,1017 @@
+"""The ledger: one SQLite file (WAL) mapping content hashes to remote assets, and paths to contents.
+
+The ledger is the queue: contents due for upload or polling are rows, not objects in memory.
+Every state change is one committed transaction, written before the step that depends on it.
+One daemon owns a ledger at a time (an ``flock`` on ``<ledger>.lock`` holding its pid); command
+line tools open it read-only, or write through short transactions of their own.
+
+Paths are ``str`` in Python (``os.fsdecode``, so undecodable bytes survive as surrogates) and
+stored as BLOBs of the exact on-disk bytes. Times are wall-clock epoch seconds (``time.time``).
+The schema, states and transitions are documented in ``docs/ledger.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+from urllib.parse import quote
+
+import aiosqlite
+
+from syncd.errors import LedgerCorrupt, LedgerError, LedgerLocked, LedgerUnwritable
+from syncd.fingerprint import Fingerprint
+from syncd.migrations import migrate
+
+ContentState = Literal[
+    "pending", "allocated", "uploading", "uploaded", "done", "failed", "rejected"
+]
+PathState = Literal["present", "gone", "skipped", "unsettled", "error"]
+CONTENT_STATES: tuple[ContentState, ...] = (
+    "pending",
+    "allocated",
+    "uploading",
+    "uploaded",
+    "done",
+    "failed",
+    "rejected",
+)
+PATH_STATES: tuple[PathState, ...] = ("present", "gone", "skipped", "unsettled", "error")
+
+_T = TypeVar("_T")
+
+# SQLite's default limit on host parameters is 999 in old builds; stay under it.
+_IN_CHUNK = 900
+
+
+def _b(path: str) -> bytes:
+    return os.fsencode(path)
+
+
+def _s(blob: bytes | str) -> str:
+    return os.fsdecode(blob) if isinstance(blob, bytes) else blob
+
+
+@dataclass(frozen=True, slots=True)
+class PathRecord:
+    """One path as the ledger knows it."""
+
+    path: str
+    root: str
+    state: PathState
+    sha256: str | None
+    reason: str | None
+    fingerprint: Fingerprint | None
+    open_since: float | None
+    first_seen: float
+    last_seen: float
+    gone_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    """One content (distinct bytes) and its remote asset."""
+
+    sha256: str
+    size: int
+    extension: str
+    state: ContentState
+    asset_id: str | None
+    remote_status: str | None
+    upload_mode: str | None
+    signed_url: str | None
+    signed_url_expires_at: float | None
+    attempts: int
+    throttle_count: int
+    remote_failures: int
+    possible_duplicates: int
+    last_error: str | None
+    next_attempt_at: float
+    next_poll_at: float | None
+    polls: int
+    created_at: float
+    updated_at: float
+    uploaded_at: float | None
+    done_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A content due for upload, with one present path that holds it (None if none does)."""
+
+    content: Content
+    path: str | None
+    fingerprint: Fingerprint | None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One upload attempt, the audit trail behind ``syncd show``."""
+
+    id: int
+    sha256: str
+    path: str | None
+    mode: str
+    asset_id: str | None
+    started_at: float
+    ended_at: float | None
+    outcome: str | None
+    http_status: int | None
+    bytes_sent: int | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryReport:
+    """What startup recovery found and did."""
+
+    interrupted_direct: int  # back to pending, counted as possible remote duplicates
+    resumed_signed_url: int  # back to allocated, resumed on the same asset id
+    polls_rescheduled: int
+
+
+_CONTENT_COLS = ", ".join(Content.__slots__)
+_PATH_COLS = (
+    "path, root, state, sha256, reason, dev, ino, size, mtime_ns, ctime_ns, open_since, "
+    "first_seen, last_seen, gone_at"
+)
+_ATTEMPT_COLS = ", ".join(Attempt.__slots__)
+
+
+def _content(row: Sequence[Any]) -> Content:
+    return Content(*row)
+
+
+def _path(row: Sequence[Any]) -> PathRecord:
+    fp = None if row[5] is None else Fingerprint(row[5], row[6], row[7], row[8], row[9])
+    return PathRecord(
+        _s(row[0]), row[1], row[2], row[3], row[4], fp, row[10], row[11], row[12], row[13]
+    )
+
+
+def _attempt(row: Sequence[Any]) -> Attempt:
+    values = list(row)
+    values[2] = None if row[2] is None else _s(row[2])
+    return Attempt(*values)
+
+
+def classify_sqlite_error(exc: sqlite3.Error, path: str) -> LedgerError:
+    """Given a sqlite3 error, return the ledger error a user should see (one line)."""
+    text = str(exc)
+    low = text.lower()
+    if "not a database" in low or "malformed" in low or "corrupt" in low:
+        return LedgerCorrupt(path, text)
+    if "full" in low:
+        return LedgerUnwritable(f"ledger {path}: disk full ({text}); free space to continue")
+    if "readonly" in low or "read-only" in low:
+        return LedgerUnwritable(f"ledger {path} is read-only ({text})")
+    if "unable to open" in low:
+        return LedgerUnwritable(f"cannot open ledger {path} ({text}); check the folder exists")
+    if "locked" in low or "busy" in low:
+        return LedgerError(f"ledger {path} is locked by another process ({text})")
+    return LedgerError(f"ledger {path}: {text}")
+
+
+class LedgerLock:
+    """Exclusive ownership of a ledger by one daemon: ``flock`` on ``<ledger>.lock``.
+
+    The lock file holds the owner's pid so a second daemon can name it. The kernel drops the lock
+    when the process dies, so a stale file never blocks a restart.
+    """
+
+    def __init__(self, ledger_path: str) -> None:
+        self.path = ledger_path + ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock; raises :class:`LedgerLocked` naming the holder's pid if it is held."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise LedgerLocked(self.path[: -len(".lock")], holder_pid(self.path)) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        """Drop the lock (the file stays; its content no longer matters)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def holder_pid(lock_path: str) -> int | None:
+    """Return the pid of the daemon holding ``lock_path``, or None if nobody holds it."""
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            text = os.read(fd, 32).decode("ascii", "replace").strip()
+            return int(text) if text.isdigit() else 0
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def prepare_ledger_dir(path: str) -> None:
+    """Create the ledger's folder (0700) and file (0600) if missing; raises LedgerUnwritable."""
+    folder = os.path.dirname(path) or "."
+    try:
+        if not os.path.isdir(folder):
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.close(fd)
+    except OSError as exc:
+        raise LedgerUnwritable(f"cannot create ledger {path}: {exc.strerror or exc}") from None
+
+
+class Ledger:
+    """Async access to the ledger through one aiosqlite connection.
+
+    Use :meth:`open`; every public coroutine is one transaction (serialised by a lock so readers
+    never see another coroutine's half-written transaction on the shared connection).
+    """
+
+    def __init__(self, db: aiosqlite.Connection, path: str, clock: Callable[[], float]) -> None:
+        self._db = db
+        self.path = path
+        self._clock = clock
+        self._lock = asyncio.Lock()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @classmethod
+    async def open(
+        cls,
+        path: str,
+        *,
+        readonly: bool = False,
+        check: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> Ledger:
+        """Open (creating and migrating unless ``readonly``) the ledger at ``path``.
+
+        ``check`` runs SQLite's ``quick_check`` first. Returns the open ledger; raises
+        :class:`LedgerCorrupt` for a damaged file, :class:`LedgerUnwritable` when it cannot be
+        created or written, :class:`LedgerError` for anything else.
+        """
+        if readonly:
+            if not await asyncio.to_thread(os.path.exists, path):
+                raise LedgerError(f"no ledger at {path} (has the daemon run with this config?)")
+            target, uri = f"file:{_uri_path(path)}?mode=ro", True
+        else:
+            prepare_ledger_dir(path)
+            target, uri = path, False
+        try:
+            db = await aiosqlite.connect(target, uri=uri, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise classify_sqlite_error(exc, path) from None
+        ledger = cls(db, path, clock)
+        try:
+            await db.execute("PRAGMA busy_timeout = 5000")
+            if check:
+                problems = await ledger.integrity_problems(quick=True)
+                if problems:
+                    raise LedgerCorrupt(path, "; ".join(problems[:3]))
+            if not readonly:
+                await db.execute("PRAGMA journal_mode = WAL")
+                await db.execute("PRAGMA synchronous = NORMAL")
+                await db.execute("PRAGMA foreign_keys = ON")
+                await migrate(db, clock())
+        except sqlite3.Error as exc:
+            await db.close()
+            raise classify_sqlite_error(exc, path) from None
+        except BaseException:
+            await db.close()
+            raise
+        return ledger
+
+    async def close(self) -> None:
+        """Checkpoint and close the connection."""
+        async with self._lock:
+            with contextlib.suppress(sqlite3.Error):
+                await self._db.execute("PRAGMA optimize")
+            await self._db.close()
+
+    async def integrity_problems(self, *, quick: bool = False) -> list[str]:
+        """Run SQLite's integrity check; returns its complaints (empty when the file is sound)."""
+        pragma = "quick_check" if quick else "integrity_check"
+        async with self._db.execute(f"PRAGMA {pragma}") as cur:
+            rows = [r[0] for r in await cur.fetchall()]
+        return [] if rows == ["ok"] else rows
+
+    async def backup(self, dest: str) -> None:
+        """Write a consistent online copy of the ledger to ``dest`` (mode 0600).
+
+        Raises :class:`LedgerUnwritable` if ``dest`` exists or cannot be written.
+        """
+        if await asyncio.to_thread(os.path.exists, dest):
+            raise LedgerUnwritable(f"backup target {dest} already exists")
+        await asyncio.to_thread(prepare_ledger_dir, dest)
+        os.unlink(dest)  # VACUUM INTO wants to create the file itself; the folder is ready
+        old = os.umask(0o077)
+        try:
+            async with self._lock:
+                await self._db.execute("VACUUM INTO ?", (dest,))
+        except sqlite3.Error as exc:
+            raise LedgerUnwritable(f"backup to {dest} failed: {exc}") from None
+        finally:
+            os.umask(old)
+        os.chmod(dest, 0o600)
+
+    @contextlib.asynccontextmanager
+    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            try:
+                await self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise classify_sqlite_error(exc, self.path) from None
+            try:
+                yield self._db
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    await self._db.execute("ROLLBACK")
+                raise
+            try:
+                await self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    await self._db.execute("ROLLBACK")
+                raise classify_sqlite_error(exc, self.path) from None
+
+    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        async with self._lock:
+            try:
+                async with self._db.execute(sql, params) as cur:
+                    return list(await cur.fetchall())
+            except sqlite3.Error as exc:
+                raise classify_sqlite_error(exc, self.path) from None
+
+    async def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement in its own transaction; returns the number of rows changed."""
+        try:
+            async with self._tx() as db:
+                cur = await db.execute(sql, params)
+                return cur.rowcount
+        except sqlite3.Error as exc:
+            raise classify_sqlite_error(exc, self.path) from None
+
+    # ---------------------------------------------------------------- key/value
+
+    async def get_kv(self, key: str) -> Any:
+        """Return the JSON value stored under ``key``, or None."""
+        rows = await self._read("SELECT value FROM kv WHERE key = ?", (key,))
+        return json.loads(rows[0][0]) if rows else None
+
+    async def set_kv(self, key: str, value: Any) -> None:
+        """Store a JSON-serialisable ``value`` under ``key``."""
+        await self._write(
+            "INSERT INTO kv (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, json.dumps(value)),
+        )
+
+    # ---------------------------------------------------------------- paths
+
+    async def get_path(self, path: str) -> PathRecord | None:
+        """Return the ledger's record of ``path``, or None."""
+        rows = await self._read(f"SELECT {_PATH_COLS} FROM paths WHERE path = ?", (_b(path),))
+        return _path(rows[0]) if rows else None
+
+    async def get_paths(self, paths: Sequence[str]) -> dict[str, PathRecord]:
+        """Return the records of those of ``paths`` the ledger knows (one query per 900)."""
+        found: dict[str, PathRecord] = {}
+        for i in range(0, len(paths), _IN_CHUNK):
+            chunk = [_b(p) for p in paths[i : i + _IN_CHUNK]]
+            marks = ",".join("?" * len(chunk))
+            rows = await self._read(
+                f"SELECT {_PATH_COLS} FROM paths WHERE path IN ({marks})",
+                chunk,
+            )
+            for row in rows:
+                rec = _path(row)
+                found[rec.path] = rec
+        return found
+
+    async def touch_paths(self, paths: Iterable[str]) -> None:
+        """Mark ``paths`` as seen now, unchanged (a rescan found the fingerprint the ledger has).
+
+        A path that was gone and is back with the same bytes is present again, and a content
+        parked for want of a present path becomes due again.
+        """
+        now = self._clock()
+        rows = [(now, _b(p)) for p in paths]
+        if not rows:
+            return
+        async with self._tx() as db:
+            await db.executemany(
+                "UPDATE paths SET last_seen = ?1, "
+                "gone_at = CASE WHEN state = 'gone' AND sha256 IS NOT NULL THEN NULL "
+                "ELSE gone_at END, "
+                "state = CASE WHEN state = 'gone' AND sha256 IS NOT NULL THEN 'present' "
+                "ELSE state END WHERE path = ?2",
+                rows,
+            )
+            await db.executemany(
+                "UPDATE contents SET next_attempt_at = ?1 WHERE last_error LIKE 'no present path%' "
+                "AND state IN ('pending', 'allocated') "
+                "AND sha256 = (SELECT sha256 FROM paths WHERE path = ?2)",
+                rows,
+            )
+
+    async def record_content(
+        self,
+        path: str,
+        root: str,
+        fingerprint: Fingerprint,
+        sha256: str,
+        extension: str,
+    ) -> Content:
+        """Record that ``path`` holds the content ``sha256`` (hashed with ``fingerprint``).
+
+        Creates the content as ``pending`` (due now) if it is new; a known content is not
+        uploaded again. A content waiting for a present path becomes due again. Returns the
+        content as it now stands.
+        """
+        now = self._clock()
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT INTO contents (sha256, size, extension, state, next_attempt_at, "
+                "created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?) "
+                "ON CONFLICT (sha256) DO NOTHING",
+                (sha256, fingerprint.size, extension, now, now, now),
+            )
+            await db.execute(
+                "UPDATE contents SET next_attempt_at = ?, updated_at = ? "
+                "WHERE sha256 = ? AND state IN ('pending', 'allocated') AND next_attempt_at > ? "
+                "AND last_error LIKE 'no present path%'",
+                (now, now, sha256, now),
+            )
+            await self._upsert_path(db, path, root, "present", sha256, None, fingerprint, now)
+            await db.execute(
+                "INSERT INTO holdings (sha256, path, first_seen, last_seen) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (sha256, path) DO UPDATE SET last_seen = excluded.last_seen",
+                (sha256, _b(path), now, now),
+            )
+            async with db.execute(
+                f"SELECT {_CONTENT_COLS} FROM contents WHERE sha256 = ?", (sha256,)
+            ) as cur:
+                row = await cur.fetchone()
+        return _content(_must(row))
+
+    async def record_path_state(
+        self,
+        path: str,
+        root: str,
+        state: PathState,
+        reason: str | None,
+        fingerprint: Fingerprint | None = None,
+        open_since: float | None = None,
+    ) -> None:
+        """Record a path that holds no uploadable content: skipped, unsettled, error or gone."""
+        now = self._clock()
+        async with self._tx() as db:
+            await self._upsert_path(
+                db, path, root, state, None, reason, fingerprint, now, open_since=open_since
+            )
+
+    async def _upsert_path(
+        self,
+        db: aiosqlite.Connection,
+        path: str,
+        root: str,
+        state: PathState,
+        sha256: str | None,
+        reason: str | None,
+        fp: Fingerprint | None,
+        now: float,
+        *,
+        open_since: float | None = None,
+    ) -> None:
+        dev, ino, size, mtime, ctime = fp if fp is not None else (None,) * 5
+        gone_at = now if state == "gone" else None
+        await db.execute(
+            "INSERT INTO paths (path, root, state, sha256, reason, dev, ino, size, mtime_ns, "
+            "ctime_ns, open_since, first_seen, last_seen, gone_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (path) DO UPDATE SET root = excluded.root, state = excluded.state, "
+            "sha256 = excluded.sha256, reason = excluded.reason, dev = excluded.dev, "
+            "ino = excluded.ino, size = excluded.size, mtime_ns = excluded.mtime_ns, "
+            "ctime_ns = excluded.ctime_ns, open_since = excluded.open_since, "
+            "last_seen = excluded.last_seen, gone_at = excluded.gone_at",
+            (
+                _b(path),
+                root,
+                state,
+                sha256,
+                reason,
+                dev,
+                ino,
+                size,
+                mtime,
+                ctime,
+                open_since,
+                now,
+                now,
+                gone_at,
+            ),
+        )
+
+    async def set_open_since(self, path: str, since: float | None) -> None:
+        """Note that a known ``path`` is (``since`` given) or is no longer open for writing."""
+        await self._write("UPDATE paths SET open_since = ? WHERE path = ?", (since, _b(path)))
+
+    async def mark_gone(self, path: str) -> None:
+        """Record that ``path`` was deleted or moved away (its content's record stays)."""
+        now = self._clock()
+        await self._write(
+            "UPDATE paths SET state = 'gone', gone_at = ?, last_seen = ?, open_since = NULL "
+            "WHERE path = ? AND state != 'gone'",
+            (now, now, _b(path)),
+        )
+
+    async def sweep_gone(self, root: str, seen_before: float) -> int:
+        """After a complete scan of ``root``, mark gone its paths not seen since ``seen_before``.
+
+        Only call this when the root was available for the whole scan: a vanished root must never
+        be taken to mean its files were deleted. Returns the number of paths marked gone.
+        """
+        now = self._clock()
+        return await self._write(
+            "UPDATE paths SET state = 'gone', gone_at = ?, open_since = NULL "
+            "WHERE root = ? AND state != 'gone' AND last_seen < ?",
+            (now, root, seen_before),
+        )
+
+    async def forget_path(self, path: str) -> bool:
+        """Stop tracking ``path`` (the content and the remote asset stay). Returns True if known."""
+        return await self._write("DELETE FROM paths WHERE path = ?", (_b(path),)) > 0
+
+    # ---------------------------------------------------------------- contents
+
+    async def get_content(self, sha256: str) -> Content | None:
+        """Return the content with this exact hash, or None."""
+        rows = await self._read(f"SELECT {_CONTENT_COLS} FROM contents WHERE sha256 = ?", (sha256,))
+        return _content(rows[0]) if rows else None
+
+    async def find_contents(self, key: str) -> list[Content]:
+        """Return contents whose sha256 starts with ``key`` (4+ hex digits) or whose current or
+        superseded asset id is ``key``."""
+        key = key.strip()
+        rows = await self._read(
+            f"SELECT {_CONTENT_COLS} FROM contents WHERE asset_id = ? OR sha256 IN "
+            "(SELECT sha256 FROM superseded_assets WHERE asset_id = ?)",
+            (key, key),
+        )
+        if not rows and len(key) >= 4 and all(ch in "0123456789abcdefABCDEF" for ch in key):
+            rows = await self._read(
+                f"SELECT {_CONTENT_COLS} FROM contents WHERE sha256 >= ? AND sha256 < ? LIMIT 20",
+                (key.lower(), key.lower() + "g"),
+            )
+        return [_content(r) for r in rows]
+
+    async def paths_of(self, sha256: str) -> list[tuple[str, PathRecord | None]]:
+        """Every path that ever held ``sha256``, with its current record (None if forgotten)."""
+        rows = await self._read(
+            "SELECT h.path, " + ", ".join(f"p.{c.strip()}" for c in _PATH_COLS.split(",")) + " "
+            "FROM holdings h LEFT JOIN paths p ON p.path = h.path "
+            "WHERE h.sha256 = ? ORDER BY h.first_seen",
+            (sha256,),
+        )
+        return [(_s(r[0]), None if r[1] is None else _path(r[1:])) for r in rows]
+
+    async def attempts_of(self, sha256: str) -> list[Attempt]:
+        """Every upload attempt of ``sha256``, oldest first."""
+        rows = await self._read(
+            f"SELECT {_ATTEMPT_COLS} FROM attempts WHERE sha256 = ? ORDER BY id", (sha256,)
+        )
+        return [_attempt(r) for r in rows]
+
+    async def due_jobs(self, limit: int, exclude: Iterable[str] = ()) -> list[Job]:
+        """Return up to ``limit`` contents due for upload now, oldest due first.
+
+        ``exclude`` names contents already in flight. A due content with no present path is
+        parked (``last_error`` says why) until a path holding it appears again.
+        """
+        now = self._clock()
+        skip = set(exclude)
+        rows = await self._read(
+            f"SELECT {', '.join('c.' + c for c in Content.__slots__)}, "
+            "(SELECT p.path FROM paths p WHERE p.sha256 = c.sha256 AND p.state = 'present' "
+            " ORDER BY p.last_seen DESC LIMIT 1) AS path "
+            "FROM contents c WHERE c.state IN ('pending', 'allocated') "
+            "AND c.next_attempt_at <= ? ORDER BY c.next_attempt_at LIMIT ?",
+            (now, limit + len(skip)),
+        )
+        jobs: list[Job] = []
+        orphans: list[str] = []
+        for row in rows:
+            content = _content(row[:-1])
+            if content.sha256 in skip:
+                continue
+            if row[-1] is None:
+                orphans.append(content.sha256)
+                continue
+            rec = await self.get_path(_s(row[-1]))
+            jobs.append(Job(content, _s(row[-1]), rec.fingerprint if rec else None))
+            if len(jobs) >= limit:
+                break
+        if orphans:
+            async with self._tx() as db:
+                await db.executemany(
+                    "UPDATE contents SET next_attempt_at = ?, last_error = "
+                    "'no present path holds this content' WHERE sha256 = ?",
+                    [(now + 365 * 86400, s) for s in orphans],
+                )
+        return jobs
+
+    async def next_due_at(self) -> float | None:
+        """When the next content becomes due for upload (None if none is waiting)."""
+        rows = await self._read(
+            "SELECT MIN(next_attempt_at) FROM contents WHERE state IN ('pending', 'allocated')"
+        )
+        return rows[0][0] if rows else None
+
+    async def begin_attempt(
+        self, sha256: str, path: str, mode: str, asset_id: str | None = None
+    ) -> int:
+        """Mark ``sha256`` as uploading and open an attempt row. Returns the attempt id.
+
+        Committed before the first byte is sent, so a crash in flight is seen on restart.
+        """
+        now = self._clock()
+        async with self._tx() as db:
+            await db.execute(
+                "UPDATE contents SET state = 'uploading', upload_mode = ?, updated_at = ? "
+                "WHERE sha256 = ?",
+                (mode, now, sha256),
+            )
+            cur = await db.execute(
+                "INSERT INTO attempts (sha256, path, mode, asset_id, started_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (sha256, _b(path), mode, asset_id, now),
+            )
+            attempt_id = cur.lastrowid
+        return _must(attempt_id)
+
+    async def allocate(
+        self, sha256: str, asset_id: str, url: str, expires_at: float, attempt_id: int
+    ) -> None:
+        """Record a signed-URL asset allocated for ``sha256``, before any byte moves."""
+        now = self._clock()
+        async with self._tx() as db:
+            await db.execute(
+                "UPDATE contents SET state = 'allocated', asset_id = ?, signed_url = ?, "
+                "signed_url_expires_at = ?, upload_mode = 'signed_url', remote_status = "
+                "'WAITING', updated_at = ? WHERE sha256 = ?",
+                (asset_id, url, expires_at, now, sha256),
+            )
+            await db.execute(
+                "UPDATE attempts SET asset_id = ? WHERE id = ?", (asset_id, attempt_id)
+            )
+
+    async def mark_sending(self, sha256: str) -> None:
+        """A signed-URL content goes from allocated to uploading (bytes start moving)."""
+        await self._write(
+            "UPDATE contents SET state = 'uploading', updated_at = ? WHERE sha256 = ?",
+            (self._clock(), sha256),
+        )
+
+    async def finish_upload(
+        self,
+        sha256: str,
+        attempt_id: int,
+        asset_id: str,
+        *,
+        bytes_sent: int,
+        http_status: int | None,
+        next_poll_at: float,
+    ) -> None:
+        """The API answered with ``asset_id`` for exactly ``sha256``'s bytes: uploaded."""
+        now = self._clock()
+        async with self._tx() as db:
+            await db.execute(
+                "UPDATE contents SET state = 'uploaded', asset_id = ?, remote_status = "
+                "COALESCE(remote_status, 'WAITING'), signed_url = NULL, "
+                "signed_url_expires_at = NULL, attempts = attempts + 1, last_error = NULL, "
+                "uploaded_at = ?, updated_at = ?, next_poll_at = ?, polls = 0 WHERE sha256 = ?",
+                (asset_id, now, now, next_poll_at, sha256),
+            )
+            await db.execute(
+                "UPDATE attempts SET ended_at = ?, outcome = 'ok', asset_id = ?, "
+                "http_status = ?, bytes_sent = ? WHERE id = ?",
+                (now, asset_id, http_status, bytes_sent, attempt_id),
+            )
+
+    async def accepted_since(self, mode: str, since: float, other_than: str) -> bool:
+        """Whether another content's upload in ``mode`` succeeded after ``since``."""
+        rows = await self._read(
+            "SELECT EXISTS (SELECT 1 FROM attempts WHERE outcome = 'ok' AND mode = ? "
+            "AND sha256 != ? AND ended_at > ?)",
+            (mode, other_than, since),
+        )
+        return bool(rows[0][0])
+
+    async def retry_later(
+        self,
+        sha256: str,
+        attempt_id: int | None,
+        *,
+        outcome: str,
+        error: str,
+        next_attempt_at: float,
+        http_status: int | None = None,
+        bytes_sent: int | None = None,
+        count_attempt: bool = True,
+        count_throttle: bool = False,
+        keep_allocation: bool = False,
+    ) -> Content:
+        """Put ``sha256`` back in the queue for ``next_attempt_at``; returns the content.
+
+        ``count_attempt`` is False for interruptions that were not the content's fault (shutdown,
+        account-wide throttling); ``keep_allocation`` keeps a signed-URL asset for the next try.
+        """
+        now = self._clock()
+        state = "allocated" if keep_allocation else "pending"
+        async with self._tx() as db:
+            await db.execute(
+                "UPDATE contents SET state = ?, attempts = attempts + ?, "
+                "throttle_count = throttle_count + ?, last_error = ?, next_attempt_at = ?, "
+                "updated_at = ?, asset_id = CASE WHEN ? THEN asset_id ELSE NULL END, "
+                "remote_status = CASE WHEN ? THEN remote_status ELSE NULL END, "
+                "signed_url = CASE WHEN ? THEN signed_url ELSE NULL END, "
+                "signed_url_expires_at = CASE WHEN ? THEN signed_url_expires_at ELSE NULL END "
+                "WHERE sha256 = ?",
+                (
+                    state,
+                    int(count_attempt),
+                    int(count_throttle),
+                    error,
+                    next_attempt_at,
+                    now,
+                    keep_allocation,
+                    keep_allocation,
+                    keep_allocation,
+                    keep_allocation,
+                    sha256,
+                ),
+            )
+            if attempt_id is not None:
+                await self._end_attempt(db, attempt_id, outcome, error, http_status, bytes_sent)
+            async with db.execute(
+                f"SELECT {_CONTENT_COLS} FROM contents WHERE sha256 = ?", (sha256,)
+            ) as cur:
+                row = await cur.fetchone()
+        return _content(_must(row))
+
+    async def give_up(
+        self,
+        sha256: str,
+        attempt_id: int | None,
+        *,
+        state: Literal["failed", "rejected"],
+        outcome: str,
+        error: str,
+        http_status: int | None = None,
+    ) -> None:
+        """Mark ``sha256`` failed (attempts exhausted) or rejected (the API refuses it)."""
+        now = self._clock()
+        async with self._tx() as db:
+            await db.execute(
+                "UPDATE contents SET state = ?, last_error = ?, updated_at = ?, "
+                "attempts = attempts + ? WHERE sha256 = ?",
+                (state, error, now, int(attempt_id is not None), sha256),
+            )
+            if attempt_id is not None:
+                await self._end_attempt(db, attempt_id, outcome, error, http_status, None)
+
+    async def supersede(
+        self,
+        sha256: str,
+        attempt_id: int | None,
+        asset_id: str,
+        *,
+        sent_sha256: str | None,
+        path: str | None,
+        reason: str,
+    ) -> None:
+        """Record ``asset_id`` as not ``sha256``'s asset (wrong bytes, or remote FAILED).
+
+        The content goes back to pending (due now); the asset is kept in ``superseded_assets``
+        so no remote asset is ever lost track of.
+        """
+        now = self._clock()
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT OR IGNORE INTO superseded_assets (asset_id, sha256, sent_sha256, path, "
+                "reason, at) VALUES (?, ?, ?, ?, ?, ?)",
+                (asset_id, sha256, sent_sha256, None if path is None else _b(path), reason, now),
+            )
+            await db.execute(
+                "UPDATE contents SET state = 'pending', asset_id = NULL, remote_status = NULL, "
+                "signed_url = NULL, signed_url_expires_at = NULL, last_error = ?, "
+                "next_attempt_at = ?, updated_at = ?, next_poll_at = NULL WHERE sha256 = ?",
+                (reason, now, now, sha256),
+            )
+            if attempt_id is not None:
+                await self._end_attempt(db, attempt_id, "superseded", reason, None, None)
+
+    async def _end_attempt(
+        self,
+        db: aiosqlite.Connection,
+        attempt_id: int,
+        outcome: str,
+        error: str | None,
+        http_status: int | None,
+        bytes_sent: int | None,
+    ) -> None:
+        await db.execute(
+            "UPDATE attempts SET ended_at = ?, outcome = ?, error = ?, http_status = ?, "
+            "bytes_sent = ? WHERE id = ?",
+            (self._clock(), outcome, error, http_status, bytes_sent, attempt_id),
+        )
+
+    # ---------------------------------------------------------------- polling
+
+    async def due_polls(self, limit: int) -> list[Content]:
+        """Uploaded contents whose remote status is due to be asked for, oldest due first."""
+        rows = await self._read(
+            f"SELECT {_CONTENT_COLS} FROM contents WHERE state = 'uploaded' "
+            "AND next_poll_at <= ? ORDER BY next_poll_at LIMIT ?",
+            (self._clock(), limit),
+        )
+        return [_content(r) for r in rows]
+
+    async def next_poll_at(self) -> float | None:
+        """When the next status poll is due (None if nothing awaits a final status)."""
+        rows = await self._read("SELECT MIN(next_poll_at) FROM contents WHERE state = 'uploaded'")
+        return rows[0][0] if rows else None
+
+    async def record_status(
+        self, sha256: str, asset_id: str, status: str, *, next_poll_at: float | None
+    ) -> None:
+        """Record a polled remote status. ``SUCCESS`` makes the content done."""
+        now = self._clock()
+        async with self._tx() as db:
+            async with db.execute(
+                "SELECT remote_status, asset_id, state FROM contents WHERE sha256 = ?", (sha256,)
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None or row[1] != asset_id or row[2] != "uploaded":
+                return  # superseded or re-queued meanwhile: this answer is stale
+            if row[0] != status:
+                await db.execute(
+                    "INSERT INTO status_changes (sha256, asset_id, remote_status, at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (sha256, asset_id, status, now),
+                )
+            if status == "SUCCESS":
+                await db.execute(
+                    "UPDATE contents SET state = 'done', remote_status = 'SUCCESS', done_at = ?, "
+                    "updated_at = ?, next_poll_at = NULL, polls = polls + 1, last_error = NULL "
+                    "WHERE sha256 = ?",
+                    (now, now, sha256),
+                )
+            else:
+                await db.execute(
+                    "UPDATE contents SET remote_status = ?, updated_at = ?, next_poll_at = ?, "
+                    "polls = polls + 1 WHERE sha256 = ?",
+                    (status, now, next_poll_at, sha256),
+                )
+
+    async def remote_failed(
+        self, sha256: str, asset_id: str, reason: str, *, max_attempts: int
+    ) -> ContentState:
+        """The asset ended ``FAILED`` (or vanished): re-upload, or fail when attempts ran out.
+
+        Returns the content's new state (``pending`` or ``failed``).
+        """
+        now = self._clock()
+        async with self._tx() as db:
+            async with db.execute(
+                "SELECT attempts, asset_id FROM contents WHERE sha256 = ?", (sha256,)
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None or row[1] != asset_id:
+                return "pending"
+            await db.execute(
+                "INSERT INTO status_changes (sha256, asset_id, remote_status, at) "
+                "VALUES (?, ?, 'FAILED', ?)",
+                (sha256, asset_id, now),
+            )
+            await db.execute(
+                "INSERT OR IGNORE INTO superseded_assets (asset_id, sha256, sent_sha256, path, "
+                "reason, at) VALUES (?, ?, ?, NULL, ?, ?)",
+                (asset_id, sha256, sha256, reason, now),
+            )
+            state: ContentState = "failed" if row[0] >= max_attempts else "pending"
+            await db.execute(
+                "UPDATE contents SET state = ?, remote_status = 'FAILED', asset_id = NULL, "
+                "remote_failures = remote_failures + 1, last_error = ?, next_attempt_at = ?, "
+                "next_poll_at = NULL, updated_at = ? WHERE sha256 = ?",
+                (state, reason, now, now, sha256),
+            )
+        return state
+
+    # ---------------------------------------------------------------- recovery and operators
+
+    async def recover(self) -> RecoveryReport:
+        """Startup recovery after any stop, clean or not.
+
+        Direct uploads left ``uploading`` go back to ``pending`` and count one possible remote
+        duplicate (the API has no idempotency key); signed-URL uploads go back to ``allocated``
+        on the same asset id; open attempts are closed as interrupted; polls are due now.
+        """
+        now = self._clock()
+        async with self._tx() as db:
+            cur = await db.execute(
+                "UPDATE contents SET state = 'pending', possible_duplicates = "
+                "possible_duplicates + 1, next_attempt_at = ?, updated_at = ?, last_error = "
+                "'interrupted during a direct upload (possible remote duplicate)' "
+                "WHERE state = 'uploading' AND upload_mode = 'direct'",
+                (now, now),
+            )
+            direct = cur.rowcount
+            cur = await db.execute(
+                "UPDATE contents SET state = CASE WHEN asset_id IS NULL THEN 'pending' "
+                "ELSE 'allocated' END, next_attempt_at = ?, updated_at = ? "
+                "WHERE state = 'uploading'",
+                (now, now),
+            )
+            signed = cur.rowcount
+            await db.execute(
+                "UPDATE attempts SET ended_at = ?, outcome = CASE WHEN mode = 'direct' "
+                "THEN 'interrupted_possible_duplicate' ELSE 'interrupted' END "
+                "WHERE outcome IS NULL",
+                (now,),
+            )
+            cur = await db.execute(
+                "UPDATE contents SET next_poll_at = ? WHERE state = 'uploaded'", (now,)
+            )
+            polls = cur.rowcount
+        return RecoveryReport(direct, signed, polls)
+
+    async def requeue(self, *, states: Sequence[ContentState], sha256s: Sequence[str] = ()) -> int:
+        """Operator retry: contents in ``states`` (all, or only ``sha256s``) become due now.
+
+        Attempts and throttle counts restart from zero. Returns how many were re-queued.
+        """
+        now = self._clock()
+        marks = ",".join("?" * len(states))
+        sql = (
+            "UPDATE contents SET state = CASE WHEN asset_id IS NOT NULL AND signed_url IS NOT "
+            "NULL THEN 'allocated' ELSE 'pending' END, attempts = 0, throttle_count = 0, "
+            f"next_attempt_at = ?, updated_at = ? WHERE state IN ({marks})"
+        )
+        params: list[Any] = [now, now, *states]
+        if sha256s:
+            sql += f" AND sha256 IN ({','.join('?' * len(sha256s))})"
+            params.extend(sha256s)
+        return await self._write(sql, params)
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """Counts per content state and per path state, plus backlog bytes."""
+        contents: dict[str, int] = {s: 0 for s in CONTENT_STATES}
+        for state, n in await self._read("SELECT state, COUNT(*) FROM contents GROUP BY state"):
+            contents[state] = n
+        paths: dict[str, int] = {s: 0 for s in PATH_STATES}
+        for state, n in await self._read("SELECT state, COUNT(*) FROM paths GROUP BY state"):
+            paths[state] = n
+        rows = await self._read(
+            "SELECT COALESCE(SUM(size), 0) FROM contents "
+            "WHERE state IN ('pending', 'allocated', 'uploading')"
+        )
+        return {"contents": contents, "paths": paths, "backlog": {"bytes": rows[0][0]}}
+
+    async def possible_duplicates(self) -> int:
+        """Total possible remote duplicates counted by recovery."""
+        rows = await self._read("SELECT COALESCE(SUM(possible_duplicates), 0) FROM contents")
+        return int(rows[0][0])
+
+
+def _must(value: _T | None) -> _T:
+    """Return ``value``; a None here is a bug in the ledger's own SQL."""
+    if value is None:
+        raise LedgerError("internal error: a row the ledger just wrote is missing")
+    return value
+
+
+def _uri_path(path: str) -> str:
+    return quote(os.path.abspath(path))
