@@ -742,18 +742,21 @@ class Ledger:
         count_attempt: bool = True,
         count_throttle: bool = False,
         keep_allocation: bool = False,
+        possible_duplicate: bool = False,
     ) -> Content:
         """Put ``sha256`` back in the queue for ``next_attempt_at``; returns the content.
 
         ``count_attempt`` is False for interruptions that were not the content's fault (shutdown,
-        account-wide throttling); ``keep_allocation`` keeps a signed-URL asset for the next try.
+        account-wide throttling); ``keep_allocation`` keeps a signed-URL asset for the next try;
+        ``possible_duplicate`` counts a direct upload whose answer was lost after sending.
         """
         now = self._clock()
         state = "allocated" if keep_allocation else "pending"
         async with self._tx() as db:
             await db.execute(
                 "UPDATE contents SET state = ?, attempts = attempts + ?, "
-                "throttle_count = throttle_count + ?, last_error = ?, next_attempt_at = ?, "
+                "throttle_count = throttle_count + ?, possible_duplicates = "
+                "possible_duplicates + ?, last_error = ?, next_attempt_at = ?, "
                 "updated_at = ?, asset_id = CASE WHEN ? THEN asset_id ELSE NULL END, "
                 "remote_status = CASE WHEN ? THEN remote_status ELSE NULL END, "
                 "signed_url = CASE WHEN ? THEN signed_url ELSE NULL END, "
@@ -763,6 +766,7 @@ class Ledger:
                     state,
                     int(count_attempt),
                     int(count_throttle),
+                    int(possible_duplicate),
                     error,
                     next_attempt_at,
                     now,
