@@ -86,7 +86,7 @@ def test_unchanged_status_is_not_resent(manager: tuple[socket.socket, str]) -> N
         n.status("busy")
         n.status("idle")
         sock.setblocking(False)
-        received = []
+        received: list[str] = []
         while True:
             try:
                 received.append(sock.recv(4096).decode())
@@ -204,7 +204,7 @@ async def test_watchdog_loop_pings_from_the_event_loop(
         assert n.watchdog_interval_s == 0.05
         task = asyncio.create_task(watchdog_loop(n))
         try:
-            pings = []
+            pings: list[bytes] = []
             async with asyncio.timeout(DEADLINE_S):
                 while len(pings) < 3:
                     pings.append(await loop.sock_recv(sock, 4096))
