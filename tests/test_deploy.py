@@ -176,7 +176,7 @@ def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
     unit = tmp_path / "syncd.service"
     unit.write_text(copy)
     proc = subprocess.run(
-        [str(SYSTEMD_ANALYZE), "verify", "--man=no", str(unit)],
+        [str(SYSTEMD_ANALYZE), "verify", str(unit)],
         capture_output=True,
         text=True,
         timeout=TIMEOUT_S,
