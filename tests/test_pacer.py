@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 import random
 import time
 from typing import Any
@@ -440,6 +441,6 @@ async def test_real_time_concurrent_tasks_never_start_closer_than_the_interval()
 
     await asyncio.gather(*(worker() for _ in range(4)))
     assert len(starts) == 20
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert min(gaps) >= interval_s - 0.001
     assert pacer.stats()["upload"].granted == 20
