@@ -45,15 +45,22 @@ DEFAULT_TEMP_PATTERNS: tuple[str, ...] = (
 )
 
 
-def _meta(doc: str, minimum: float | None = None, exclusive_min: bool = False) -> Any:
-    return {"doc": doc, "minimum": minimum, "exclusive_min": exclusive_min}
+def _meta(
+    doc: str,
+    minimum: float | None = None,
+    exclusive_min: bool = False,
+    *,
+    absolute: bool = False,
+) -> Any:
+    return {"doc": doc, "minimum": minimum, "exclusive_min": exclusive_min, "absolute": absolute}
 
 
 @dataclass(frozen=True)
 class ApiConfig:
     base_url: str = field(default=DEFAULT_BASE_URL, metadata=_meta("MAVI v2 base URL"))
     key_file: str | None = field(
-        default=None, metadata=_meta("file holding the API key (MAVI_API_KEY env wins)")
+        default=None,
+        metadata=_meta("file holding the API key (MAVI_API_KEY env wins)", absolute=True),
     )
     upload_mode: Literal["direct", "signed_url", "auto"] = field(
         default="auto", metadata=_meta("direct | signed_url | auto")
@@ -73,7 +80,7 @@ class ApiConfig:
 
 @dataclass(frozen=True)
 class WatchRoot:
-    path: str = field(metadata=_meta("absolute path of a folder to watch"))
+    path: str = field(metadata=_meta("absolute path of a folder to watch", absolute=True))
     recursive: bool = field(default=True, metadata=_meta("watch sub-folders too"))
     include: tuple[str, ...] = field(default=(), metadata=_meta("globs; empty means all"))
     exclude: tuple[str, ...] = field(default=(), metadata=_meta("globs to ignore"))
@@ -98,8 +105,12 @@ class SettleConfig:
 
 @dataclass(frozen=True)
 class LedgerConfig:
-    path: str = field(default="/var/lib/syncd/ledger.db", metadata=_meta("SQLite ledger file"))
-    backup_dir: str | None = field(default=None, metadata=_meta("where scheduled backups go"))
+    path: str = field(
+        default="/var/lib/syncd/ledger.db", metadata=_meta("SQLite ledger file", absolute=True)
+    )
+    backup_dir: str | None = field(
+        default=None, metadata=_meta("where scheduled backups go", absolute=True)
+    )
     backup_interval_s: float = field(
         default=86400.0, metadata=_meta("seconds between backups; 0 disables", minimum=0)
     )
@@ -291,6 +302,9 @@ def _convert(value: Any, tp: Any, path: str, meta: Mapping[str, Any], problems: 
         if not isinstance(value, str):
             problems.add(path, f"expected a string, got {_yaml_kind(value)}")
             return _MISSING
+        if meta.get("absolute") and not os.path.isabs(value):
+            problems.add(path, f"must be an absolute path, got {value!r}")
+            return _MISSING
         return value
     raise TypeError(f"unsupported schema type {tp!r}")  # a bug in the schema, not in the input
 
@@ -353,22 +367,12 @@ def _check_semantics(cfg: Config, problems: _Problems) -> None:
         problems.add("rate_limits.cooldown_initial_s", "must not exceed rate_limits.cooldown_max_s")
     if cfg.poll.initial_s > cfg.poll.max_s:
         problems.add("poll.initial_s", "must not exceed poll.max_s")
-    for i, root in enumerate(cfg.watch):
-        if not os.path.isabs(root.path):
-            problems.add(f"watch[{i}].path", f"must be an absolute path, got {root.path!r}")
     seen: dict[str, int] = {}
     for i, root in enumerate(cfg.watch):
         norm = os.path.normpath(root.path)
         if norm in seen:
             problems.add(f"watch[{i}].path", f"same folder as watch[{seen[norm]}].path")
         seen.setdefault(norm, i)
-    for key, value in (("ledger.path", cfg.ledger.path), ("api.key_file", cfg.api.key_file)):
-        if value is not None and not os.path.isabs(value):
-            problems.add(key, f"must be an absolute path, got {value!r}")
-    if cfg.ledger.backup_dir is not None and not os.path.isabs(cfg.ledger.backup_dir):
-        problems.add(
-            "ledger.backup_dir", f"must be an absolute path, got {cfg.ledger.backup_dir!r}"
-        )
     if cfg.http.listen is not None:
         listen = cfg.http.listen
         if listen.startswith("unix:"):
