@@ -1,0 +1,316 @@
+"""SHA-256 hashing in worker threads: digests, counters, and files that change underneath."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import socket
+import tempfile
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from samples import write_media
+
+from syncd.fingerprint import Fingerprint
+from syncd.hashing import FileChanged, Hashed, Hasher, HasherClosed, NotRegularFile
+
+SMALL_BUFFER = 4096
+# A sparse file this big takes no disk space, and with SMALL_BUFFER reads it takes long enough
+# to hash (tens of thousands of reads) for another thread to act while it is being read.
+SPARSE_BYTES = 256 * 1024 * 1024
+ZEROS_SHA256 = hashlib.sha256(bytes(SPARSE_BYTES)).hexdigest()
+
+
+def sparse_file(path: Path, size: int = SPARSE_BYTES) -> Path:
+    with path.open("wb") as f:
+        f.truncate(size)
+    return path
+
+
+async def wait_until_open(path: Path, deadline_s: float = 30.0) -> None:
+    """Wait until this process holds a descriptor open on ``path`` (the hasher's thread)."""
+    target = os.path.realpath(path)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    while loop.time() < end:
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                if os.readlink(f"/proc/self/fd/{fd}") == target:
+                    return
+            except OSError:
+                continue  # that descriptor closed meanwhile
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"{path} was never opened")
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, SMALL_BUFFER - 1, SMALL_BUFFER, SMALL_BUFFER + 1, 3 * SMALL_BUFFER + 7]
+)
+async def test_digest_equals_hashlib_at_buffer_boundaries(tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(data)
+    async with Hasher(buffer_bytes=SMALL_BUFFER) as hasher:
+        result = await hasher.hash(str(path))
+    assert result == Hashed(hashlib.sha256(data).hexdigest(), size, Fingerprint.stat(str(path)))
+
+
+async def test_default_buffer_and_counters(tmp_path: Path) -> None:
+    paths = [tmp_path / f"clip{i}.mp4" for i in range(6)]
+    digests = [write_media(p, size=(1 << 20) * 2 + i, seed=i) for i, p in enumerate(paths)]
+    async with Hasher(workers=2) as hasher:
+        results = await asyncio.gather(*(hasher.hash(str(p)) for p in paths))
+        assert [r.sha256 for r in results] == digests
+        assert hasher.files_hashed == 6
+        assert hasher.bytes_hashed == sum(p.stat().st_size for p in paths)
+        # A refused file is not counted.
+        with pytest.raises(FileNotFoundError):
+            await hasher.hash(str(tmp_path / "missing.mp4"))
+        assert hasher.files_hashed == 6
+
+
+async def test_expected_fingerprint_is_checked_before_reading(tmp_path: Path) -> None:
+    path = tmp_path / "clip.mp4"
+    write_media(path)
+    seen = Fingerprint.stat(str(path))
+    async with Hasher() as hasher:
+        assert (await hasher.hash(str(path), seen)).fingerprint == seen
+        with path.open("ab") as f:
+            f.write(b"more")
+        with pytest.raises(FileChanged, match=r"changed since it was seen .*size 4096 -> 4100"):
+            await hasher.hash(str(path), seen)
+        assert hasher.files_hashed == 1
+        assert hasher.bytes_hashed == 4096
+
+
+async def test_file_growing_while_hashed(tmp_path: Path) -> None:
+    path = sparse_file(tmp_path / "recording.mp4")
+    stop = threading.Event()
+    started = threading.Event()
+
+    def append() -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            while not stop.is_set():
+                os.write(fd, b"x")
+                started.set()
+        finally:
+            os.close(fd)
+
+    writer = threading.Thread(target=append)
+    writer.start()
+    try:
+        assert await asyncio.to_thread(started.wait, 30)
+        async with Hasher(buffer_bytes=SMALL_BUFFER) as hasher:
+            with pytest.raises(FileChanged, match=r"changed while being hashed .*size"):
+                await hasher.hash(str(path))
+            assert hasher.files_hashed == 0
+    finally:
+        stop.set()
+        await asyncio.to_thread(writer.join)
+
+
+async def test_file_truncated_while_hashed(tmp_path: Path) -> None:
+    path = sparse_file(tmp_path / "clip.mp4")
+    async with Hasher(buffer_bytes=SMALL_BUFFER) as hasher:
+        task = asyncio.create_task(hasher.hash(str(path)))
+        await wait_until_open(path)
+        os.truncate(path, 1000)
+        with pytest.raises(FileChanged, match="shrank while being hashed"):
+            await task
+
+
+async def test_file_deleted_while_hashed(tmp_path: Path) -> None:
+    path = sparse_file(tmp_path / "clip.mp4")
+    async with Hasher(buffer_bytes=SMALL_BUFFER) as hasher:
+        task = asyncio.create_task(hasher.hash(str(path)))
+        await wait_until_open(path)
+        path.unlink()
+        with pytest.raises(FileNotFoundError):
+            await task
+
+
+async def test_file_replaced_while_hashed(tmp_path: Path) -> None:
+    path = sparse_file(tmp_path / "clip.mp4")
+    other = sparse_file(tmp_path / "other.mp4")
+    async with Hasher(buffer_bytes=SMALL_BUFFER) as hasher:
+        task = asyncio.create_task(hasher.hash(str(path)))
+        await wait_until_open(path)
+        os.replace(other, path)  # same size, same content, a new inode at the same path
+        with pytest.raises(FileChanged, match="replaced by another file"):
+            await task
+        # The new file, left alone, hashes fine.
+        assert (await hasher.hash(str(path))).sha256 == ZEROS_SHA256
+
+
+async def test_close_stops_a_running_hash(tmp_path: Path) -> None:
+    path = sparse_file(tmp_path / "clip.mp4")
+    hasher = Hasher(buffer_bytes=SMALL_BUFFER)
+    try:
+        task = asyncio.create_task(hasher.hash(str(path)))
+        await wait_until_open(path)
+        hasher.close()
+        with pytest.raises(HasherClosed):
+            await task
+        with pytest.raises(HasherClosed):
+            await hasher.hash(str(path))
+    finally:
+        await hasher.aclose()
+
+
+async def test_cancelling_the_caller_stops_the_thread(tmp_path: Path) -> None:
+    path = sparse_file(tmp_path / "clip.mp4", 4 * SPARSE_BYTES)
+    async with Hasher(workers=1, buffer_bytes=SMALL_BUFFER) as hasher:
+        task = asyncio.create_task(hasher.hash(str(path)))
+        await wait_until_open(path)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # The single worker is free again long before the cancelled 1 GiB hash would end.
+        small = tmp_path / "small.mp4"
+        digest = write_media(small)
+        assert (await asyncio.wait_for(hasher.hash(str(small)), 30)).sha256 == digest
+        assert hasher.files_hashed == 1
+
+
+async def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "clip.mp4"
+    os.mkfifo(fifo)
+    async with Hasher() as hasher:
+        # A hasher that opened the FIFO would block its thread forever; the timeout turns that
+        # into a failure.
+        with pytest.raises(NotRegularFile, match="is not a regular file \\(it is a FIFO\\)"):
+            await asyncio.wait_for(hasher.hash(str(fifo)), timeout=10)
+
+
+async def test_socket_device_and_folder_are_refused(tmp_path: Path) -> None:
+    sock_path = tmp_path / "clip.mp4"
+    async with Hasher() as hasher:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(sock_path))
+            with pytest.raises(NotRegularFile, match="a socket"):
+                await asyncio.wait_for(hasher.hash(str(sock_path)), timeout=10)
+        with pytest.raises(NotRegularFile, match="a character device"):
+            await asyncio.wait_for(hasher.hash("/dev/zero"), timeout=10)
+        with pytest.raises(NotRegularFile, match="a folder"):
+            await hasher.hash(str(tmp_path))
+
+
+async def test_symlinks_followed_only_when_asked(tmp_path: Path) -> None:
+    target = tmp_path / "real.mp4"
+    digest = write_media(target)
+    link = tmp_path / "link.mp4"
+    link.symlink_to(target)
+    dangling = tmp_path / "dangling.mp4"
+    dangling.symlink_to(tmp_path / "nowhere.mp4")
+    async with Hasher() as hasher:
+        with pytest.raises(NotRegularFile, match="a symlink"):
+            await hasher.hash(str(link))
+        result = await hasher.hash(str(link), follow_symlinks=True)
+        assert result.sha256 == digest
+        assert result.fingerprint == Fingerprint.stat(str(target))
+        with pytest.raises(FileNotFoundError):
+            await hasher.hash(str(dangling), follow_symlinks=True)
+
+
+async def test_hostile_names(tmp_path: Path) -> None:
+    names = [
+        b"-rf --no-preserve-root.mp4",
+        b"a b; rm -rf ~ 'q' \"dq\".mp4",
+        b"new\nline.mp4",
+        b"latin1-\xe9t\xe9.mp4",  # not UTF-8
+        b"x" * 251 + b".mp4",  # 255 bytes, the longest a name can be
+    ]
+    async with Hasher() as hasher:
+        for i, name in enumerate(names):
+            raw = os.fsencode(tmp_path) + b"/" + name
+            data = os.urandom(100 + i)
+            with open(raw, "wb") as f:
+                f.write(data)
+            result = await hasher.hash(os.fsdecode(raw))
+            assert result.sha256 == hashlib.sha256(data).hexdigest()
+        # The error of a hostile name stays on one line.
+        with pytest.raises(FileNotFoundError):
+            await hasher.hash(os.fsdecode(os.fsencode(tmp_path) + b"/gone\n.mp4"))
+        err = NotRegularFile(str(tmp_path / "a\nb.mp4"), "a FIFO")
+        assert "\n" not in str(err)
+
+
+# -- permissions: root reads everything, so the check runs as an unprivileged user --------------
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A folder outside pytest's private tmp tree, so an unprivileged user can reach it."""
+    path = Path(tempfile.mkdtemp(prefix="syncd-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+def run_unprivileged(check: Callable[[], dict[str, object]]) -> dict[str, object]:
+    """Run ``check`` in a forked child that drops root to ``nobody`` first (the interpreter
+    lives where ``nobody`` cannot exec it, so a fork is the way); return the dict it returns."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        status = 1
+        try:
+            os.close(read_end)
+            if os.geteuid() == 0:
+                nobody = pwd.getpwnam("nobody")
+                os.setgroups([])
+                os.setgid(nobody.pw_gid)
+                os.setuid(nobody.pw_uid)
+            out = check()
+            out["euid"] = os.geteuid()
+            os.write(write_end, json.dumps(out).encode())
+            status = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the unprivileged check failed"
+    result: dict[str, object] = json.loads(data)
+    return result
+
+
+def test_permission_denied_on_a_file(shared_dir: Path) -> None:
+    locked = shared_dir / "locked.mp4"
+    write_media(locked)
+    locked.chmod(0o000)
+    readable = shared_dir / "readable.mp4"
+    digest = write_media(readable)
+    readable.chmod(0o644)
+
+    def check() -> dict[str, object]:
+        async def main() -> dict[str, object]:
+            out: dict[str, object] = {}
+            async with Hasher() as hasher:
+                try:
+                    await hasher.hash(str(locked))
+                    out["locked"] = "hashed"
+                except PermissionError:
+                    out["locked"] = "PermissionError"
+                out["readable"] = (await hasher.hash(str(readable))).sha256
+            return out
+
+        return asyncio.run(main())
+
+    out = run_unprivileged(check)
+    assert out["euid"] != 0
+    assert out["locked"] == "PermissionError"
+    assert out["readable"] == digest
