@@ -171,8 +171,12 @@ class Hasher:
             result = await loop.run_in_executor(
                 self._pool, self._hash_sync, path, expected, follow_symlinks, job
             )
-        except BaseException:
+        except asyncio.CancelledError:
             job.cancelled = True  # a cancelled await leaves the thread running: stop it
+            task = asyncio.current_task()
+            if self._closed and task is not None and not task.cancelling():
+                # close() dropped this queued hash; the caller itself was not cancelled.
+                raise HasherClosed(f"hashing of {display_path(path)} was stopped") from None
             raise
         finally:
             self._jobs.discard(job)

@@ -152,13 +152,16 @@ async def test_file_replaced_while_hashed(tmp_path: Path) -> None:
 
 async def test_close_stops_a_running_hash(tmp_path: Path) -> None:
     path = sparse_file(tmp_path / "clip.mp4")
-    hasher = Hasher(buffer_bytes=SMALL_BUFFER)
+    hasher = Hasher(workers=1, buffer_bytes=SMALL_BUFFER)
     try:
         task = asyncio.create_task(hasher.hash(str(path)))
+        queued = asyncio.create_task(hasher.hash(str(path)))  # waits for the only worker
         await wait_until_open(path)
         hasher.close()
         with pytest.raises(HasherClosed):
             await task
+        with pytest.raises(HasherClosed):
+            await queued
         with pytest.raises(HasherClosed):
             await hasher.hash(str(path))
     finally:

@@ -1,0 +1,468 @@
+"""Walk a watched root (or one folder of it) and report every candidate regular file.
+
+The walk runs in one dedicated thread: ``os.scandir`` with ``DirEntry.stat`` (one ``lstat`` per
+file, no per-file ``Path`` objects), iterative with an explicit stack so a folder 200 levels deep
+costs no Python recursion. Results reach the event loop in batches through a bounded hand-off:
+the thread waits when the consumer is :data:`QUEUE_BATCHES` batches behind, so a million files
+never sit in memory at once, and closing the iterator stops the thread at the next entry.
+
+Each folder is opened with ``O_DIRECTORY`` (and ``O_NOFOLLOW`` unless symlinks are followed) and
+checked against the inode the listing showed, so a folder swapped for a symlink mid-walk cannot
+lead the walk out of the root. Folders are visited once per walk, by ``(st_dev, st_ino)``, which
+makes symlink loops harmless.
+
+Symlinks are skipped unless the root follows them (``follow_symlinks``): then links to files are
+reported under the link's path with the target's fingerprint, links to folders are walked,
+dangling links and loops are skipped, and a linked folder that lies inside another watched root
+is left to that root's own walk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from syncd.config import WatchRoot
+from syncd.errors import SyncdError
+from syncd.fingerprint import Fingerprint
+from syncd.pathfilter import PathFilter, display_path
+
+log = logging.getLogger(__name__)
+
+# Batches the walker may have handed over that the consumer has not taken yet.
+QUEUE_BATCHES: Final = 4
+# A partial batch is handed over after this long, so a slow walk still shows progress.
+FLUSH_AFTER_S: Final = 0.5
+# How long closing the iterator waits for the walker thread (stuck in a hung NFS call, say).
+STOP_WAIT_S: Final = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class ScanEntry:
+    """One candidate file: its absolute path (the exact on-disk name, ``os.fsdecode`` form),
+    the configured path of its root, and its stat fingerprint (of the target, for a followed
+    symlink)."""
+
+    path: str
+    root: str
+    fingerprint: Fingerprint
+
+
+class RootUnavailable(SyncdError):
+    """A watched root cannot be walked: missing, not a folder, or unreadable.
+
+    Given the root's path and what is wrong with it.
+    """
+
+    def __init__(self, path: str, detail: str) -> None:
+        self.path = path
+        self.detail = detail
+        super().__init__(f"watched folder {display_path(path)}: {detail}")
+
+
+@dataclass(slots=True)
+class _End:
+    error: BaseException | None
+
+
+def scan_root(
+    root: WatchRoot,
+    filt: PathFilter,
+    *,
+    batch_size: int = 1000,
+    follow_symlinks: bool | None = None,
+    all_roots: Sequence[str] = (),
+) -> AsyncGenerator[list[ScanEntry], None]:
+    """Walk a whole root.
+
+    Given the root, its filter, the largest batch to yield, whether to follow symlinks
+    (``None``: the root's ``follow_symlinks``) and the paths of every watched root. Returns an
+    async iterator of non-empty batches of :class:`ScanEntry`: each regular file the filter
+    accepts, once. Raises :class:`RootUnavailable` (on the first ``__anext__``) when the root
+    is missing, not a folder or unreadable. Folders that cannot be read are logged (one
+    warning each) and skipped. Close the iterator (``aclose``, or ``contextlib.aclosing``) to
+    stop early; closing waits for the walker thread to stop.
+    """
+    follow = root.follow_symlinks if follow_symlinks is None else follow_symlinks
+    walker = _Walker(root, filt, follow, all_roots, batch_size)
+    return _stream(walker, walker.walk_root)
+
+
+def scan_dir(
+    root: WatchRoot,
+    filt: PathFilter,
+    path: str,
+    *,
+    batch_size: int = 1000,
+    follow_symlinks: bool | None = None,
+    all_roots: Sequence[str] = (),
+) -> AsyncGenerator[list[ScanEntry], None]:
+    """Walk one folder inside a root (one created or moved in while the daemon runs).
+
+    Given what :func:`scan_root` takes plus the folder's absolute path. Yields nothing when
+    the folder is gone, is a symlink that is not followed, lies outside the root, or the
+    filter rejects it (a temporary or excluded folder, a sub-folder of a non-recursive root).
+    Never raises :class:`RootUnavailable`; otherwise behaves like :func:`scan_root`.
+    """
+    follow = root.follow_symlinks if follow_symlinks is None else follow_symlinks
+    walker = _Walker(root, filt, follow, all_roots, batch_size)
+    return _stream(walker, lambda post: walker.walk_dir(post, path))
+
+
+async def _stream(
+    walker: _Walker, body: Callable[[Callable[[list[ScanEntry]], bool]], None]
+) -> AsyncGenerator[list[ScanEntry], None]:
+    """Run ``body`` in a new thread and yield the batches it posts, with backpressure."""
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue[list[ScanEntry] | _End] = asyncio.Queue()
+    slots = threading.Semaphore(QUEUE_BATCHES)
+    stop = walker.stop
+
+    def deliver(item: list[ScanEntry] | _End) -> None:
+        try:
+            loop.call_soon_threadsafe(inbox.put_nowait, item)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is listening any more
+
+    def post(batch: list[ScanEntry]) -> bool:
+        # Waits for a free slot; returns False when the consumer has gone away.
+        slots.acquire()
+        if stop.is_set():
+            return False
+        deliver(batch)
+        return True
+
+    def run() -> None:
+        error: BaseException | None = None
+        try:
+            body(post)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            error = exc
+        deliver(_End(error))
+
+    thread = threading.Thread(
+        target=run, name=f"syncd-scan {display_path(walker.root_path)}", daemon=True
+    )
+    thread.start()
+    finished = False
+    try:
+        while True:
+            item = await inbox.get()
+            if isinstance(item, _End):
+                finished = True
+                if item.error is not None:
+                    raise item.error
+                return
+            slots.release()
+            yield item
+    finally:
+        if not finished:
+            stop.set()
+            slots.release()  # wake the walker if it waits for a slot
+            try:
+                async with asyncio.timeout(STOP_WAIT_S):
+                    while not isinstance(await inbox.get(), _End):
+                        pass
+            except TimeoutError:
+                log.warning(
+                    "scan of %s did not stop within %.0f s; leaving it behind",
+                    display_path(walker.root_path),
+                    STOP_WAIT_S,
+                )
+
+
+class _Walker:
+    """The thread side of a scan. ``stop`` is set by the consumer to end the walk early."""
+
+    def __init__(
+        self,
+        root: WatchRoot,
+        filt: PathFilter,
+        follow: bool,
+        all_roots: Sequence[str],
+        batch_size: int,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.root = root
+        self.root_path = os.path.normpath(root.path)
+        self.filt = filt
+        self.follow = follow
+        self.batch_size = batch_size
+        self.stop = threading.Event()
+        mine = os.path.realpath(self.root_path)
+        # Other roots, resolved: a followed link into one of them is that root's business.
+        self.other_roots = tuple(
+            real
+            for real in (os.path.realpath(os.path.normpath(r)) for r in all_roots)
+            if real != mine
+        )
+        self.visited: set[tuple[int, int]] = set()
+
+    # -- entry points --------------------------------------------------------------------------
+
+    def walk_root(self, post: Callable[[list[ScanEntry]], bool]) -> None:
+        path = self.root_path
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise RootUnavailable(path, "does not exist") from None
+        except OSError as exc:
+            raise RootUnavailable(path, f"cannot be read: {exc.strerror or exc}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise RootUnavailable(path, f"is not a folder (it is {_kind(st.st_mode)})")
+        try:
+            # The root itself is opened through symlinks: the user named that path.
+            fd = self._open_dir(path, st, follow=True)
+        except OSError as exc:
+            raise RootUnavailable(path, f"cannot be read: {exc.strerror or exc}") from None
+        if fd is None:
+            raise RootUnavailable(path, "changed while it was being opened")
+        self._walk(post, fd, path, "", self.filt.include_all, st)
+
+    def walk_dir(self, post: Callable[[list[ScanEntry]], bool], path: str) -> None:
+        path = os.path.normpath(path)
+        filt = self.filt
+        rel = filt.relative(path)
+        if rel is None:
+            log.debug("not scanning %s: outside its root", display_path(path))
+            return
+        if rel:
+            if not filt.recursive:
+                return
+            why, included = filt.folder_verdict(rel)
+            if why is not None:
+                log.debug("not scanning %s: %s", display_path(path), why)
+                return
+        else:
+            included = filt.include_all
+        try:
+            st = os.stat(path, follow_symlinks=self.follow or not rel)
+        except OSError as exc:
+            log.debug("not scanning %s: %s", display_path(path), exc.strerror or exc)
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            return
+        if rel and self.follow and os.path.islink(path) and self._in_other_root(path):
+            return
+        try:
+            fd = self._open_dir(path, st, follow=self.follow or not rel)
+        except OSError as exc:
+            self._warn_dir(path, exc)
+            return
+        if fd is None:
+            return
+        self._walk(post, fd, path, rel, included, st)
+
+    # -- the walk ------------------------------------------------------------------------------
+
+    def _open_dir(self, path: str, expected: os.stat_result, *, follow: bool) -> int | None:
+        """Open a folder for listing; ``None`` when it is not the folder ``expected`` showed
+        (swapped mid-walk) or was visited already. Raises ``OSError``."""
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        if not follow:
+            flags |= os.O_NOFOLLOW
+        fd = os.open(path, flags)
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != (expected.st_dev, expected.st_ino):
+                log.warning("folder %s changed while being scanned; skipped", display_path(path))
+                os.close(fd)
+                return None
+            key = (st.st_dev, st.st_ino)
+            if key in self.visited:
+                log.debug("folder %s was visited already (link loop?)", display_path(path))
+                os.close(fd)
+                return None
+            self.visited.add(key)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _walk(
+        self,
+        post: Callable[[list[ScanEntry]], bool],
+        top_fd: int,
+        top_path: str,
+        top_rel: str,
+        top_included: bool,
+        top_st: os.stat_result,
+    ) -> None:
+        # Folders still to list: (open fd or -1, absolute path, path relative to the root,
+        # included-by-a-folder-above, stat the listing showed). Only the top one is open.
+        pending: list[tuple[int, str, str, bool, os.stat_result]] = [
+            (top_fd, top_path, top_rel, top_included, top_st)
+        ]
+        try:
+            self._drain(post, pending)
+        finally:
+            for fd, *_ in pending:
+                if fd >= 0:
+                    os.close(fd)
+
+    def _drain(
+        self,
+        post: Callable[[list[ScanEntry]], bool],
+        pending: list[tuple[int, str, str, bool, os.stat_result]],
+    ) -> None:
+        filt = self.filt
+        file_verdict = filt.file_verdict
+        dir_verdict = filt.dir_verdict
+        recursive = filt.recursive
+        follow = self.follow
+        stop = self.stop
+        root_name = self.root.path
+        batch: list[ScanEntry] = []
+        flushed_at = time.monotonic()
+        while pending:
+            if stop.is_set():
+                break
+            fd, dir_path, dir_rel, dir_included, dir_st = pending.pop()
+            if fd < 0:
+                try:
+                    opened = self._open_dir(dir_path, dir_st, follow=follow)
+                except OSError as exc:
+                    self._warn_dir(dir_path, exc)
+                    continue
+                if opened is None:
+                    continue
+                fd = opened
+            prefix = dir_path + "/" if dir_path != "/" else "/"
+            rel_prefix = dir_rel + "/" if dir_rel else ""
+            warned = False
+            try:
+                with os.scandir(fd) as it:
+                    for entry in it:
+                        if stop.is_set():
+                            break
+                        name = entry.name
+                        try:
+                            if entry.is_file(follow_symlinks=False):
+                                rel = rel_prefix + name
+                                if file_verdict(rel, name, dir_included) is not None:
+                                    continue
+                                st = entry.stat(follow_symlinks=False)
+                            elif entry.is_dir(follow_symlinks=False):
+                                if recursive:
+                                    rel = rel_prefix + name
+                                    why, included = dir_verdict(rel, name, dir_included)
+                                    if why is None:
+                                        st = entry.stat(follow_symlinks=False)
+                                        pending.append((-1, prefix + name, rel, included, st))
+                                continue
+                            elif follow and entry.is_symlink():
+                                self._symlink(
+                                    entry,
+                                    prefix + name,
+                                    rel_prefix + name,
+                                    dir_included,
+                                    pending,
+                                    batch,
+                                )
+                                continue
+                            else:
+                                continue  # FIFOs, sockets, devices, unfollowed symlinks
+                        except FileNotFoundError:
+                            continue  # gone since the listing: the watcher will tell
+                        except OSError as exc:
+                            if not warned:
+                                warned = True
+                                self._warn_dir(dir_path, exc)
+                            continue
+                        batch.append(
+                            ScanEntry(
+                                prefix + name,
+                                root_name,
+                                Fingerprint(
+                                    st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+                                ),
+                            )
+                        )
+                        if len(batch) >= self.batch_size:
+                            if not post(batch):
+                                return
+                            batch = []
+                            flushed_at = time.monotonic()
+            except OSError as exc:
+                self._warn_dir(dir_path, exc)
+            finally:
+                os.close(fd)
+            if batch and time.monotonic() - flushed_at >= FLUSH_AFTER_S:
+                if not post(batch):
+                    return
+                batch = []
+                flushed_at = time.monotonic()
+        if batch and not stop.is_set():
+            post(batch)
+
+    def _symlink(
+        self,
+        entry: os.DirEntry[str],
+        path: str,
+        rel: str,
+        dir_included: bool,
+        pending: list[tuple[int, str, str, bool, os.stat_result]],
+        batch: list[ScanEntry],
+    ) -> None:
+        """Follow one symlink found in a folder (only when the root follows symlinks)."""
+        try:
+            st = entry.stat(follow_symlinks=True)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ELOOP):
+                log.debug("skipping %s: dangling symlink or loop", display_path(path))
+                return
+            raise
+        name = entry.name
+        if stat.S_ISREG(st.st_mode):
+            if self.filt.file_verdict(rel, name, dir_included) is None:
+                batch.append(ScanEntry(path, self.root.path, Fingerprint.of(st)))
+        elif stat.S_ISDIR(st.st_mode) and self.filt.recursive:
+            why, included = self.filt.dir_verdict(rel, name, dir_included)
+            if why is None and not self._in_other_root(path):
+                pending.append((-1, path, rel, included, st))
+
+    def _in_other_root(self, path: str) -> bool:
+        if not self.other_roots:
+            return False
+        real = os.path.realpath(path)
+        for other in self.other_roots:
+            if real == other or real.startswith(other.rstrip("/") + "/"):
+                log.debug(
+                    "not following %s: it leads into the watched folder %s",
+                    display_path(path),
+                    display_path(other),
+                )
+                return True
+        return False
+
+    def _warn_dir(self, path: str, exc: OSError) -> None:
+        if exc.errno == errno.ENOENT:
+            log.debug("folder %s vanished during the scan", display_path(path))
+            return
+        log.warning(
+            "cannot read folder %s: %s; skipping it", display_path(path), exc.strerror or exc
+        )
+
+
+def _kind(mode: int) -> str:
+    """Given an ``st_mode``, return what kind of file it is, in words."""
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device node"
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    return "not a folder"

@@ -1,0 +1,411 @@
+"""Walking roots: real trees on disk with hostile names, symlinks, special files, permissions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import pwd
+import shutil
+import socket
+import stat
+import tempfile
+import threading
+import traceback
+import unicodedata
+from collections.abc import AsyncGenerator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from samples import write_media
+
+from syncd.config import DEFAULT_TEMP_PATTERNS, WatchRoot
+from syncd.fingerprint import Fingerprint
+from syncd.pathfilter import PathFilter
+from syncd.scanner import RootUnavailable, ScanEntry, scan_dir, scan_root
+
+
+def make_root(path: Path | str, **kwargs: object) -> tuple[WatchRoot, PathFilter]:
+    root = WatchRoot(path=str(path), **kwargs)  # type: ignore[arg-type]
+    return root, PathFilter(root, DEFAULT_TEMP_PATTERNS)
+
+
+async def collect(agen: AsyncGenerator[list[ScanEntry], None]) -> list[ScanEntry]:
+    entries: list[ScanEntry] = []
+    async with contextlib.aclosing(agen) as batches:
+        async for batch in batches:
+            assert batch, "batches are never empty"
+            entries.extend(batch)
+    return entries
+
+
+async def scan(path: Path | str, **kwargs: object) -> list[ScanEntry]:
+    follow = kwargs.pop("follow", None)
+    all_roots = kwargs.pop("all_roots", ())
+    root, filt = make_root(path, **kwargs)
+    return await collect(
+        scan_root(root, filt, follow_symlinks=follow, all_roots=all_roots)  # type: ignore[arg-type]
+    )
+
+
+def rel_paths(entries: list[ScanEntry], top: Path) -> set[str]:
+    prefix = str(top) + "/"
+    paths = [e.path for e in entries]
+    assert len(paths) == len(set(paths)), "a file was reported twice"
+    assert all(p.startswith(prefix) for p in paths)
+    return {p[len(prefix) :] for p in paths}
+
+
+def scan_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("syncd-scan")]
+
+
+async def test_finds_regular_files_with_their_fingerprints(tmp_path: Path) -> None:
+    for rel in ("a.mp4", "sub/b.jpg", "sub/deeper/c.wav", "notes.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_media(tmp_path / rel, ext="mp4")
+    (tmp_path / "empty-folder").mkdir()
+    entries = await scan(tmp_path)
+    assert rel_paths(entries, tmp_path) == {"a.mp4", "sub/b.jpg", "sub/deeper/c.wav", "notes.txt"}
+    for entry in entries:
+        assert entry.root == str(tmp_path)
+        assert entry.fingerprint == Fingerprint.stat(entry.path)
+
+
+async def test_temporary_names_and_filter_globs(tmp_path: Path) -> None:
+    names = [
+        "keep.mp4",
+        ".clip.mp4.a1B2c3",
+        "clip.mp4.part",
+        "clip.partial",
+        "x.tmp",
+        "y.crdownload",
+        "z.!qB",
+        "~$doc.mp4",
+        ".v.swp",
+        ".rsync-partial/inside.mp4",
+        "Private/secret.mp4",
+        "Camera/raw/r.mp4",
+        "Camera/ok.mov",
+    ]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        write_media(tmp_path / name, ext="mp4")
+    entries = await scan(tmp_path, exclude=("Private", "Camera/raw/"))
+    assert rel_paths(entries, tmp_path) == {"keep.mp4", "Camera/ok.mov"}
+    entries = await scan(tmp_path, include=("*.mov",))
+    assert rel_paths(entries, tmp_path) == {"Camera/ok.mov"}
+
+
+async def test_non_recursive_root(tmp_path: Path) -> None:
+    write_media(tmp_path / "top.mp4")
+    (tmp_path / "sub").mkdir()
+    write_media(tmp_path / "sub" / "below.mp4")
+    assert rel_paths(await scan(tmp_path, recursive=False), tmp_path) == {"top.mp4"}
+
+
+async def test_hostile_names_keep_their_exact_bytes(tmp_path: Path) -> None:
+    top = os.fsencode(tmp_path)
+    nfc = unicodedata.normalize("NFC", "café.mp4").encode()
+    nfd = unicodedata.normalize("NFD", "café.mp4").encode()
+    assert nfc != nfd
+    names = [
+        b"with space.mp4",
+        b'quote\'s "double".mp4',
+        b"semi;colon && $(echo hi).mp4",
+        b"new\nline.mp4",
+        b"-leading-dash.mp4",
+        b"--help",
+        b"latin1-\xe9\xe8.mp4",  # not UTF-8
+        b"\xff\xfe.mp4",
+        b"n" * 251 + b".mp4",  # a 255-byte name
+        nfc,
+        nfd,  # a different name on disk, though it looks the same
+        b"tab\tand\x1bescape.mp4",
+    ]
+    os.mkdir(top + b"/dir \xe9\n")
+    created = {top + b"/" + n for n in names} | {top + b"/dir \xe9\n/" + n for n in names}
+    for raw in created:
+        with open(raw, "wb") as f:
+            f.write(b"\x00\x00\x00\x18ftypmp42")
+    entries = await scan(tmp_path)
+    found = {os.fsencode(e.path) for e in entries}
+    assert found == created
+    for entry in entries:
+        # The reported path opens the very file that is on disk.
+        assert entry.fingerprint == Fingerprint.stat(entry.path)
+
+
+async def test_special_files_are_skipped_without_hanging(tmp_path: Path) -> None:
+    write_media(tmp_path / "real.mp4")
+    os.mkfifo(tmp_path / "fifo.mp4")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "socket.mp4"))
+        with contextlib.suppress(PermissionError):  # device nodes need CAP_MKNOD
+            os.mknod(tmp_path / "null.mp4", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+        # A scanner that opened the FIFO would hang: the timeout turns that into a failure.
+        entries = await asyncio.wait_for(scan(tmp_path), timeout=30)
+    assert rel_paths(entries, tmp_path) == {"real.mp4"}
+
+
+@pytest.fixture
+def symlink_tree(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """root/ with links inside, outside, dangling and looping; outside/ and other/ beside it."""
+    root, outside, other = tmp_path / "root", tmp_path / "outside", tmp_path / "other"
+    for folder in (root / "sub", outside / "deep", other):
+        folder.mkdir(parents=True)
+    write_media(root / "real.mp4")
+    write_media(root / "sub" / "inner.mp4")
+    write_media(outside / "out.mp4")
+    write_media(outside / "deep" / "out2.mp4")
+    write_media(other / "theirs.mp4")
+    (root / "link-inside.mp4").symlink_to(root / "real.mp4")
+    (root / "link-outside.mp4").symlink_to(outside / "out.mp4")
+    (root / "dangling.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    (root / "self-loop.mp4").symlink_to(root / "self-loop.mp4")
+    (root / "sub" / "loop").symlink_to(root)  # a folder link back up the tree
+    (root / "outside-dir").symlink_to(outside)
+    (root / "other-root").symlink_to(other)
+    return root, outside, other
+
+
+async def test_symlinks_are_not_followed_by_default(symlink_tree: tuple[Path, Path, Path]) -> None:
+    root, _, other = symlink_tree
+    entries = await asyncio.wait_for(scan(root, all_roots=(str(root), str(other))), 30)
+    assert rel_paths(entries, root) == {"real.mp4", "sub/inner.mp4"}
+
+
+async def test_symlinks_followed_when_configured(symlink_tree: tuple[Path, Path, Path]) -> None:
+    root, outside, other = symlink_tree
+    entries = await asyncio.wait_for(
+        scan(root, follow_symlinks=True, all_roots=(str(root), str(other))), 30
+    )
+    assert rel_paths(entries, root) == {
+        "real.mp4",
+        "sub/inner.mp4",
+        "link-inside.mp4",
+        "link-outside.mp4",
+        "outside-dir/out.mp4",
+        "outside-dir/deep/out2.mp4",
+        # not dangling.mp4 nor self-loop.mp4; sub/loop leads back to the root, already walked;
+        # other-root leads into another watched root, which its own scan covers.
+    }
+    by_rel = {e.path[len(str(root)) + 1 :]: e for e in entries}
+    assert by_rel["link-outside.mp4"].fingerprint == Fingerprint.stat(str(outside / "out.mp4"))
+    # The per-call override wins over the root's setting.
+    root_cfg, filt = make_root(root, follow_symlinks=True)
+    plain = await collect(scan_root(root_cfg, filt, follow_symlinks=False))
+    assert rel_paths(plain, root) == {"real.mp4", "sub/inner.mp4"}
+
+
+async def test_followed_links_into_another_root_when_it_is_not_watched(
+    symlink_tree: tuple[Path, Path, Path],
+) -> None:
+    root, _, _ = symlink_tree
+    entries = await scan(root, follow_symlinks=True, all_roots=(str(root),))
+    assert "other-root/theirs.mp4" in rel_paths(entries, root)
+
+
+async def test_root_that_is_a_symlink_is_walked(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    write_media(real / "a.mp4")
+    (tmp_path / "alias").symlink_to(real)
+    entries = await scan(tmp_path / "alias")
+    assert rel_paths(entries, tmp_path / "alias") == {"a.mp4"}
+
+
+async def test_root_that_is_a_file_or_missing(tmp_path: Path) -> None:
+    write_media(tmp_path / "file.mp4")
+    with pytest.raises(RootUnavailable, match=r"file\.mp4: is not a folder \(it is a regular"):
+        await scan(tmp_path / "file.mp4")
+    with pytest.raises(RootUnavailable, match="missing: does not exist"):
+        await scan(tmp_path / "missing")
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(RootUnavailable, match="it is a FIFO"):
+        await asyncio.wait_for(scan(tmp_path / "fifo"), 30)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(RootUnavailable, match="does not exist"):
+        await scan(tmp_path / "dangling")
+    assert scan_threads() == []
+
+
+async def test_ten_thousand_files_in_one_folder(tmp_path: Path) -> None:
+    for i in range(10_000):
+        (tmp_path / f"clip{i:05d}.mp4").touch()
+    root, filt = make_root(tmp_path)
+    sizes: list[int] = []
+    seen: set[str] = set()
+    async with contextlib.aclosing(scan_root(root, filt, batch_size=512)) as batches:
+        async for batch in batches:
+            sizes.append(len(batch))
+            seen.update(e.path for e in batch)
+    assert len(seen) == 10_000 == sum(sizes)
+    assert max(sizes) <= 512 and len(sizes) >= 10_000 // 512
+
+
+async def test_two_hundred_levels_deep(tmp_path: Path) -> None:
+    deep = tmp_path.joinpath(*(["d"] * 200))
+    deep.mkdir(parents=True)
+    write_media(deep / "bottom.mp4")
+    write_media(tmp_path / "d" / "top.mp4")
+    entries = await scan(tmp_path)
+    assert rel_paths(entries, tmp_path) == {"d/top.mp4", "/".join(["d"] * 200) + "/bottom.mp4"}
+
+
+async def test_closing_early_stops_the_thread(tmp_path: Path) -> None:
+    for i in range(10_000):
+        (tmp_path / f"clip{i:05d}.mp4").touch()
+    root, filt = make_root(tmp_path)
+    batches = scan_root(root, filt, batch_size=10)
+    first = await anext(batches)
+    assert len(first) == 10
+    # Backpressure: with nobody taking batches the walker waits instead of racing through the
+    # 10,000 files (which takes it a few milliseconds).
+    await asyncio.sleep(0.3)
+    assert len(scan_threads()) == 1
+    await batches.aclose()
+    assert scan_threads() == []
+
+
+async def test_cancelling_the_consumer_stops_the_thread(tmp_path: Path) -> None:
+    for i in range(2_000):
+        (tmp_path / f"clip{i:05d}.mp4").touch()
+    root, filt = make_root(tmp_path)
+    started = asyncio.Event()
+
+    async def consume() -> None:
+        async with contextlib.aclosing(scan_root(root, filt, batch_size=10)) as batches:
+            async for _ in batches:
+                started.set()
+                await asyncio.sleep(3600)
+
+    task = asyncio.create_task(consume())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert scan_threads() == []
+
+
+async def test_scan_dir_walks_one_sub_folder(tmp_path: Path) -> None:
+    for rel in ("top.mp4", "new/a.mp4", "new/deeper/b.mp4", "new/.hidden/c.mp4", "Private/d.mp4"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_media(tmp_path / rel)
+    (tmp_path / "linked").symlink_to(tmp_path / "new")
+    root, filt = make_root(tmp_path, exclude=("Private",))
+    found = await collect(scan_dir(root, filt, str(tmp_path / "new")))
+    assert rel_paths(found, tmp_path) == {"new/a.mp4", "new/deeper/b.mp4"}
+    assert await collect(scan_dir(root, filt, str(tmp_path / "Private"))) == []
+    assert await collect(scan_dir(root, filt, str(tmp_path / "new" / ".hidden"))) == []
+    assert await collect(scan_dir(root, filt, str(tmp_path / "gone"))) == []
+    assert await collect(scan_dir(root, filt, str(tmp_path / "linked"))) == []
+    assert await collect(scan_dir(root, filt, "/somewhere/else")) == []
+    followed = await collect(scan_dir(root, filt, str(tmp_path / "linked"), follow_symlinks=True))
+    assert rel_paths(followed, tmp_path) == {"linked/a.mp4", "linked/deeper/b.mp4"}
+    flat_root, flat_filt = make_root(tmp_path, recursive=False)
+    assert await collect(scan_dir(flat_root, flat_filt, str(tmp_path / "new"))) == []
+
+
+# -- permissions: root reads everything, so these checks run as an unprivileged user ----------
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A folder outside pytest's private tmp tree, so an unprivileged user can reach it."""
+    path = Path(tempfile.mkdtemp(prefix="syncd-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        for folder, dirs, _ in os.walk(path):
+            for d in dirs:
+                os.chmod(os.path.join(folder, d), 0o700)
+        shutil.rmtree(path)
+
+
+def run_unprivileged(check: Callable[[], dict[str, object]]) -> dict[str, object]:
+    """Run ``check`` in a forked child that drops root to ``nobody`` first (the interpreter
+    lives where ``nobody`` cannot exec it, so a fork is the way); return the dict it returns."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        status = 1
+        try:
+            os.close(read_end)
+            if os.geteuid() == 0:
+                nobody = pwd.getpwnam("nobody")
+                os.setgroups([])
+                os.setgid(nobody.pw_gid)
+                os.setuid(nobody.pw_uid)
+            out = check()
+            out["euid"] = os.geteuid()
+            os.write(write_end, json.dumps(out).encode())
+            status = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the unprivileged check failed"
+    result: dict[str, object] = json.loads(data)
+    return result
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_permission_denied_folders_are_skipped_with_one_warning(shared_dir: Path) -> None:
+    for rel in ("ok/a.mp4", "locked/b.mp4", "locked/c.mp4", "nosearch/d.mp4", "nosearch/e.mp4"):
+        (shared_dir / rel).parent.mkdir(exist_ok=True)
+        write_media(shared_dir / rel)
+    (shared_dir / "ok").chmod(0o755)
+    write_media(shared_dir / "ok" / "unreadable.mp4")
+    (shared_dir / "ok" / "unreadable.mp4").chmod(0o000)
+    (shared_dir / "locked").chmod(0o000)
+    (shared_dir / "nosearch").chmod(0o644)  # names can be listed, but not stat-ed
+
+    def check() -> dict[str, object]:
+        handler = _Records()
+        logger = logging.getLogger("syncd.scanner")
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+        entries = asyncio.run(scan(shared_dir))
+        warnings = [r.getMessage() for r in handler.records if r.levelno >= logging.WARNING]
+        return {"found": sorted(rel_paths(entries, shared_dir)), "warnings": warnings}
+
+    out = run_unprivileged(check)
+    assert out["euid"] != 0
+    # A file without read permission is still a candidate: hashing reports it, not the scan.
+    assert out["found"] == ["ok/a.mp4", "ok/unreadable.mp4"]
+    warnings = out["warnings"]
+    assert isinstance(warnings, list) and len(warnings) == 2
+    assert any("locked" in w and "Permission denied" in w for w in warnings)
+    assert any("nosearch" in w and "Permission denied" in w for w in warnings)
+
+
+def test_unreadable_root(shared_dir: Path) -> None:
+    root = shared_dir / "root"
+    root.mkdir(mode=0o000)
+
+    def check() -> dict[str, object]:
+        try:
+            asyncio.run(scan(root))
+        except RootUnavailable as exc:
+            return {"error": str(exc)}
+        return {"error": None}
+
+    out = run_unprivileged(check)
+    assert out["euid"] != 0
+    assert out["error"] == f"watched folder {root}: cannot be read: Permission denied"
