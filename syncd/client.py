@@ -637,7 +637,7 @@ class MaviClient:
             if body is not None and body.local_error is not None:
                 raise body.local_error from None
             if deadline.expired():
-                what = f"no complete answer within {self._read_timeout_s:g} s"
+                what = f"no complete answer after {loop.time() - started:.1f} s"
             elif body is not None and body.stalled:
                 what = f"sending stalled for {self._read_timeout_s:g} s"
             else:
