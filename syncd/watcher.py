@@ -1,0 +1,731 @@
+"""File system events from the watched roots, delivered to the asyncio loop.
+
+One watchdog observer per root: inotify (one inotify instance per root) or, for ``polling:
+true`` roots (NFS/SMB deliver no inotify events for changes made elsewhere), watchdog's
+polling observer. Observer threads never touch loop state: they append :class:`FsEvent` to a
+locked list and schedule one drain with ``loop.call_soon_threadsafe``; the drain calls
+``on_event`` in the loop thread, in order.
+
+Beyond watchdog's own events, the inotify observer reports what watchdog 7 drops silently:
+the kernel's queue overflow (``overflow``: events were lost, rescan), the root moved away
+(``IN_MOVE_SELF``) or its file system unmounted (``IN_UNMOUNT``), both as ``root_gone``, and
+running out of inotify watches while adding a new sub-folder (logged, with the fix).
+A monitor thread also checks every root's identity (exists, is a folder, same inode, still the
+same mount) every few seconds, which catches a vanished root on any observer. A polling root's
+deletions are only passed on while the root is still the folder that was added, so an
+unmounted share (whose mount point then looks empty) reads as ``root_gone``, never as "every
+file was deleted".
+
+This module relies on watchdog 7's inotify internals (``InotifyFD``, ``InotifyWatchGroup``,
+``InotifyFullEmitter``); pin ``watchdog>=7.1,<8``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import itertools
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from watchdog.events import (
+    EVENT_TYPE_ATTRIB,
+    EVENT_TYPE_CLOSED,
+    EVENT_TYPE_CLOSED_NO_WRITE,
+    EVENT_TYPE_CREATED,
+    EVENT_TYPE_DELETED,
+    EVENT_TYPE_MODIFIED,
+    EVENT_TYPE_OPENED,
+    FileSystemEvent,
+    FileSystemEventHandler,
+    FileSystemMovedEvent,
+)
+from watchdog.observers.api import BaseObserver, EventQueue, ObservedWatch
+from watchdog.observers.inotify import InotifyFullEmitter, InotifyWatchGroup
+from watchdog.observers.inotify_c import (
+    CallbackId,
+    InotifyConstants,
+    InotifyEvent,
+    InotifyFD,
+    Mask,
+    WatchCallback,
+    WatchDescriptor,
+)
+from watchdog.observers.polling import PollingObserver
+
+from syncd.config import WatchRoot
+from syncd.errors import EXIT_CONFIG, SyncdError
+from syncd.pathfilter import display_path
+
+log = logging.getLogger(__name__)
+
+EventKind = Literal[
+    "created",
+    "modified",
+    "attrib",
+    "opened",
+    "closed_write",
+    "closed_nowrite",
+    "moved_from",
+    "moved_to",
+    "deleted",
+    "dir_created",
+    "dir_moved_to",
+    "dir_deleted",
+    "overflow",
+    "root_gone",
+]
+
+# File systems on which inotify sees only the changes made by this machine.
+NETWORK_FS_TYPES: Final = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "ncpfs",
+        "9p",
+        "virtiofs",
+        "afs",
+        "ceph",
+        "glusterfs",
+        "lustre",
+        "gpfs",
+        "fuse.sshfs",
+        "fuse.glusterfs",
+        "fuse.rclone",
+        "fuse.s3fs",
+        "fuse.davfs",
+        "davfs",
+    }
+)
+
+# How long observer and monitor threads get to stop before they are left behind (daemon threads:
+# one stuck in a hung network call must not hold up shutdown).
+JOIN_TIMEOUT_S: Final = 5.0
+# A polling root's identity, checked before its deletions are passed on, is reused this long.
+_IDENTITY_TTL_S: Final = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class FsEvent:
+    """One file system event.
+
+    ``path`` is absolute, in ``os.fsdecode`` form (surrogate escapes), so every on-disk name
+    round-trips through ``os.fsencode``; ``root`` is the :class:`WatchRoot` ``path`` it belongs
+    to. For ``overflow`` and ``root_gone``, ``path`` is the root's (normalised) path.
+    """
+
+    kind: EventKind
+    path: str
+    root: str
+
+
+WatchErrorReason = Literal[
+    "missing", "not_dir", "denied", "watch_limit", "instance_limit", "not_absolute", "failed"
+]
+
+
+class WatchError(SyncdError):
+    """A root cannot be watched. One line naming the folder, the problem and the fix.
+
+    Given the root's path, the message, and a machine-readable ``reason``.
+    """
+
+    exit_code = EXIT_CONFIG
+
+    def __init__(self, path: str, message: str, reason: WatchErrorReason = "failed") -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(message)
+
+
+@dataclass(frozen=True, slots=True)
+class RootIdentity:
+    """What a root was when it was added: its device and inode, and whether it was a mount
+    point (on another file system than its parent folder)."""
+
+    dev: int
+    ino: int
+    mountpoint: bool
+
+
+@dataclass(eq=False)
+class _Root:
+    config: WatchRoot
+    path: str  # normalised
+    token: int
+    identity: RootIdentity
+    observer: BaseObserver | None = None
+    gone: bool = False
+    started: bool = False
+    limit_hits: int = 0
+    checked_at: float = field(default=-1e18)
+    problem: str | None = None  # of the last identity check (polling roots)
+
+
+class Watcher:
+    """Watches roots and hands their events to ``on_event`` on the given loop.
+
+    Given the loop that must run ``on_event`` and the callback; optionally the polling
+    interval of ``polling: true`` roots and how often every root's identity is checked.
+    ``add_root``, ``remove_root`` and ``stop`` block (they walk the tree to add watches and
+    join threads): call them in a thread (``asyncio.to_thread``); they are thread-safe.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_event: Callable[[FsEvent], None],
+        *,
+        poll_interval_s: float = 2.0,
+        check_interval_s: float = 2.0,
+    ) -> None:
+        self._loop = loop
+        self._on_event = on_event
+        self._poll_interval_s = poll_interval_s
+        self._check_interval_s = check_interval_s
+        self._lock = threading.Lock()
+        self._roots: dict[str, _Root] = {}
+        self._active: set[int] = set()
+        self._tokens = itertools.count(1)
+        self._pending: list[tuple[int, FsEvent]] = []
+        self._drain_scheduled = False
+        self._teardown: list[BaseObserver] = []
+        self._kick = threading.Event()
+        self._stopping = False
+        self._monitor: threading.Thread | None = None
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def add_root(self, root: WatchRoot) -> None:
+        """Start watching ``root`` (again, if it was watched before: the old watch is dropped).
+
+        Raises :class:`WatchError` when the root is missing, not a folder, unreadable, or an
+        inotify limit (watches: ``ENOSPC``; instances: ``EMFILE``) is reached; nothing is left
+        running then. Blocks while watches are added (a walk of the whole tree for inotify, a
+        first snapshot for polling).
+        """
+        path = os.path.normpath(root.path)
+        if not os.path.isabs(path):
+            raise WatchError(
+                root.path,
+                f"watched folder {display_path(root.path)} is not an absolute path; "
+                "write it from / in watch[].path",
+                "not_absolute",
+            )
+        identity = _identify(path)
+        if not root.polling:
+            fs_type = network_filesystem(path)
+            if fs_type:
+                log.warning(
+                    "watched folder %s is on %s: inotify sees only changes made on this "
+                    "machine; set `polling: true` for it and a longer settle.quiet_s (30 s or "
+                    "more), because a writer on another machine is invisible to syncd",
+                    display_path(path),
+                    fs_type,
+                )
+        with self._lock:
+            if self._stopping:
+                raise WatchError(path, "the watcher is stopped", "failed")
+            old = self._roots.pop(path, None)
+            if old is not None:
+                self._active.discard(old.token)
+            entry = _Root(root, path, next(self._tokens), identity)
+            self._active.add(entry.token)
+        if old is not None and old.observer is not None:
+            _shutdown(old.observer)
+        try:
+            observer = self._make_observer(entry)
+            entry.observer = observer
+            observer.schedule(
+                _Handler(self, entry),
+                path,
+                recursive=root.recursive,
+                follow_symlink=root.follow_symlinks,
+            )
+            observer.start()
+            if entry.limit_hits:
+                raise OSError(errno.ENOSPC, "inotify watch limit reached")
+        except OSError as exc:
+            with self._lock:
+                self._active.discard(entry.token)
+            if entry.observer is not None:
+                _shutdown(entry.observer)
+            raise _watch_error(path, exc) from None
+        with self._lock:
+            entry.started = True
+            self._roots[path] = entry
+            if self._monitor is None:
+                self._monitor = threading.Thread(
+                    target=self._monitor_loop, name="syncd-watch-monitor", daemon=True
+                )
+                self._monitor.start()
+        log.info(
+            "watching %s (%s%s)",
+            display_path(path),
+            "polling" if root.polling else "inotify",
+            ", recursive" if root.recursive else "",
+        )
+
+    def remove_root(self, path: str) -> None:
+        """Stop watching the root at ``path`` (as configured or normalised); no-op if unknown.
+        Blocks until its observer threads have stopped (at most a few seconds)."""
+        with self._lock:
+            entry = self._roots.pop(os.path.normpath(path), None)
+            if entry is None:
+                return
+            self._active.discard(entry.token)
+        if entry.observer is not None:
+            _shutdown(entry.observer)
+
+    def stop(self) -> None:
+        """Stop every observer and the monitor thread and wait for them. Idempotent."""
+        with self._lock:
+            self._stopping = True
+            entries = list(self._roots.values())
+            self._roots.clear()
+            self._active.clear()
+            monitor = self._monitor
+        self._kick.set()
+        for entry in entries:
+            if entry.observer is not None:
+                _shutdown(entry.observer)
+        if monitor is not None:
+            monitor.join(JOIN_TIMEOUT_S)
+        with self._lock:
+            leftovers, self._teardown = self._teardown, []
+        for observer in leftovers:
+            _shutdown(observer)
+
+    def roots(self) -> dict[str, bool]:
+        """Return ``normalised root path -> gone`` for every root added and not removed."""
+        with self._lock:
+            return {p: e.gone for p, e in self._roots.items()}
+
+    def is_available(self, path: str) -> bool:
+        """Whether a root (gone or not) is usable again: it exists, is a folder, and is a
+        mount point if it was one when added (else on the same file system as then).
+        Blocking (one or two ``stat`` calls); False for an unknown root."""
+        with self._lock:
+            entry = self._roots.get(os.path.normpath(path))
+        if entry is None:
+            return False
+        return root_available(entry.path, entry.identity)
+
+    # -- observers ----------------------------------------------------------------------------
+
+    def _make_observer(self, entry: _Root) -> BaseObserver:
+        if entry.config.polling:
+            return PollingObserver(timeout=self._poll_interval_s)
+        return _InotifyObserver(_Hooks(self, entry))
+
+    # -- from observer threads ----------------------------------------------------------------
+
+    def _from_watchdog(self, entry: _Root, event: FileSystemEvent) -> None:
+        """In an observer thread: translate one watchdog event and post it."""
+        src = os.fsdecode(event.src_path)
+        dest = os.fsdecode(event.dest_path)
+        kind = event.event_type
+        is_dir = event.is_directory
+        out: list[tuple[EventKind, str]] = []
+        if isinstance(event, FileSystemMovedEvent):
+            if src:
+                out.append(("dir_deleted" if is_dir else "moved_from", src))
+            if dest:
+                out.append(("dir_moved_to" if is_dir else "moved_to", dest))
+        elif kind == EVENT_TYPE_DELETED:
+            if is_dir and os.path.normpath(src) == entry.path:
+                self._mark_gone(entry, "it was deleted")
+                return
+            out.append(("dir_deleted" if is_dir else "deleted", src))
+        elif kind == EVENT_TYPE_CREATED:
+            out.append(("dir_created" if is_dir else "created", src))
+        elif is_dir:
+            return  # a folder's own modified/attrib events say nothing about its files
+        elif kind == EVENT_TYPE_MODIFIED:
+            out.append(("modified", src))
+        elif kind == EVENT_TYPE_ATTRIB:
+            out.append(("attrib", src))
+        elif kind == EVENT_TYPE_OPENED:
+            out.append(("opened", src))
+        elif kind == EVENT_TYPE_CLOSED:
+            out.append(("closed_write", src))
+        elif kind == EVENT_TYPE_CLOSED_NO_WRITE:
+            out.append(("closed_nowrite", src))
+        if not out:
+            return
+        losing = any(k in ("deleted", "dir_deleted", "moved_from") for k, _ in out)
+        if entry.config.polling and losing:
+            # An unmounted share leaves an empty mount point behind: the poller then sees every
+            # file "deleted". Only a root that is still the folder we added can lose files.
+            problem = self._polling_identity_problem(entry)
+            if problem:
+                self._mark_gone(entry, problem)
+                return
+        self._post([(entry.token, FsEvent(k, p, entry.config.path)) for k, p in out], entry)
+
+    def _polling_identity_problem(self, entry: _Root) -> str | None:
+        now = time.monotonic()
+        if now - entry.checked_at > _IDENTITY_TTL_S:
+            entry.problem = _identity_problem(entry.path, entry.identity)
+            entry.checked_at = now
+        return entry.problem
+
+    def _post(self, items: list[tuple[int, FsEvent]], entry: _Root | None = None) -> None:
+        """Thread-safe: queue events for the loop and make sure one drain is scheduled."""
+        with self._lock:
+            if entry is not None and entry.gone:
+                return
+            self._pending.extend(items)
+            if self._drain_scheduled:
+                return
+            self._drain_scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is listening any more
+
+    def _mark_gone(self, entry: _Root, why: str) -> None:
+        """Thread-safe: report the root gone once and have its observer shut down."""
+        with self._lock:
+            if entry.gone or entry.token not in self._active:
+                return
+            entry.gone = True
+            if entry.observer is not None:
+                self._teardown.append(entry.observer)
+        log.warning(
+            "watched folder %s is gone (%s); its files keep their records and are not taken "
+            "as deleted. Fix: mount or restore it; syncd watches it again once it is back",
+            display_path(entry.path),
+            why,
+        )
+        self._post([(entry.token, FsEvent("root_gone", entry.path, entry.config.path))])
+        self._kick.set()
+
+    def _overflow(self, entry: _Root) -> None:
+        log.warning(
+            "the kernel dropped file events for %s (inotify queue overflow); rescanning it. "
+            "If this repeats, raise fs.inotify.max_queued_events (sysctl)",
+            display_path(entry.path),
+        )
+        self._post([(entry.token, FsEvent("overflow", entry.path, entry.config.path))], entry)
+
+    def _watch_limit(self, entry: _Root, path: str) -> None:
+        entry.limit_hits += 1
+        if entry.limit_hits == 1 and entry.started:
+            log.error(
+                "%s; changes in %s are seen only by the periodic rescan",
+                _limit_message(entry.path),
+                display_path(path),
+            )
+
+    # -- in the loop --------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        with self._lock:
+            items, self._pending = self._pending, []
+            self._drain_scheduled = False
+            active = set(self._active)
+        for token, ev in items:
+            if token not in active:
+                continue  # from a root removed meanwhile
+            try:
+                self._on_event(ev)
+            except Exception:
+                log.exception("handling %s %s failed", ev.kind, display_path(ev.path))
+
+    # -- monitor thread -----------------------------------------------------------------------
+
+    def _monitor_loop(self) -> None:
+        while True:
+            self._kick.wait(self._check_interval_s)
+            self._kick.clear()
+            with self._lock:
+                stopping = self._stopping
+                dead, self._teardown = self._teardown, []
+                live = [e for e in self._roots.values() if not e.gone]
+            for observer in dead:
+                _shutdown(observer)
+            if stopping:
+                return
+            for entry in live:
+                problem = _identity_problem(entry.path, entry.identity)
+                if problem:
+                    self._mark_gone(entry, problem)
+
+
+class _Handler(FileSystemEventHandler):
+    """Runs in the observer's dispatch thread; hands every event to the watcher."""
+
+    def __init__(self, watcher: Watcher, entry: _Root) -> None:
+        self._watcher = watcher
+        self._entry = entry
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        try:
+            self._watcher._from_watchdog(self._entry, event)
+        except Exception:
+            # An exception would kill the observer thread and every later event with it.
+            log.exception("cannot handle a file event under %s", display_path(self._entry.path))
+
+
+class _Hooks:
+    """What the inotify threads report beyond watchdog's events (called from those threads)."""
+
+    def __init__(self, watcher: Watcher, entry: _Root) -> None:
+        self.watcher = watcher
+        self.entry = entry
+
+    def overflow(self) -> None:
+        self.watcher._overflow(self.entry)
+
+    def root_gone(self, why: str) -> None:
+        self.watcher._mark_gone(self.entry, why)
+
+    def watch_limit(self, path: str) -> None:
+        self.watcher._watch_limit(self.entry, path)
+
+
+class _CountingInotifyFD(InotifyFD):
+    """An inotify instance that reports ``ENOSPC`` on any watch (watchdog swallows it for
+    sub-folders, which would leave them silently unwatched)."""
+
+    def __init__(self, hooks: _Hooks) -> None:
+        self._hooks = hooks
+        super().__init__()
+
+    def add_callback(
+        self, path: bytes, mask: Mask, callback: WatchCallback, id_: CallbackId
+    ) -> WatchDescriptor:
+        try:
+            return super().add_callback(path, mask, callback, id_)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                self._hooks.watch_limit(os.fsdecode(path))
+            raise
+
+
+@dataclass
+class _WatchGroup(InotifyWatchGroup):
+    """watchdog's watch group, plus root moves, unmounts and queue overflows."""
+
+    hooks: _Hooks | None = None
+
+    def on_event(self, event: InotifyEvent) -> None:
+        if event.mask & (InotifyConstants.IN_MOVE_SELF | InotifyConstants.IN_UNMOUNT):
+            if self.hooks is not None and self._active_callbacks_by_path.get(self.path) == event.wd:
+                moved = event.mask & InotifyConstants.IN_MOVE_SELF
+                self.hooks.root_gone("it was moved away" if moved else "it was unmounted")
+            return  # watchdog has no use for either
+        super().on_event(event)
+
+    def on_queue_overflow(self) -> None:
+        super().on_queue_overflow()
+        if self.hooks is not None:
+            self.hooks.overflow()
+
+
+class _Emitter(InotifyFullEmitter):
+    """Full events (moves out/in as moves, not deletes/creates) through :class:`_WatchGroup`."""
+
+    def __init__(
+        self,
+        event_queue: EventQueue,
+        watch: ObservedWatch,
+        *,
+        hooks: _Hooks,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(event_queue, watch, **kwargs)
+        self._hooks = hooks
+
+    def on_thread_start(self) -> None:
+        mask = Mask(self.get_event_mask_from_filter() | InotifyConstants.IN_MOVE_SELF)
+        self._inotify = _WatchGroup(
+            self._inotify_fd,
+            os.fsencode(self.watch.path),
+            is_recursive=self.watch.is_recursive,
+            event_mask=mask,
+            follow_symlink=self.watch.follow_symlink,
+            hooks=self._hooks,
+        )
+
+
+class _InotifyObserver(BaseObserver):
+    """watchdog's InotifyObserver with :class:`_Emitter`; one inotify instance per root."""
+
+    def __init__(self, hooks: _Hooks) -> None:
+        self._inotify_fd = _CountingInotifyFD(hooks)
+        self._inotify_fd.start()
+        super().__init__(_Emitter, inotify_fd=self._inotify_fd, hooks=hooks)
+
+    def on_thread_stop(self) -> None:
+        super().on_thread_stop()
+        self._inotify_fd.stop()
+        if self._inotify_fd.is_alive():
+            self._inotify_fd.join(JOIN_TIMEOUT_S)
+
+
+def _shutdown(observer: BaseObserver) -> None:
+    """Stop an observer (started or not) and wait a bounded time for its threads."""
+    try:
+        observer.stop()
+    except Exception:
+        log.exception("stopping a file observer failed")
+    with contextlib.suppress(RuntimeError):  # never started
+        observer.join(JOIN_TIMEOUT_S)
+    if observer.is_alive():
+        log.warning("a file observer did not stop within %.0f s; leaving it", JOIN_TIMEOUT_S)
+
+
+# -- roots: identity, availability, errors ------------------------------------------------------
+
+
+def _identify(path: str) -> RootIdentity:
+    """Blocking: stat a root to be added; raises :class:`WatchError` when it cannot be."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise _watch_error(path, exc) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise _watch_error(path, OSError(errno.ENOTDIR, "not a folder"))
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise _watch_error(path, OSError(errno.EACCES, "permission denied"))
+    return RootIdentity(st.st_dev, st.st_ino, _is_mountpoint(path, st))
+
+
+def _is_mountpoint(path: str, st: os.stat_result) -> bool:
+    parent = os.path.dirname(path)
+    if parent == path:
+        return True  # "/"
+    try:
+        return os.stat(parent).st_dev != st.st_dev
+    except OSError:
+        return False
+
+
+def _identity_problem(path: str, identity: RootIdentity) -> str | None:
+    """Blocking: why the root at ``path`` is no longer the folder that was added (None if it
+    still is)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "it no longer exists"
+    except OSError as exc:
+        return f"it cannot be read: {exc.strerror or exc}"
+    if not stat.S_ISDIR(st.st_mode):
+        return "it is no longer a folder"
+    if identity.mountpoint and not _is_mountpoint(path, st):
+        return "its file system was unmounted"
+    if st.st_dev != identity.dev:
+        return "another file system was mounted on it"
+    if st.st_ino != identity.ino:
+        return "it was replaced by another folder"
+    return None
+
+
+def root_available(path: str, identity: RootIdentity | None = None) -> bool:
+    """Blocking: whether ``path`` is a folder syncd can watch now. With the identity the root
+    had when it was added: a mount point must be mounted again (any device); a plain folder
+    must be on the same file system as before (a recreated folder is fine)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(st.st_mode) or not os.access(path, os.R_OK | os.X_OK):
+        return False
+    if identity is None:
+        return True
+    if identity.mountpoint:
+        return _is_mountpoint(path, st)
+    return st.st_dev == identity.dev
+
+
+def network_filesystem(path: str) -> str | None:
+    """Blocking: the type of the file system holding ``path`` when it is a network or shared
+    one (``nfs4``, ``cifs``, ``fuse.sshfs``...), where inotify cannot see other machines'
+    writes; None for a local one or when it cannot be told (Linux ``/proc/self/mountinfo``)."""
+    try:
+        dev = os.stat(path).st_dev
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    want = f"{os.major(dev)}:{os.minor(dev)}"
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3 or fields[2] != want or " - " not in line:
+            continue
+        fs_type = line.split(" - ", 1)[1].split()[0]
+        return fs_type if fs_type in NETWORK_FS_TYPES else None
+    return None
+
+
+def _sysctl(name: str) -> int | None:
+    try:
+        with open(f"/proc/sys/{name.replace('.', '/')}", encoding="ascii") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _limit_message(path: str) -> str:
+    current = _sysctl("fs.inotify.max_user_watches")
+    suggest = max(524288, 2 * (current or 0))
+    now = f" (now {current})" if current is not None else ""
+    return (
+        f"cannot watch {display_path(path)}: the inotify watch limit is reached{now}. "
+        f"Fix: `sysctl fs.inotify.max_user_watches={suggest}`, and keep it across reboots with "
+        f"`echo fs.inotify.max_user_watches={suggest} > /etc/sysctl.d/90-syncd.conf`; "
+        "or set `polling: true` for this folder"
+    )
+
+
+def _watch_error(path: str, exc: OSError) -> WatchError:
+    """Given a root and the error watching it raised, return the one-line :class:`WatchError`."""
+    shown = display_path(path)
+    code = exc.errno
+    if code == errno.ENOSPC:
+        return WatchError(path, _limit_message(path), "watch_limit")
+    if code == errno.EMFILE:
+        current = _sysctl("fs.inotify.max_user_instances")
+        suggest = max(1024, 2 * (current or 0))
+        now = f" (now {current})" if current is not None else ""
+        return WatchError(
+            path,
+            f"cannot watch {shown}: the inotify instance limit is reached{now} or syncd ran out "
+            f"of file descriptors. Fix: `sysctl fs.inotify.max_user_instances={suggest}`, kept "
+            f"with `echo fs.inotify.max_user_instances={suggest} > "
+            "/etc/sysctl.d/90-syncd.conf`, or raise LimitNOFILE= in the service",
+            "instance_limit",
+        )
+    if code == errno.ENOENT:
+        return WatchError(
+            path,
+            f"watched folder {shown} does not exist. Fix: create it (`mkdir -p {shown}`), mount "
+            "it, or correct watch[].path in the config",
+            "missing",
+        )
+    if code == errno.ENOTDIR:
+        return WatchError(
+            path,
+            f"watched folder {shown} is not a folder. Fix: point watch[].path at a folder",
+            "not_dir",
+        )
+    if code in (errno.EACCES, errno.EPERM):
+        return WatchError(
+            path,
+            f"cannot read watched folder {shown}: permission denied. Fix: give the user syncd "
+            "runs as read and search (r-x) access to it and to every folder above it",
+            "denied",
+        )
+    return WatchError(path, f"cannot watch {shown}: {exc.strerror or exc}", "failed")

@@ -1,0 +1,277 @@
+"""The watcher on real folders: real inotify, the real polling observer, real writer processes."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from samples import write_media
+
+from syncd.config import WatchRoot
+from syncd.watcher import (
+    FsEvent,
+    Watcher,
+    WatchError,
+    _watch_error,
+    network_filesystem,
+    root_available,
+)
+
+WAIT_S = 10.0
+
+WRITER = """
+import sys
+with open(sys.argv[1], "wb") as f:
+    f.write(b"header")
+    f.flush()
+    f.write(b"rest")
+"""
+
+
+@dataclass
+class Collector:
+    """Records every event and the thread that delivered it."""
+
+    events: list[FsEvent] = field(default_factory=list)
+    threads: set[int] = field(default_factory=set)
+
+    def __call__(self, ev: FsEvent) -> None:
+        self.threads.add(threading.get_ident())
+        self.events.append(ev)
+
+    def kinds(self, path: Path | str) -> list[str]:
+        return [e.kind for e in self.events if e.path == str(path)]
+
+    async def wait_for(self, pred: Callable[[], bool], what: str) -> None:
+        async with asyncio.timeout(WAIT_S):
+            while not pred():
+                await asyncio.sleep(0.02)
+        assert pred(), what
+
+    async def wait_kind(self, kind: str, path: Path | str) -> None:
+        await self.wait_for(lambda: kind in self.kinds(path), f"{kind} for {path}")
+
+
+@pytest.fixture
+async def watch() -> AsyncIterator[tuple[Watcher, Collector]]:
+    collector = Collector()
+    watcher = Watcher(
+        asyncio.get_running_loop(), collector, poll_interval_s=0.2, check_interval_s=0.3
+    )
+    try:
+        yield watcher, collector
+    finally:
+        await asyncio.to_thread(watcher.stop)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    path = tmp_path / "inbox"
+    path.mkdir()
+    return path
+
+
+async def add(watcher: Watcher, root: Path, **kw: bool) -> WatchRoot:
+    cfg = WatchRoot(str(root), **kw)
+    await asyncio.to_thread(watcher.add_root, cfg)
+    return cfg
+
+
+async def test_events_of_a_real_writer_reach_the_loop_thread(
+    watch: tuple[Watcher, Collector], root: Path, tmp_path: Path
+) -> None:
+    watcher, col = watch
+    await add(watcher, root)
+    clip = root / "clip.mp4"
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", WRITER, str(clip))
+    assert await proc.wait() == 0
+    await col.wait_kind("closed_write", clip)
+    writes = col.kinds(clip)
+    assert writes[:2] == ["created", "opened"]
+    assert "modified" in writes
+    assert writes[-1] == "closed_write"
+
+    await asyncio.to_thread(clip.read_bytes)
+    await col.wait_kind("closed_nowrite", clip)
+    assert col.kinds(clip)[len(writes) :] == ["opened", "closed_nowrite"]
+
+    # Every callback ran in the loop's thread, never in an observer thread.
+    assert col.threads == {threading.get_ident()}
+    assert {e.root for e in col.events} == {str(root)}
+
+
+async def test_moves_deletes_and_folders(
+    watch: tuple[Watcher, Collector], root: Path, tmp_path: Path
+) -> None:
+    watcher, col = watch
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    write_media(outside / "in.mp4")
+    (outside / "album").mkdir()
+    write_media(outside / "album" / "a.mp4")
+    await add(watcher, root)
+
+    write_media(root / ".x.mp4.part", "mp4")
+    os.rename(root / ".x.mp4.part", root / "x.mp4")
+    await col.wait_kind("moved_to", root / "x.mp4")
+    assert "moved_from" in col.kinds(root / ".x.mp4.part")
+
+    os.rename(outside / "in.mp4", root / "in.mp4")
+    await col.wait_kind("moved_to", root / "in.mp4")
+    os.rename(outside / "album", root / "album")
+    await col.wait_kind("dir_moved_to", root / "album")
+    (root / "new").mkdir()
+    await col.wait_kind("dir_created", root / "new")
+
+    os.rename(root / "x.mp4", outside / "x.mp4")
+    await col.wait_kind("moved_from", root / "x.mp4")
+    os.unlink(root / "in.mp4")
+    await col.wait_kind("deleted", root / "in.mp4")
+    shutil.rmtree(root / "new")
+    await col.wait_kind("dir_deleted", root / "new")
+    assert not [e for e in col.events if e.kind == "root_gone"]
+
+
+async def test_odd_file_names_round_trip(watch: tuple[Watcher, Collector], root: Path) -> None:
+    watcher, col = watch
+    await add(watcher, root)
+    raw = os.fsencode(str(root)) + b"/caf\xe9 \n.mp4"  # Latin-1 byte, newline: not UTF-8
+    with open(raw, "wb") as f:
+        f.write(b"x")
+    await col.wait_for(lambda: any(e.kind == "closed_write" for e in col.events), "event")
+    ev = next(e for e in col.events if e.kind == "closed_write")
+    assert os.fsencode(ev.path) == raw
+
+
+async def test_missing_root_is_a_clear_error(watch: tuple[Watcher, Collector], root: Path) -> None:
+    watcher, _ = watch
+    missing = root / "not-here"
+    with pytest.raises(WatchError) as info:
+        await add(watcher, missing)
+    message = str(info.value)
+    assert info.value.reason == "missing"
+    assert str(missing) in message and "does not exist" in message and "mkdir -p" in message
+    assert "\n" not in message
+    assert watcher.roots() == {}
+
+
+async def test_root_that_is_a_file_or_relative_is_refused(
+    watch: tuple[Watcher, Collector], root: Path
+) -> None:
+    watcher, _ = watch
+    write_media(root / "a.mp4")
+    with pytest.raises(WatchError, match="is not a folder") as info:
+        await add(watcher, root / "a.mp4")
+    assert info.value.reason == "not_dir"
+    with pytest.raises(WatchError, match="absolute") as info:
+        await asyncio.to_thread(watcher.add_root, WatchRoot("relative/inbox"))
+    assert info.value.reason == "not_absolute"
+
+
+def test_limit_errors_name_the_sysctl_fix(tmp_path: Path) -> None:
+    watches = _watch_error(str(tmp_path), OSError(errno.ENOSPC, "inotify watch limit reached"))
+    assert watches.reason == "watch_limit"
+    text = str(watches)
+    assert "sysctl fs.inotify.max_user_watches=" in text
+    assert "/etc/sysctl.d/" in text and "polling: true" in text and "\n" not in text
+    instances = _watch_error(str(tmp_path), OSError(errno.EMFILE, "instance limit"))
+    assert instances.reason == "instance_limit"
+    assert "fs.inotify.max_user_instances=" in str(instances)
+
+
+async def test_deleted_root_is_gone_and_can_be_watched_again(
+    watch: tuple[Watcher, Collector], root: Path
+) -> None:
+    watcher, col = watch
+    write_media(root / "a.mp4")
+    cfg = await add(watcher, root)
+    await asyncio.to_thread(shutil.rmtree, root)
+    await col.wait_kind("root_gone", root)
+    assert col.kinds(root) == ["root_gone"]
+    assert watcher.roots() == {str(root): True}
+    assert not await asyncio.to_thread(watcher.is_available, str(root))
+
+    root.mkdir()
+    assert await asyncio.to_thread(watcher.is_available, str(root))
+    await asyncio.to_thread(watcher.add_root, cfg)
+    assert watcher.roots() == {str(root): False}
+    write_media(root / "b.mp4")
+    await col.wait_kind("closed_write", root / "b.mp4")
+
+
+async def test_root_moved_away_is_gone_and_its_new_place_is_not_reported(
+    watch: tuple[Watcher, Collector], root: Path, tmp_path: Path
+) -> None:
+    watcher, col = watch
+    await add(watcher, root)
+    away = tmp_path / "away"
+    os.rename(root, away)
+    await col.wait_kind("root_gone", root)
+    write_media(away / "late.mp4")
+    await asyncio.sleep(0.5)
+    assert [e.kind for e in col.events] == ["root_gone"]
+
+
+async def test_removed_root_reports_nothing_more(
+    watch: tuple[Watcher, Collector], root: Path
+) -> None:
+    watcher, col = watch
+    await add(watcher, root)
+    write_media(root / "a.mp4")
+    await col.wait_kind("closed_write", root / "a.mp4")
+    await asyncio.to_thread(watcher.remove_root, str(root))
+    count = len(col.events)
+    write_media(root / "b.mp4")
+    await asyncio.sleep(0.5)
+    assert len(col.events) == count
+    assert watcher.roots() == {}
+
+
+async def test_polling_root_reports_changes_and_a_vanished_root(
+    watch: tuple[Watcher, Collector], root: Path
+) -> None:
+    watcher, col = watch
+    await add(watcher, root, polling=True)
+    clip = root / "clip.mp4"
+    write_media(clip)
+    await col.wait_kind("created", clip)
+    with open(clip, "ab") as f:
+        f.write(b"more")
+    await col.wait_kind("modified", clip)
+    clip.unlink()
+    await col.wait_kind("deleted", clip)
+    await asyncio.to_thread(shutil.rmtree, root)
+    await col.wait_kind("root_gone", root)
+
+
+async def test_polling_root_swapped_under_us_is_gone_not_emptied(
+    watch: tuple[Watcher, Collector], root: Path, tmp_path: Path
+) -> None:
+    # What an unmounted share looks like to a poller: the same path, now another (empty)
+    # folder. Its files were not deleted, so no "deleted" may come out.
+    watcher, col = watch
+    for i in range(3):
+        write_media(root / f"{i}.mp4", seed=i)
+    await add(watcher, root, polling=True)
+    os.rename(root, tmp_path / "share-contents")
+    root.mkdir()
+    await col.wait_kind("root_gone", root)
+    await asyncio.sleep(0.5)
+    assert [e.kind for e in col.events] == ["root_gone"]
+
+
+def test_availability_and_file_system_type(root: Path) -> None:
+    assert root_available(str(root))
+    assert not root_available(str(root / "missing"))
+    assert network_filesystem(str(root)) is None  # the test tree is on a local disk
+    result = subprocess.run(["stat", "-f", "-c", "%T", str(root)], capture_output=True, text=True)
+    assert result.returncode == 0 and "nfs" not in result.stdout
