@@ -21,24 +21,26 @@ def auth(key: str) -> dict[str, str]:
 
 def file_form(data: bytes, filename: str | None, field: str = "file") -> aiohttp.FormData:
     """Return a multipart form with one part holding ``data``."""
+    # A stream, not bytes: aiohttp warns about large bytes bodies, and without a file name it
+    # then sends a file part that has none.
     form = aiohttp.FormData()
-    if filename is None:
-        # A stream, not bytes: aiohttp then sends a file part without a file name.
-        form.add_field(field, io.BytesIO(data), content_type="application/octet-stream")
-    else:
-        form.add_field(field, data, filename=filename, content_type="application/octet-stream")
+    form.add_field(
+        field, io.BytesIO(data), filename=filename, content_type="application/octet-stream"
+    )
     return form
 
 
 async def call(
     session: aiohttp.ClientSession, method: str, url: str, **kwargs: Any
 ) -> tuple[int, Any]:
-    """Send one request; returns ``(status, parsed JSON body or text)``."""
+    """Send one request; returns ``(status, parsed JSON, text or bytes)``."""
     async with session.request(method, url, **kwargs) as resp:
-        text = await resp.text()
+        raw = await resp.read()
         if resp.content_type == "application/json":
             return resp.status, await resp.json()
-        return resp.status, text
+        if resp.content_type.startswith("text/"):
+            return resp.status, raw.decode()
+        return resp.status, raw
 
 
 def check_envelope(body: Any, code: int, msg: str | None = None) -> Any:

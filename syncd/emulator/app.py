@@ -158,9 +158,11 @@ async def _gate(
         account = entry.account
         if state.faults.throttled(endpoint, state.clock()):
             entry.fault = "scripted:throttle_for_s"
+            entry.throttled = True
             raise _Reply(api_answer(settings.throttle_status, THROTTLE_MSG))
         rate_per_s = settings.rate_per_s(endpoint)
         if not state.limiter.allow(account, endpoint, rate_per_s, settings.rate_algorithm):
+            entry.throttled = True
             raise _Reply(api_answer(settings.throttle_status, THROTTLE_MSG))
     scripted = state.faults.take(endpoint)
     drawn, latency_s = state.random_fault()

@@ -64,6 +64,7 @@ class RequestLogEntry:
     bytes_received: int | None = None
     asset_id: str | None = None
     fault: str | None = None
+    throttled: bool = False  # answered the throttle status (rate limiter or throttle_for_s)
     done: bool = False
 
     def to_json(self) -> dict[str, Any]:
