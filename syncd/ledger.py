@@ -18,9 +18,10 @@ import errno
 import fcntl
 import json
 import os
+import posixpath
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
@@ -1008,6 +1009,137 @@ class Ledger:
         """Total possible remote duplicates counted by recovery."""
         rows = await self._read("SELECT COALESCE(SUM(possible_duplicates), 0) FROM contents")
         return int(rows[0][0])
+
+    # ---- operator queries
+    # Read-only queries behind `syncd show/ls/status` and the local HTTP endpoint. Each one is
+    # bounded: listings page by keyset (never OFFSET, never a whole table in memory) and the
+    # lock is released between pages so a daemon sharing this connection keeps writing.
+
+    async def iter_assets(
+        self,
+        *,
+        states: Sequence[str] = (),
+        root: str | None = None,
+        since: float | None = None,
+        page_size: int = 1000,
+        on_page: Callable[[int], None] | None = None,
+    ) -> AsyncGenerator[tuple[PathRecord, Content | None], None]:
+        """Stream every known path with its content (None when it holds none), in path order.
+
+        Given optional filters: ``states`` (content states such as ``failed`` and path states
+        such as ``skipped``, mixed freely; a row matches either), ``root`` (a folder: only paths
+        below it) and ``since`` (epoch seconds: only rows first seen, changed or gone since
+        then). Fetches ``page_size`` rows per query, calling ``on_page(rows)`` after each one.
+        Raises :class:`ValueError` for an unknown state, :class:`LedgerError` on SQLite errors.
+        """
+        unknown = [s for s in states if s not in CONTENT_STATES and s not in PATH_STATES]
+        if unknown:
+            raise ValueError(f"unknown state {unknown[0]!r}")
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        where: list[str] = []
+        params: list[Any] = []
+        content_states = [s for s in states if s in CONTENT_STATES]
+        path_states = [s for s in states if s in PATH_STATES]
+        either: list[str] = []
+        if content_states:
+            either.append(f"c.state IN ({','.join('?' * len(content_states))})")
+            params.extend(content_states)
+        if path_states:
+            either.append(f"p.state IN ({','.join('?' * len(path_states))})")
+            params.extend(path_states)
+        if either:
+            where.append("(" + " OR ".join(either) + ")")
+        upper: bytes | None = None
+        after: bytes | None = None
+        if root is not None:
+            prefix = _b(posixpath.normpath(root)).rstrip(b"/") + b"/"
+            # Everything under `prefix` sorts between it and the same bytes with the final
+            # "/" (0x2f) raised to "0" (0x30): a range the primary key answers directly.
+            upper = prefix[:-1] + b"0"
+            where.append("p.path >= ? AND p.path < ?")
+            params.extend([prefix, upper])
+        if since is not None:
+            where.append(
+                "MAX(p.first_seen, COALESCE(c.updated_at, 0), COALESCE(p.gone_at, 0)) >= ?"
+            )
+            params.append(since)
+        content_cols = ", ".join("c." + c for c in Content.__slots__)
+        path_cols = ", ".join("p." + c.strip() for c in _PATH_COLS.split(","))
+        base = (
+            f"SELECT {path_cols}, {content_cols} FROM paths p "
+            "LEFT JOIN contents c ON c.sha256 = p.sha256 WHERE "
+        )
+        n_path = len(_PATH_COLS.split(","))
+        while True:
+            keyset = ["p.path > ?"] if after is not None else []
+            sql = base + " AND ".join([*keyset, *where] or ["1"]) + " ORDER BY p.path LIMIT ?"
+            page = await self._read(
+                sql, [*([after] if after is not None else []), *params, page_size]
+            )
+            if on_page is not None:
+                on_page(len(page))
+            for row in page:
+                content = None if row[n_path] is None else _content(row[n_path:])
+                yield _path(row[:n_path]), content
+            if len(page) < page_size:
+                return
+            after = bytes(page[-1][0])
+
+    async def upload_activity(self, since: float) -> dict[str, dict[str, int]]:
+        """Upload attempts started at or after ``since`` (epoch seconds), per upload mode.
+
+        Returns ``{mode: {"requests": n, "ok": n, "bytes": n}}``: attempts started (each one
+        began with a request to its endpoint), those that got an asset id, and their bytes.
+        """
+        rows = await self._read(
+            "SELECT mode, COUNT(*), COALESCE(SUM(outcome = 'ok'), 0), "
+            "COALESCE(SUM(CASE WHEN outcome = 'ok' THEN bytes_sent END), 0) "
+            "FROM attempts WHERE started_at >= ? GROUP BY mode",
+            (since,),
+        )
+        return {r[0]: {"requests": r[1], "ok": r[2], "bytes": r[3]} for r in rows}
+
+    async def oldest_waiting_content(self) -> tuple[Content, str | None] | None:
+        """The backlog content (pending, allocated or uploading) recorded longest ago, with one
+        present path that holds it (None if none does); None when the backlog is empty."""
+        rows = await self._read(
+            f"SELECT {', '.join('c.' + c for c in Content.__slots__)}, "
+            "(SELECT p.path FROM paths p WHERE p.sha256 = c.sha256 AND p.state = 'present' "
+            " ORDER BY p.last_seen DESC LIMIT 1) FROM contents c "
+            "WHERE c.state IN ('pending', 'allocated', 'uploading') "
+            "ORDER BY c.created_at LIMIT 1"
+        )
+        if not rows:
+            return None
+        path = rows[0][-1]
+        return _content(rows[0][:-1]), None if path is None else _s(path)
+
+    async def oldest_unsettled_path(self) -> PathRecord | None:
+        """The path waiting to settle (state ``unsettled``) seen first, or None."""
+        rows = await self._read(
+            f"SELECT {_PATH_COLS} FROM paths WHERE state = 'unsettled' "
+            "ORDER BY COALESCE(open_since, first_seen) LIMIT 1"
+        )
+        return _path(rows[0]) if rows else None
+
+    async def due_count(self, now: float) -> int:
+        """How many contents are due for upload at ``now`` (epoch seconds)."""
+        rows = await self._read(
+            "SELECT COUNT(*) FROM contents WHERE state IN ('pending', 'allocated') "
+            "AND next_attempt_at <= ?",
+            (now,),
+        )
+        return int(rows[0][0])
+
+    async def superseded_of(self, sha256: str) -> list[tuple[str, str, float]]:
+        """Remote assets once uploaded for ``sha256`` but not its asset (wrong bytes, remote
+        FAILED): ``(asset_id, reason, at)``, oldest first."""
+        rows = await self._read(
+            "SELECT asset_id, reason, at FROM superseded_assets WHERE sha256 = ? ORDER BY at",
+            (sha256,),
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
 
 
 def _must(value: _T | None) -> _T:

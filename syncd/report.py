@@ -1,0 +1,976 @@
+"""The operator's read model: ``syncd show``, ``ls``, ``status``, ``retry`` and ``forget``.
+
+Each command builds plain data from the ledger (the same dictionaries back ``--json`` and the
+local HTTP endpoint's ``/v1/assets``) and renders it as a terse table for humans, JSON for
+scripts, or CSV. The JSON keys are stable and documented in ``docs/operations.md``.
+
+Conventions shared by every command:
+
+- Times in JSON are ISO-8601 UTC strings (``2024-05-01T12:00:00Z``); humans see local time.
+- A path that is not valid UTF-8 is shown with its odd bytes escaped (``caf\\xe9.mp4``); JSON
+  carries the same escaped text plus ``path_bytes_hex``, the exact bytes in hex.
+- The query commands open the ledger read-only, so they work whether or not a daemon runs;
+  ``retry`` and ``forget`` write through one short transaction each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, NamedTuple, TextIO
+
+from syncd.config import Config
+from syncd.errors import EXIT_FAILURE, EXIT_OK, SyncdError
+from syncd.ledger import (
+    CONTENT_STATES,
+    PATH_STATES,
+    Attempt,
+    Content,
+    ContentState,
+    Ledger,
+    PathRecord,
+    holder_pid,
+)
+
+# A heartbeat older than this means the daemon is stuck (it writes one every few seconds).
+HEARTBEAT_STALE_S = 60.0
+# The shortest sha256 prefix `show` and `retry` accept (shorter ones are too often ambiguous).
+MIN_PREFIX_HEX = 8
+# Contents still to upload.
+BACKLOG_STATES = ("pending", "allocated", "uploading")
+
+_HEX = re.compile(r"[0-9a-fA-F]+")
+_ASSET_ID = re.compile(r"re_[0-9]+")
+
+
+class Command(NamedTuple):
+    """One subcommand as the CLI wires it: ``sub.add_parser(name, help=help)``, then
+    ``add_arguments(parser)``; ``await run(args, cfg)`` returns the exit code."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, Config], Awaitable[int]]
+
+
+class NotFound(SyncdError):
+    """The key names nothing in the ledger (exit status 1). Given the one-line message."""
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering helpers shared by every operator command (and the HTTP endpoint).
+
+
+def shown_path(path: str) -> str:
+    """Given a path (``os.fsdecode`` form), return it as text: bytes that are not UTF-8 are
+    escaped as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def path_fields(path: str, key: str = "path") -> dict[str, str]:
+    """Given a path, return ``{key: text}``, plus ``{key}_bytes_hex`` (the exact bytes) when
+    the path is not valid UTF-8."""
+    raw = os.fsencode(path)
+    try:
+        return {key: raw.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {key: raw.decode("utf-8", "backslashreplace"), f"{key}_bytes_hex": raw.hex()}
+
+
+def one_line(text: str) -> str:
+    """Given text for a human table, return it with control characters (a newline in a file
+    name, say) escaped so that one record stays one line."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def iso(ts: float | None) -> str | None:
+    """Given epoch seconds (or None), return an ISO-8601 UTC string (or None)."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def local_time(ts: float | None) -> str:
+    """Given epoch seconds (or None), return local time for humans (``-`` for None)."""
+    if ts is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def human_bytes(n: int | float | None) -> str:
+    """Given a byte count, return it in binary units (``1.5 GiB``); ``-`` for None."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_duration(seconds: float) -> str:
+    """Given a duration in seconds, return it tersely (``45s``, ``12m``, ``3h05m``, ``2d04h``)."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s" if s < 600 else f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
+
+
+def add_format_arguments(p: argparse.ArgumentParser, *, csv: bool = False) -> None:
+    """Add ``--json`` (and, for listings, ``--jsonl`` and ``--csv``) to ``p``; the choice ends
+    up in ``args.format`` (``table`` by default)."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--json",
+        dest="format",
+        action="store_const",
+        const="json",
+        help="print JSON for scripts (keys are documented and stable)",
+    )
+    if csv:
+        group.add_argument(
+            "--jsonl",
+            dest="format",
+            action="store_const",
+            const="jsonl",
+            help="print one JSON object per line",
+        )
+        group.add_argument(
+            "--csv", dest="format", action="store_const", const="csv", help="print CSV"
+        )
+    p.set_defaults(format="table")
+
+
+def write_json(data: Any, out: TextIO | None = None) -> None:
+    """Write ``data`` as indented JSON (ASCII-only, so any terminal or pipe takes it)."""
+    (out or sys.stdout).write(json.dumps(data, indent=2) + "\n")
+
+
+class RowWriter:
+    """Streams rows (dicts with the keys ``columns``) as a table, JSON array, JSON lines or CSV.
+
+    Given the format, the column names (CSV header and order), a function that renders one row
+    for humans, the human header line and the output stream. Nothing is buffered beyond the
+    stream's own buffer, so a million rows never sit in memory.
+    """
+
+    def __init__(
+        self,
+        fmt: str,
+        columns: Sequence[str],
+        human: Callable[[Mapping[str, Any]], str],
+        header: str,
+        out: TextIO | None = None,
+    ) -> None:
+        self.fmt = fmt
+        self.columns = list(columns)
+        self.human = human
+        self.header = header
+        self.out = out or sys.stdout
+        self.count = 0
+        self._csv = csv.writer(self.out, lineterminator="\n") if fmt == "csv" else None
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        """Write one row."""
+        if self.count == 0:
+            self._start()
+        self.count += 1
+        if self.fmt == "json":
+            sep = "\n" if self.count == 1 else ",\n"
+            self.out.write(sep + json.dumps(row))
+        elif self.fmt == "jsonl":
+            self.out.write(json.dumps(row) + "\n")
+        elif self._csv is not None:
+            self._csv.writerow(_csv_cell(row.get(c)) for c in self.columns)
+        else:
+            self.out.write(self.human(row) + "\n")
+
+    def _start(self) -> None:
+        if self.fmt == "json":
+            self.out.write("[")
+        elif self._csv is not None:
+            self._csv.writerow(self.columns)
+        elif self.fmt == "table":
+            self.out.write(self.header + "\n")
+
+    def close(self) -> None:
+        """Finish the output (close the JSON array; headers for an empty CSV)."""
+        if self.count == 0:
+            if self.fmt == "json":
+                self.out.write("[]\n")
+            elif self._csv is not None:
+                self._csv.writerow(self.columns)
+        elif self.fmt == "json":
+            self.out.write("\n]\n")
+        self.out.flush()
+
+
+def _csv_cell(value: Any) -> Any:
+    return "" if value is None else value
+
+
+# --------------------------------------------------------------------------------------------
+# Opening the ledger.
+
+
+async def open_readonly(cfg: Config) -> Ledger:
+    """Open the configured ledger read-only, skipping the slow integrity check (``syncd
+    doctor`` runs it). Raises :class:`~syncd.errors.LedgerError` when there is none."""
+    return await Ledger.open(cfg.ledger.path, readonly=True, check=False)
+
+
+async def open_for_update(cfg: Config) -> Ledger:
+    """Open the configured ledger for a short operator write, never creating one. Works while
+    a daemon runs (each write is one transaction; SQLite serialises them)."""
+    if not await asyncio.to_thread(os.path.exists, cfg.ledger.path):
+        raise SyncdError(f"no ledger at {cfg.ledger.path} (has the daemon run with this config?)")
+    return await Ledger.open(cfg.ledger.path, check=False)
+
+
+# --------------------------------------------------------------------------------------------
+# show: one content (or one path) with everything the ledger knows about it.
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """What a key named: a content (``sha256``) and/or the path record it was found by."""
+
+    sha256: str | None
+    path: PathRecord | None
+    matched_by: str  # "path", "asset_id" or "sha256"
+
+
+async def resolve(ledger: Ledger, key: str, *, filesystem: bool = True) -> Resolved:
+    """Find what ``key`` names: an existing file (absolute or relative, when ``filesystem``),
+    else a path the ledger knows, else an asset id (``re_...``, current or superseded), else a
+    sha256 or a unique prefix of at least 8 hex digits.
+
+    Returns the :class:`Resolved`; raises :class:`NotFound` (one line) when nothing matches or
+    a prefix is ambiguous.
+    """
+    exists = False
+    candidates = [key]
+    if filesystem:
+        absolute = await asyncio.to_thread(os.path.abspath, key)
+        exists = await asyncio.to_thread(os.path.lexists, key)
+        candidates = [absolute, key] if exists else [key, absolute]
+    for candidate in dict.fromkeys(candidates):
+        rec = await ledger.get_path(candidate)
+        if rec is not None:
+            return Resolved(rec.sha256, rec, "path")
+    if _ASSET_ID.fullmatch(key):
+        found = await ledger.find_contents(key)
+        if found:
+            return Resolved(found[0].sha256, None, "asset_id")
+    elif len(key) >= MIN_PREFIX_HEX and _HEX.fullmatch(key):
+        if len(key) == 64:
+            content = await ledger.get_content(key.lower())
+            found = [] if content is None else [content]
+        else:
+            found = await ledger.find_contents(key)
+        if len(found) > 1:
+            raise NotFound(f"{key}: ambiguous prefix ({len(found)} or more contents match)")
+        if found:
+            return Resolved(found[0].sha256, None, "sha256")
+    if exists:
+        raise NotFound(
+            f"{shown_path(key)}: the file exists but the ledger does not know it "
+            "(not under a watched folder, or not settled and hashed yet)"
+        )
+    raise NotFound(f"{one_line(shown_path(key))}: unknown path, asset id or sha256")
+
+
+def _path_json(rec: PathRecord | None, path: str) -> dict[str, Any]:
+    data: dict[str, Any] = path_fields(path)
+    if rec is None:
+        data.update(tracked=False, root=None, state=None, reason=None, size=None)
+        data.update(first_seen=None, last_seen=None, gone_at=None, open_since=None)
+        return data
+    data.update(
+        tracked=True,
+        root=rec.root,
+        state=rec.state,
+        reason=rec.reason,
+        size=None if rec.fingerprint is None else rec.fingerprint.size,
+        first_seen=iso(rec.first_seen),
+        last_seen=iso(rec.last_seen),
+        gone_at=iso(rec.gone_at),
+        open_since=iso(rec.open_since),
+    )
+    return data
+
+
+def _attempt_json(a: Attempt) -> dict[str, Any]:
+    data: dict[str, Any] = {"id": a.id, "mode": a.mode, "asset_id": a.asset_id}
+    data.update(path_fields(a.path) if a.path is not None else {"path": None})
+    data.update(
+        started_at=iso(a.started_at),
+        ended_at=iso(a.ended_at),
+        duration_s=None if a.ended_at is None else round(a.ended_at - a.started_at, 3),
+        outcome=a.outcome,
+        http_status=a.http_status,
+        bytes_sent=a.bytes_sent,
+        error=a.error,
+    )
+    return data
+
+
+async def show_data(ledger: Ledger, resolved: Resolved) -> dict[str, Any]:
+    """Given a resolved key, return the ``syncd show --json`` document (see
+    ``docs/operations.md``): the content's state, asset and counters, every path that held it,
+    every attempt and every superseded asset. A path that holds no content (skipped, unsettled,
+    error) gives a document with ``sha256`` null and the path's own state and reason."""
+    content = None if resolved.sha256 is None else await ledger.get_content(resolved.sha256)
+    if content is None:
+        rec = resolved.path
+        if rec is None:  # a content the ledger lost between two queries
+            raise NotFound(f"{resolved.sha256}: no longer in the ledger")
+        return {
+            "sha256": None,
+            "size": None if rec.fingerprint is None else rec.fingerprint.size,
+            "extension": None,
+            "state": rec.state,
+            "asset_id": None,
+            "remote_status": None,
+            "upload_mode": None,
+            "attempt_count": 0,
+            "throttle_count": 0,
+            "remote_failures": 0,
+            "possible_duplicates": 0,
+            "last_error": rec.reason,
+            "next_attempt_at": None,
+            "created_at": iso(rec.first_seen),
+            "updated_at": iso(rec.last_seen),
+            "uploaded_at": None,
+            "done_at": None,
+            "paths": [_path_json(rec, rec.path)],
+            "attempts": [],
+            "superseded_assets": [],
+        }
+    paths = await ledger.paths_of(content.sha256)
+    attempts = await ledger.attempts_of(content.sha256)
+    superseded = await ledger.superseded_of(content.sha256)
+    waiting = content.state in ("pending", "allocated")
+    return {
+        "sha256": content.sha256,
+        "size": content.size,
+        "extension": content.extension,
+        "state": content.state,
+        "asset_id": content.asset_id,
+        "remote_status": content.remote_status,
+        "upload_mode": content.upload_mode,
+        "attempt_count": content.attempts,
+        "throttle_count": content.throttle_count,
+        "remote_failures": content.remote_failures,
+        "possible_duplicates": content.possible_duplicates,
+        "last_error": content.last_error,
+        "next_attempt_at": iso(content.next_attempt_at) if waiting else None,
+        "created_at": iso(content.created_at),
+        "updated_at": iso(content.updated_at),
+        "uploaded_at": iso(content.uploaded_at),
+        "done_at": iso(content.done_at),
+        "paths": [_path_json(rec, p) for p, rec in paths],
+        "attempts": [_attempt_json(a) for a in attempts],
+        "superseded_assets": [
+            {"asset_id": asset, "reason": reason, "at": iso(at)} for asset, reason, at in superseded
+        ],
+    }
+
+
+def _from_iso(text: str | None) -> float | None:
+    return None if text is None else datetime.fromisoformat(text).timestamp()
+
+
+def _size_text(size: int | None) -> str:
+    if size is None:
+        return "-"
+    short = human_bytes(size)
+    return short if short.endswith(" B") else f"{short} ({size} bytes)"
+
+
+def render_show(doc: Mapping[str, Any], out: TextIO | None = None) -> None:
+    """Write a ``show`` document for humans: a key/value block, then paths and attempts."""
+    w = (out or sys.stdout).write
+    first = doc["paths"][0]["path"] if doc["paths"] else doc["sha256"]
+    w(one_line(str(first)) + "\n")
+    state = doc["state"]
+    if doc["remote_status"]:
+        state += f" (remote {doc['remote_status']})"
+    rows: list[tuple[str, str]] = [
+        ("sha256", doc["sha256"] or "- (no content: nothing was hashed)"),
+        ("size", _size_text(doc["size"])),
+        ("state", state),
+        ("asset id", doc["asset_id"] or "-"),
+    ]
+    if doc["sha256"] is not None:
+        counts = f"{doc['attempt_count']}"
+        extra = [
+            f"{doc[k]} {label}"
+            for k, label in (
+                ("throttle_count", "throttled"),
+                ("remote_failures", "remote failures"),
+                ("possible_duplicates", "possible remote duplicates"),
+            )
+            if doc[k]
+        ]
+        if extra:
+            counts += " (" + ", ".join(extra) + ")"
+        rows.append(("attempts", counts))
+    rows.append(("last error", one_line(doc["last_error"]) if doc["last_error"] else "-"))
+    if doc["next_attempt_at"]:
+        rows.append(("next try", local_time(_from_iso(doc["next_attempt_at"]))))
+    for key, label in (
+        ("created_at", "first seen"),
+        ("uploaded_at", "uploaded"),
+        ("done_at", "done"),
+    ):
+        if doc[key]:
+            rows.append((label, local_time(_from_iso(doc[key]))))
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        w(f"  {label:>{width}}: {value}\n")
+    if doc["paths"]:
+        w("paths:\n")
+        for p in doc["paths"]:
+            state = p["state"] or "forgotten"
+            note = f"  ({one_line(p['reason'])})" if p.get("reason") else ""
+            w(f"  {state:<9} {one_line(p['path'])}{note}\n")
+    if doc["attempts"]:
+        w("attempts:\n")
+        for a in doc["attempts"]:
+            status = "-" if a["http_status"] is None else str(a["http_status"])
+            took = "" if a["duration_s"] is None else f" {human_duration(a['duration_s'])}"
+            error = f"  {one_line(a['error'])}" if a["error"] else ""
+            w(
+                f"  #{a['id']:<4} {local_time(_from_iso(a['started_at']))} {a['mode']:<10} "
+                f"{a['outcome'] or 'running':<10} {status:>5} {a['asset_id'] or '-'}{took}{error}\n"
+            )
+    if doc["superseded_assets"]:
+        w("superseded assets (not this content's; kept so none is lost track of):\n")
+        for s in doc["superseded_assets"]:
+            w(f"  {s['asset_id']}  {local_time(_from_iso(s['at']))}  {one_line(s['reason'])}\n")
+
+
+def add_show_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``syncd show``."""
+    p.add_argument(
+        "key",
+        metavar="PATH|SHA256|ASSET_ID",
+        help="a file, a sha256 (or 8+ hex digit prefix) or an asset id",
+    )
+    add_format_arguments(p)
+
+
+async def run_show(args: argparse.Namespace, cfg: Config) -> int:
+    """``syncd show``: print one content. Returns 0; raises :class:`NotFound` (exit 1) for an
+    unknown key and ledger errors as they come."""
+    ledger = await open_readonly(cfg)
+    try:
+        doc = await show_data(ledger, await resolve(ledger, args.key))
+    finally:
+        await ledger.close()
+    if args.format == "json":
+        write_json(doc)
+    else:
+        render_show(doc)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# ls: every path, streamed.
+
+LS_COLUMNS = (
+    "path",
+    "path_bytes_hex",
+    "root",
+    "state",
+    "path_state",
+    "sha256",
+    "size",
+    "asset_id",
+    "remote_status",
+    "attempts",
+    "reason",
+    "first_seen",
+    "updated_at",
+)
+
+_RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """Given ``--since`` text, return epoch seconds.
+
+    Accepts a duration back from now (``90s``, ``30m``, ``2h``, ``7d``, ``1w``, ``1h30m``), an
+    ISO-8601 date or date-time (local time unless it carries an offset or ``Z``) or ``@EPOCH``.
+    Raises :class:`SyncdError` (one line) for anything else.
+    """
+    raw = text.strip()
+    now = time.time() if now is None else now
+    if raw.startswith("@"):
+        try:
+            return float(raw[1:])
+        except ValueError:
+            pass
+    else:
+        parts = _RELATIVE.findall(raw)
+        if parts and "".join(f"{n}{u}" for n, u in parts) == raw.replace(" ", ""):
+            return now - sum(float(n) * _UNIT_S[u] for n, u in parts)
+        try:
+            when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            return when.timestamp()  # naive means local time, as humans write it
+    raise SyncdError(
+        f"--since {text!r}: expected a duration (30m, 2h, 7d), an ISO date or time "
+        "(2024-05-01, 2024-05-01T12:00Z) or @EPOCH"
+    )
+
+
+def ls_row(rec: PathRecord, content: Content | None) -> dict[str, Any]:
+    """Given a path and its content, return the ``syncd ls --json`` row (see the docs)."""
+    row: dict[str, Any] = path_fields(rec.path)
+    updated = max(rec.first_seen, content.updated_at if content else 0.0, rec.gone_at or 0.0)
+    row.update(
+        root=rec.root,
+        state=content.state if content else rec.state,
+        path_state=rec.state,
+        sha256=rec.sha256,
+        size=content.size if content else (rec.fingerprint.size if rec.fingerprint else None),
+        asset_id=content.asset_id if content else None,
+        remote_status=content.remote_status if content else None,
+        attempts=content.attempts if content else 0,
+        reason=(content.last_error if content and content.state != "done" else None) or rec.reason,
+        first_seen=iso(rec.first_seen),
+        updated_at=iso(updated),
+    )
+    return row
+
+
+_LS_HEADER = f"{'STATE':<9} {'FILE':<9} {'SIZE':>9}  {'ASSET ID':<22} PATH"
+
+
+def _ls_human(row: Mapping[str, Any]) -> str:
+    size = human_bytes(row["size"]) if row["size"] is not None else "-"
+    note = f"  ({one_line(row['reason'])})" if row["reason"] else ""
+    return (
+        f"{row['state']:<9} {row['path_state']:<9} {size:>9}  {row['asset_id'] or '-':<22} "
+        f"{one_line(row['path'])}{note}"
+    )
+
+
+def add_ls_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``syncd ls``."""
+    states = ", ".join((*CONTENT_STATES, *PATH_STATES))
+    p.add_argument(
+        "--state",
+        action="append",
+        default=[],
+        metavar="S",
+        help=f"only rows in this state (repeatable): {states}",
+    )
+    p.add_argument("--root", metavar="R", help="only paths under this folder")
+    p.add_argument(
+        "--since", metavar="T", help="only rows seen or changed since T (30m, 2d, 2024-05-01)"
+    )
+    add_format_arguments(p, csv=True)
+
+
+async def run_ls(args: argparse.Namespace, cfg: Config, *, page_size: int = 1000) -> int:
+    """``syncd ls``: stream every path with its content, filtered. Returns 0 (also when no row
+    matches); raises :class:`SyncdError` for a bad ``--state`` or ``--since``."""
+    states = [s for value in args.state for s in value.split(",") if s]
+    known = (*CONTENT_STATES, *PATH_STATES)
+    bad = [s for s in states if s not in known]
+    if bad:
+        raise SyncdError(f"--state {bad[0]!r}: expected one of {', '.join(known)}")
+    since = parse_since(args.since) if args.since else None
+    root = await asyncio.to_thread(os.path.abspath, args.root) if args.root else None
+    writer = RowWriter(args.format, LS_COLUMNS, _ls_human, _LS_HEADER)
+    ledger = await open_readonly(cfg)
+    try:
+        rows = ledger.iter_assets(states=states, root=root, since=since, page_size=page_size)
+        async with contextlib.aclosing(rows):
+            async for rec, content in rows:
+                writer.write(ls_row(rec, content))
+        writer.close()
+    except BrokenPipeError:
+        _quiet_stdout()  # `syncd ls | head`: the reader has all it wants
+    finally:
+        await ledger.close()
+    return EXIT_OK
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so the exit flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+
+
+# --------------------------------------------------------------------------------------------
+# status: counts, backlog, rate, cool-downs, the oldest waiting file, the daemon's health.
+
+
+def _daemon_json(pid: int | None, beat: Any, now: float) -> dict[str, Any]:
+    if pid is None:
+        return {
+            "running": False,
+            "pid": None,
+            "healthy": None,
+            "ready": None,
+            "reason": "no daemon owns the ledger",
+            "heartbeat_age_s": None,
+            "started_at": None,
+            "paused": None,
+            "queue": {},
+        }
+    beat = beat if isinstance(beat, dict) else {}
+    updated = beat.get("updated_at")
+    age = None if not isinstance(updated, int | float) else max(0.0, now - updated)
+    ours = beat.get("pid") == pid or pid == 0
+    if not beat or not ours:
+        healthy, reason = False, f"no heartbeat from pid {pid} yet"
+    elif age is None or age > HEARTBEAT_STALE_S:
+        healthy, reason = False, f"heartbeat is stale ({human_duration(age or 0)} old)"
+    elif beat.get("stopping"):
+        healthy, reason = False, "stopping"
+    else:
+        healthy = bool(beat.get("healthy"))
+        reason = str(beat.get("reason") or ("" if healthy else "unhealthy"))
+    return {
+        "running": True,
+        "pid": pid or None,
+        "healthy": healthy,
+        "ready": bool(beat.get("ready")) if ours else False,
+        "reason": reason,
+        "heartbeat_age_s": None if age is None else round(age, 1),
+        "started_at": iso(beat.get("started_at")) if ours else None,
+        "paused": beat.get("paused") if ours else None,
+        "queue": beat.get("queue", {}) if ours else {},
+    }
+
+
+def _cooldowns(pacer: Any, now: float) -> list[dict[str, Any]]:
+    """Cool-downs still running, from the pacer snapshot the daemon stores (either spelling:
+    ``until_epoch_s`` or ``cooldown_until``)."""
+    if not isinstance(pacer, dict):
+        return []
+    found = []
+    for endpoint, snap in sorted(pacer.items()):
+        if not isinstance(snap, dict):
+            continue
+        until = snap.get("until_epoch_s", snap.get("cooldown_until"))
+        if isinstance(until, int | float) and until > now:
+            found.append(
+                {"endpoint": endpoint, "remaining_s": round(until - now, 1), "until": iso(until)}
+            )
+    return found
+
+
+def _why_waiting(
+    content: Content, now: float, daemon: Mapping[str, Any], cooldowns: Sequence[Mapping[str, Any]]
+) -> str:
+    """One line on why a backlog content is not uploaded yet."""
+    error = f" (last error: {one_line(content.last_error)})" if content.last_error else ""
+    if content.last_error and content.last_error.startswith("no present path"):
+        return "no file holding this content is present; waiting for one to reappear"
+    if content.state == "uploading":
+        return "being uploaded now"
+    if content.next_attempt_at > now:
+        return f"retry in {human_duration(content.next_attempt_at - now)}{error}"
+    if not daemon["running"]:
+        return "due now, but no daemon is running"
+    if daemon.get("paused"):
+        return f"due now; uploads are paused: {daemon['paused']}"
+    endpoint = "signed_url" if content.state == "allocated" else "upload"
+    for cd in cooldowns:
+        if cd["endpoint"] in (endpoint, "upload"):
+            return f"due now; {cd['endpoint']} cool-down for {human_duration(cd['remaining_s'])}"
+    return f"due now, queued behind other due contents{error}"
+
+
+async def status_data(ledger: Ledger, cfg: Config, now: float | None = None) -> dict[str, Any]:
+    """Return the ``syncd status --json`` document (see ``docs/operations.md``).
+
+    Given the open ledger, the config (for the rate limits) and the time (default now).
+    """
+    now = time.time() if now is None else now
+    counts = await ledger.counts()
+    pid = await asyncio.to_thread(holder_pid, ledger.path + ".lock")
+    daemon = _daemon_json(pid, await ledger.get_kv("daemon") if pid is not None else None, now)
+    cooldowns = _cooldowns(await ledger.get_kv("pacer"), now) if daemon["running"] else []
+    # Each attempt begins with one request: POST /upload (direct mode) or POST
+    # /upload/signed-url (signed-URL mode), so attempts per mode are requests per endpoint.
+    limits = {
+        "upload": ("direct", cfg.rate_limits.upload_per_s),
+        "signed_url": ("signed_url", cfg.rate_limits.signed_url_per_s),
+    }
+    rate: dict[str, Any] = {}
+    for window, span_s in (("last_minute", 60.0), ("last_hour", 3600.0)):
+        activity = await ledger.upload_activity(now - span_s)
+        for endpoint, (mode, limit) in limits.items():
+            got = activity.get(mode, {"requests": 0, "ok": 0, "bytes": 0})
+            entry = rate.setdefault(endpoint, {"limit_per_s": limit})
+            entry[window] = {
+                "requests": got["requests"],
+                "requests_per_s": round(got["requests"] / span_s, 3),
+                "uploaded": got["ok"],
+                "bytes": got["bytes"],
+            }
+    oldest: dict[str, Any] | None = None
+    waiting = await ledger.oldest_waiting_content()
+    unsettled = await ledger.oldest_unsettled_path()
+    if waiting is not None:
+        content, path = waiting
+        oldest = {
+            **(path_fields(path) if path is not None else {"path": None}),
+            "sha256": content.sha256,
+            "state": content.state,
+            "since": iso(content.created_at),
+            "age_s": round(now - content.created_at, 1),
+            "why": _why_waiting(content, now, daemon, cooldowns),
+        }
+    if unsettled is not None:
+        since = unsettled.open_since or unsettled.first_seen
+        if oldest is None or now - since > oldest["age_s"]:
+            why = unsettled.reason or "not settled yet"
+            if unsettled.open_since is not None:
+                why = f"open for writing since {iso(unsettled.open_since)}"
+            oldest = {
+                **path_fields(unsettled.path),
+                "sha256": None,
+                "state": "unsettled",
+                "since": iso(since),
+                "age_s": round(now - since, 1),
+                "why": why,
+            }
+    backlog_files = sum(counts["contents"][s] for s in BACKLOG_STATES)
+    return {
+        "ledger": cfg.ledger.path,
+        "files": counts["contents"],
+        "paths": counts["paths"],
+        "backlog": {"files": backlog_files, "bytes": counts["backlog"]["bytes"]},
+        "due_now": await ledger.due_count(now),
+        "rate": rate,
+        "cooldowns": cooldowns,
+        "oldest_waiting": oldest,
+        "possible_remote_duplicates": await ledger.possible_duplicates(),
+        "daemon": daemon,
+    }
+
+
+def status_exit_code(doc: Mapping[str, Any]) -> int:
+    """0 when no daemon runs or it is healthy; 1 when a daemon owns the ledger but is
+    unhealthy or its heartbeat is stale."""
+    daemon = doc["daemon"]
+    return EXIT_FAILURE if daemon["running"] and not daemon["healthy"] else EXIT_OK
+
+
+def _counts_line(counts: Mapping[str, int]) -> str:
+    shown = [f"{state} {n}" for state, n in counts.items() if n]
+    return ", ".join(shown) or "none"
+
+
+def render_status(doc: Mapping[str, Any], out: TextIO | None = None) -> None:
+    """Write a ``status`` document for humans, one topic per line."""
+    w = (out or sys.stdout).write
+    d = doc["daemon"]
+    if not d["running"]:
+        daemon = "not running"
+    else:
+        daemon = f"running, pid {d['pid'] or '?'}, "
+        daemon += "healthy" if d["healthy"] else f"UNHEALTHY: {d['reason']}"
+        if d["heartbeat_age_s"] is not None:
+            daemon += f" (heartbeat {human_duration(d['heartbeat_age_s'])} ago)"
+        if d["healthy"] and d["reason"]:
+            daemon += f"; {d['reason']}"
+        if d["paused"]:
+            daemon += f"; uploads paused: {d['paused']}"
+    lines = [
+        ("daemon", daemon),
+        ("files", _counts_line(doc["files"])),
+        ("paths", _counts_line(doc["paths"])),
+        (
+            "backlog",
+            f"{doc['backlog']['files']} files, {human_bytes(doc['backlog']['bytes'])}; "
+            f"{doc['due_now']} due now",
+        ),
+    ]
+    for endpoint, r in doc["rate"].items():
+        m, h = r["last_minute"], r["last_hour"]
+        lines.append(
+            (
+                f"rate {endpoint}",
+                f"{m['requests_per_s']:.2f}/s last minute, {h['requests_per_s']:.2f}/s last hour "
+                f"(limit {r['limit_per_s']:g}/s); {h['uploaded']} uploaded, "
+                f"{human_bytes(h['bytes'])} in the last hour",
+            )
+        )
+    cds = doc["cooldowns"]
+    lines.append(
+        (
+            "cool-downs",
+            ", ".join(f"{c['endpoint']} {human_duration(c['remaining_s'])}" for c in cds) or "none",
+        )
+    )
+    o = doc["oldest_waiting"]
+    if o is None:
+        lines.append(("oldest", "nothing waits"))
+    else:
+        what = one_line(o["path"]) if o["path"] else f"content {o['sha256'][:12]}"
+        lines.append(("oldest", f"{what}: waiting {human_duration(o['age_s'])}: {o['why']}"))
+    if doc["possible_remote_duplicates"]:
+        lines.append(("duplicates", f"{doc['possible_remote_duplicates']} possible remote"))
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        w(f"{key:<{width}}  {value}\n")
+
+
+def add_status_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``syncd status``."""
+    add_format_arguments(p)
+
+
+async def run_status(args: argparse.Namespace, cfg: Config) -> int:
+    """``syncd status``: print the overview. Returns 0 when no daemon runs or it is healthy,
+    1 when the daemon that owns the ledger is unhealthy or its heartbeat is stale."""
+    ledger = await open_readonly(cfg)
+    try:
+        doc = await status_data(ledger, cfg)
+    finally:
+        await ledger.close()
+    if args.format == "json":
+        write_json(doc)
+    else:
+        render_status(doc)
+    return status_exit_code(doc)
+
+
+# --------------------------------------------------------------------------------------------
+# retry and forget: the two operator writes.
+
+
+def add_retry_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``syncd retry``."""
+    p.add_argument(
+        "--state",
+        choices=("failed", "rejected", "all"),
+        help="which final state to retry (default: failed; with keys: both)",
+    )
+    p.add_argument("keys", nargs="*", metavar="PATH|SHA256", help="only these files or contents")
+
+
+async def run_retry(args: argparse.Namespace, cfg: Config) -> int:
+    """``syncd retry``: make failed (or rejected) contents due now, with fresh attempt counts.
+
+    Returns 0, or 1 when a named key is unknown or holds no content (the others are still
+    re-queued; one line on stderr each).
+    """
+    if args.state == "all" or (args.state is None and args.keys):
+        states: tuple[ContentState, ...] = ("failed", "rejected")
+    else:
+        states = ("rejected",) if args.state == "rejected" else ("failed",)
+    ledger = await open_for_update(cfg)
+    status = EXIT_OK
+    try:
+        shas: list[str] = []
+        for key in args.keys:
+            try:
+                found = await resolve(ledger, key)
+            except NotFound as exc:
+                print(f"syncd retry: {exc}", file=sys.stderr)
+                status = EXIT_FAILURE
+                continue
+            if found.sha256 is None:
+                why = found.path.reason if found.path and found.path.reason else "not hashed"
+                print(
+                    f"syncd retry: {one_line(shown_path(key))}: holds no content to upload ({why})",
+                    file=sys.stderr,
+                )
+                status = EXIT_FAILURE
+                continue
+            shas.append(found.sha256)
+        if args.keys and not shas:
+            return status
+        n = await ledger.requeue(states=states, sha256s=shas)
+    finally:
+        await ledger.close()
+    which = " or ".join(states)
+    print(f"re-queued {n} {which} content{'s' if n != 1 else ''}")
+    if shas and n < len(set(shas)):
+        print(f"{len(set(shas)) - n} named content(s) were not {which}; left as they are")
+    return status
+
+
+def add_forget_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``syncd forget``."""
+    p.add_argument("path", metavar="PATH", help="a path the ledger tracks")
+
+
+async def run_forget(args: argparse.Namespace, cfg: Config) -> int:
+    """``syncd forget``: stop tracking one path. The content's record and its remote asset
+    stay (nothing is sent to the API). Returns 0; raises :class:`NotFound` for an unknown
+    path."""
+    ledger = await open_for_update(cfg)
+    try:
+        absolute = await asyncio.to_thread(os.path.abspath, args.path)
+        forgotten = None
+        for candidate in dict.fromkeys((absolute, args.path)):
+            if await ledger.forget_path(candidate):
+                forgotten = candidate
+                break
+    finally:
+        await ledger.close()
+    if forgotten is None:
+        raise NotFound(f"{one_line(shown_path(args.path))}: the ledger does not track this path")
+    print(f"forgot {one_line(shown_path(forgotten))} (its content and remote asset are kept)")
+    return EXIT_OK
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "show", "show one file's content, asset id, state and history", add_show_arguments, run_show
+    ),
+    Command(
+        "ls",
+        "list tracked files (streams; filters by state, folder, time)",
+        add_ls_arguments,
+        run_ls,
+    ),
+    Command(
+        "status",
+        "counts, backlog, upload rate, cool-downs and daemon health",
+        add_status_arguments,
+        run_status,
+    ),
+    Command("retry", "re-queue failed or rejected contents", add_retry_arguments, run_retry),
+    Command(
+        "forget",
+        "stop tracking a path (never touches the remote asset)",
+        add_forget_arguments,
+        run_forget,
+    ),
+)
+"""The commands of this module, for ``syncd.cli`` to register."""
