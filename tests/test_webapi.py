@@ -1,0 +1,260 @@
+"""The local HTTP endpoint over real HTTP: TCP on port 0 and a Unix socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from test_metrics import parse
+
+from syncd import report
+from syncd.errors import SyncdError
+from syncd.fingerprint import Fingerprint
+from syncd.ledger import Ledger
+from syncd.metrics import Metrics
+from syncd.webapi import Health, bound_address, parse_listen, start_http, stop_http
+
+SHA = "ab" * 32
+ODD = os.fsdecode(b"/media/caf\xe9.mp4")
+
+
+class Daemon:
+    """The bits of a daemon the endpoint sees: a health that tests can flip."""
+
+    def __init__(self) -> None:
+        self.current = Health(healthy=True, ready=False, reason="")
+
+    def health(self) -> Health:
+        return self.current
+
+
+@pytest.fixture
+async def ledger(tmp_path: Path) -> AsyncIterator[Ledger]:
+    led = await Ledger.open(str(tmp_path / "ledger.db"))
+    await led.record_content("/media/a.mp4", "/media", Fingerprint(1, 1, 10, 1, 1), SHA, "mp4")
+    att = await led.begin_attempt(SHA, "/media/a.mp4", "direct")
+    await led.finish_upload(SHA, att, "re_42", bytes_sent=10, http_status=200, next_poll_at=1e12)
+    await led.record_content(ODD, "/media", Fingerprint(1, 2, 20, 1, 1), "cd" * 32, "mp4")
+    await led.record_path_state("/media/n.txt", "/media", "skipped", "not media")
+    yield led
+    await led.close()
+
+
+@pytest.fixture
+def daemon() -> Daemon:
+    return Daemon()
+
+
+@pytest.fixture
+async def served(ledger: Ledger, daemon: Daemon) -> AsyncIterator[tuple[str, Metrics]]:
+    metrics = Metrics()
+    runner = await start_http(
+        "127.0.0.1:0",
+        ledger=ledger,
+        metrics=metrics,
+        health=daemon.health,
+        ledger_gauges_max_age_s=0,
+    )
+    try:
+        yield f"http://{bound_address(runner)}", metrics
+    finally:
+        await stop_http(runner)
+
+
+async def get(session: aiohttp.ClientSession, url: str) -> tuple[int, str, str]:
+    async with session.get(url) as resp:
+        return resp.status, resp.headers.get("Content-Type", ""), await resp.text()
+
+
+async def test_health_and_readiness(
+    served: tuple[str, Metrics], daemon: Daemon, http_session: aiohttp.ClientSession
+) -> None:
+    base, _ = served
+    assert (await get(http_session, f"{base}/healthz"))[0] == 200
+    status, _, body = await get(http_session, f"{base}/readyz")
+    assert status == 503 and body.startswith("not ready")
+    daemon.current = Health(healthy=False, ready=True, reason="API key refused (401)")
+    status, _, body = await get(http_session, f"{base}/healthz")
+    assert (status, body) == (503, "unhealthy: API key refused (401)\n")
+    assert (await get(http_session, f"{base}/readyz"))[0] == 200
+    async with http_session.head(f"{base}/healthz") as resp:
+        assert resp.status == 503
+
+
+async def test_metrics_include_daemon_counts_and_ledger_gauges(
+    served: tuple[str, Metrics], ledger: Ledger, http_session: aiohttp.ClientSession
+) -> None:
+    base, metrics = served
+    metrics.inc("syncd_requests_total", endpoint="upload", status="200")
+    metrics.observe("syncd_upload_duration_seconds", 1.5)
+    status, ctype, body = await get(http_session, f"{base}/metrics")
+    assert status == 200
+    assert ctype == "text/plain; version=0.0.4; charset=utf-8"
+    samples = parse(body)
+    assert samples['syncd_requests_total{endpoint="upload",status="200"}'] == 1
+    assert samples["syncd_upload_duration_seconds_count"] == 1
+    assert samples['syncd_files{state="uploaded"}'] == 1
+    assert samples['syncd_files{state="pending"}'] == 1
+    assert samples['syncd_files{state="done"}'] == 0
+    assert samples['syncd_paths{state="skipped"}'] == 1
+    assert samples["syncd_backlog_bytes"] == 20
+    assert samples["syncd_oldest_pending_age_seconds"] >= 0
+    assert samples["syncd_healthy"] == 1 and samples["syncd_ready"] == 0
+    # The gauges follow the ledger (max age 0 here; the daemon's default caches a few s).
+    await ledger.record_status(SHA, "re_42", "SUCCESS", next_poll_at=None)
+    samples = parse((await get(http_session, f"{base}/metrics"))[2])
+    assert samples['syncd_files{state="done"}'] == 1
+
+
+async def test_assets_answer_like_show_json(
+    served: tuple[str, Metrics], ledger: Ledger, http_session: aiohttp.ClientSession
+) -> None:
+    base, _ = served
+    expected = await report.show_data(ledger, await report.resolve(ledger, SHA, filesystem=False))
+    for url in (
+        f"{base}/v1/assets/{SHA}",
+        f"{base}/v1/assets/{SHA[:8]}",
+        f"{base}/v1/assets/re_42",
+        f"{base}/v1/assets?path=/media/a.mp4",
+    ):
+        status, ctype, body = await get(http_session, url)
+        assert status == 200 and ctype.startswith("application/json"), url
+        assert json.loads(body) == expected
+    doc = json.loads((await get(http_session, f"{base}/v1/assets?path=/media/n.txt"))[2])
+    assert (doc["state"], doc["last_error"]) == ("skipped", "not media")
+    hexed = os.fsencode(ODD).hex()
+    doc = json.loads((await get(http_session, f"{base}/v1/assets?path_hex={hexed}"))[2])
+    assert doc["sha256"] == "cd" * 32 and doc["paths"][0]["path_bytes_hex"] == hexed
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/v1/assets/" + "ef" * 32, 404),
+        ("/v1/assets/re_1", 404),
+        ("/v1/assets/nothex", 404),
+        ("/v1/assets?path=/media/none.mp4", 404),
+        ("/v1/assets", 400),
+        ("/v1/assets?path_hex=zz", 400),
+        ("/nowhere", 404),
+    ],
+)
+async def test_unknown_assets(
+    served: tuple[str, Metrics], http_session: aiohttp.ClientSession, path: str, status: int
+) -> None:
+    base, _ = served
+    got, _, body = await get(http_session, base + path)
+    assert got == status
+    if path.startswith("/v1"):
+        assert "error" in json.loads(body)
+
+
+async def test_ambiguous_prefix_is_409(
+    served: tuple[str, Metrics], ledger: Ledger, http_session: aiohttp.ClientSession
+) -> None:
+    base, _ = served
+    for tail in ("0", "1"):
+        sha = "12345678" + tail * 56
+        await ledger.record_content(f"/m/{tail}.mp4", "/m", Fingerprint(1, 9, 1, 1, 1), sha, "mp4")
+    assert (await get(http_session, f"{base}/v1/assets/12345678"))[0] == 409
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+async def test_only_get_and_head(
+    served: tuple[str, Metrics], http_session: aiohttp.ClientSession, method: str
+) -> None:
+    base, _ = served
+    for path in ("/healthz", f"/v1/assets/{SHA}", "/nowhere"):
+        async with http_session.request(method, base + path) as resp:
+            assert resp.status == 405
+            assert resp.headers["Allow"] == "GET, HEAD"
+
+
+async def test_unix_socket(tmp_path: Path, ledger: Ledger, daemon: Daemon) -> None:
+    sock = tmp_path / "run" / "syncd.sock"
+    sock.parent.mkdir()
+    runner = await start_http(
+        f"unix:{sock}", ledger=ledger, metrics=Metrics(), health=daemon.health
+    )
+    try:
+        assert bound_address(runner) == f"unix:{sock}"
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+        connector = aiohttp.UnixConnector(path=str(sock))
+        async with aiohttp.ClientSession(connector=connector) as session:
+            status, _, body = await get(session, "http://syncd/healthz")
+            assert (status, body) == (200, "ok\n")
+            status, _, body = await get(session, f"http://syncd/v1/assets/{SHA}")
+            assert status == 200 and json.loads(body)["asset_id"] == "re_42"
+    finally:
+        await stop_http(runner)
+    assert not sock.exists()
+
+
+async def test_unix_socket_left_by_a_dead_daemon_is_replaced(
+    tmp_path: Path, ledger: Ledger, daemon: Daemon
+) -> None:
+    sock = tmp_path / "syncd.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(sock))
+    stale.close()  # the file stays, nobody listens: what a killed daemon leaves behind
+    runner = await start_http(
+        f"unix:{sock}", ledger=ledger, metrics=Metrics(), health=daemon.health
+    )
+    try:
+        # A second endpoint on the same live socket is refused, and the live one survives.
+        with pytest.raises(OSError, match="another process listens"):
+            await start_http(f"unix:{sock}", ledger=ledger, metrics=Metrics(), health=daemon.health)
+        assert sock.exists()
+    finally:
+        await stop_http(runner)
+    regular = tmp_path / "not-a-socket"
+    regular.write_text("keep me")
+    with pytest.raises(OSError, match="not a socket"):
+        await start_http(f"unix:{regular}", ledger=ledger, metrics=Metrics(), health=daemon.health)
+    assert regular.read_text() == "keep me"
+
+
+async def test_busy_tcp_port_is_an_oserror(ledger: Ledger, daemon: Daemon) -> None:
+    runner = await start_http("127.0.0.1:0", ledger=ledger, metrics=Metrics(), health=daemon.health)
+    try:
+        with pytest.raises(OSError):
+            await start_http(
+                bound_address(runner), ledger=ledger, metrics=Metrics(), health=daemon.health
+            )
+    finally:
+        await stop_http(runner)
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [
+        ("127.0.0.1:9477", ("127.0.0.1", 9477)),
+        ("[::1]:0", ("::1", 0)),
+        ("localhost:80", ("localhost", 80)),
+        ("unix:/run/syncd/http.sock", "/run/syncd/http.sock"),
+    ],
+)
+def test_parse_listen(listen: str, expected: object) -> None:
+    assert parse_listen(listen) == expected
+
+
+@pytest.mark.parametrize("listen", ["9477", "host:", ":80", "h:99999", "unix:rel.sock"])
+def test_parse_listen_rejects(listen: str) -> None:
+    with pytest.raises(SyncdError, match=r"http\.listen"):
+        parse_listen(listen)
+
+
+def test_app_routes_are_read_only() -> None:
+    from syncd.webapi import build_app
+
+    app = build_app(ledger=None, metrics=Metrics(), health=Daemon().health)  # type: ignore[arg-type]
+    methods = {route.method for route in app.router.routes()}
+    assert methods <= {"GET", "HEAD"}
+    assert isinstance(app, web.Application)
