@@ -22,7 +22,9 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 from samples import write_media
 
-from syncd.client import LocalFileError, MaviClient, multipart_filename
+from syncd.client import AssetStatus, LocalFileError, MaviClient, multipart_filename
+from syncd.emulator import EmulatorServer
+from syncd.emulator.clock import FakeClock
 from syncd.errors import (
     ApiAuthError,
     ApiError,
@@ -708,3 +710,170 @@ async def test_one_session_serves_concurrent_requests(
     results = await asyncio.gather(*(client.upload(p, filename="c.mp4") for p in paths))
     assert {r.sha256 for r in results} == {s.file_sha256 for s in api.seen}
     assert len(api.seen) == 6
+
+
+# ------------------------------------------------------------------------------------------
+# Contract tests against the bundled emulator
+
+
+async def wait_for_status(c: MaviClient, asset_id: str, wanted: str) -> AssetStatus:
+    deadline = time.monotonic() + 20
+    while True:
+        status = await c.metadata(asset_id)
+        if status.upload_status == wanted:
+            return status
+        assert time.monotonic() < deadline, f"{asset_id} stuck in {status.upload_status}"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def emu_client(emulator: EmulatorServer) -> AsyncIterator[MaviClient]:
+    async with MaviClient(emulator.base_url, emulator.key, read_timeout_s=10) as c:
+        yield c
+
+
+async def test_emulator_direct_upload_reaches_success(
+    emulator: EmulatorServer, emu_client: MaviClient, tmp_path: Path
+) -> None:
+    path = tmp_path / "Beach Day.mp4"
+    sha = write_media(path, size=200_000)
+    result = await emu_client.upload(str(path), filename="Beach Day.mp4")
+    assert result.asset_id is not None and result.sha256 == sha
+    (record,) = emulator.assets()
+    assert (record.asset_id, record.sha256, record.size) == (result.asset_id, sha, 200_000)
+    status = await wait_for_status(emu_client, result.asset_id, "SUCCESS")
+    assert status.original_filename == "Beach Day"
+    assert status.extension == "mp4"
+    assert status.file_size == 200_000
+    assert status.create_time_ms is not None and status.modify_time_ms is not None
+
+
+async def test_emulator_signed_url_upload_reaches_success_without_the_key(
+    emulator: EmulatorServer, emu_client: MaviClient, tmp_path: Path
+) -> None:
+    path = tmp_path / "long take.mov"
+    sha = write_media(path, size=500_000)
+    signed = await emu_client.allocate_signed_url("long take.mov")
+    assert signed.expires_at > time.time() + 3600
+    result = await emu_client.upload_to_signed_url(signed.url, str(path), filename="long take.mov")
+    assert result.asset_id is None and result.sha256 == sha
+    status = await wait_for_status(emu_client, signed.asset_id, "SUCCESS")
+    assert status.original_filename == "long take"
+    (record,) = emulator.assets()
+    assert record.sha256 == sha
+    (put,) = emulator.requests("storage")
+    assert put.key is None  # no Authorization header reached the storage route
+
+
+@pytest.mark.parametrize(
+    ("name", "stored"),
+    [
+        ("vidéo 日本語.mp4", "vidéo 日本語"),
+        ('say "cheese".jpg', 'say "cheese"'),
+        ("a;b;c.png", "a;b;c"),
+        ("100% real.mp3", "100% real"),
+    ],
+)
+async def test_emulator_stores_unusual_filenames_intact(
+    emu_client: MaviClient, tmp_path: Path, name: str, stored: str
+) -> None:
+    path = tmp_path / "sample"
+    write_media(path, ext=name.rsplit(".", 1)[1], size=5000)
+    result = await emu_client.upload(str(path), filename=name)
+    assert result.asset_id is not None
+    status = await emu_client.metadata(result.asset_id)
+    assert status.original_filename == stored
+
+
+async def test_emulator_errors_are_classified(
+    emulator: EmulatorServer, emu_client: MaviClient, tmp_path: Path
+) -> None:
+    path = tmp_path / "clip.mp4"
+    write_media(path, size=10_000)
+    with pytest.raises(ApiNotFound):
+        await emu_client.metadata("re_123456789012345678")
+    async with MaviClient(emulator.base_url, "sk-mavi-wrong-key") as wrong:
+        with pytest.raises(ApiAuthError) as auth:
+            await wrong.upload(str(path), filename="clip.mp4")
+        assert "sk-mavi-wrong-key" not in str(auth.value)
+    # A format outside the list: the ambiguous 400.
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(ApiThrottled):
+        await emu_client.upload(str(text), filename="notes.txt")
+    # Delete, then the asset is gone for metadata and for a second delete.
+    result = await emu_client.upload(str(path), filename="clip.mp4")
+    assert result.asset_id is not None
+    await emu_client.delete(result.asset_id)
+    with pytest.raises(ApiNotFound):
+        await emu_client.metadata(result.asset_id)
+    with pytest.raises(ApiNotFound):
+        await emu_client.delete(result.asset_id)
+
+
+@pytest.mark.parametrize(
+    ("fault", "cls"),
+    [
+        ({"endpoint": "upload", "status": 500}, ApiRetryable),
+        ({"endpoint": "upload", "status": 503, "msg": "The network is abnormal"}, ApiRetryable),
+        ({"endpoint": "upload", "status": 429}, ApiThrottled),
+        ({"endpoint": "upload", "status": 402}, ApiNoCredits),
+        ({"endpoint": "upload", "status": 403}, ApiAuthError),
+        ({"endpoint": "upload", "status": 415}, ApiPermanent),
+        ({"endpoint": "upload", "reset": True}, ApiRetryable),
+        ({"credits_after": 0}, ApiNoCredits),
+        ({"throttle_for_s": 60}, ApiThrottled),
+    ],
+)
+async def test_emulator_faults_are_classified(
+    emulator: EmulatorServer,
+    emu_client: MaviClient,
+    tmp_path: Path,
+    fault: dict[str, Any],
+    cls: type[ApiError],
+) -> None:
+    path = tmp_path / "clip.mp4"
+    write_media(path, size=100_000)
+    emulator.add_faults(fault)
+    with pytest.raises(cls) as info:
+        await emu_client.upload(str(path), filename="clip.mp4")
+    assert type(info.value) is cls
+    assert emulator.key not in str(info.value)
+    assert emulator.assets() == [] or cls is ApiRetryable
+
+
+async def test_emulator_hang_ends_in_the_read_timeout(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "clip.mp4"
+    write_media(path, size=10_000)
+    emulator.add_faults({"endpoint": "upload", "hang": True})
+    async with MaviClient(emulator.base_url, emulator.key, read_timeout_s=0.3) as c:
+        with pytest.raises(ApiRetryable):
+            await c.upload(str(path), filename="clip.mp4")
+
+
+async def test_emulator_rate_limit_answers_are_throttles(
+    emulator: EmulatorServer, emu_client: MaviClient
+) -> None:
+    emulator.update_settings(rates={"metadata": 0.2})
+    with pytest.raises(ApiNotFound):
+        await emu_client.metadata("re_1")
+    with pytest.raises(ApiThrottled) as info:
+        await emu_client.metadata("re_1")
+    assert info.value.status == 400
+
+
+async def test_emulator_expired_signed_url_is_refused(
+    make_emulator: Callable[..., Awaitable[EmulatorServer]], tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    emulator = await make_emulator(clock=clock, signed_url_ttl_s=60)
+    path = tmp_path / "clip.mp4"
+    write_media(path, size=10_000)
+    async with MaviClient(emulator.base_url, emulator.key) as c:
+        signed = await c.allocate_signed_url("clip.mp4")
+        clock.advance(61)
+        with pytest.raises(SignedUrlExpired) as info:
+            await c.upload_to_signed_url(signed.url, str(path), filename="clip.mp4")
+        assert_clean_message(info.value, "storage", 403)

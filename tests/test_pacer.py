@@ -7,11 +7,15 @@ import heapq
 import itertools
 import random
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
+from syncd.client import MaviClient
 from syncd.config import RateLimitsConfig
+from syncd.emulator import EmulatorServer, uniform_rates
+from syncd.errors import ApiNotFound, ApiThrottled
 from syncd.pacer import Pacer
 
 START = 1000.0
@@ -444,3 +448,34 @@ async def test_real_time_concurrent_tasks_never_start_closer_than_the_interval()
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert min(gaps) >= interval_s - 0.001
     assert pacer.stats()["upload"].granted == 20
+
+
+async def test_workers_sharing_the_pacer_stay_under_the_emulators_limit(
+    make_emulator: Callable[..., Awaitable[EmulatorServer]],
+) -> None:
+    rate_per_s = 20.0
+    emulator = await make_emulator(rates={**uniform_rates(0), "metadata": rate_per_s})
+    # A wide margin: this test is about sharing one bucket, not about loopback jitter.
+    pacer = Pacer({"metadata": rate_per_s}, margin=0.5)
+    outcomes: list[str] = []
+
+    async def worker(c: MaviClient, paced: bool) -> None:
+        for _ in range(4):
+            if paced:
+                await pacer.acquire("metadata")
+            try:
+                await c.metadata("re_1")
+            except ApiThrottled:
+                outcomes.append("throttled")
+                if paced:
+                    pacer.throttled("metadata")
+            except ApiNotFound:
+                outcomes.append("answered")
+
+    async with MaviClient(emulator.base_url, emulator.key) as c:
+        await asyncio.gather(*(worker(c, paced=True) for _ in range(4)))
+        assert outcomes == ["answered"] * 16
+        # The control: the same workers unpaced are throttled, so the check above can fail.
+        outcomes.clear()
+        await asyncio.gather(*(worker(c, paced=False) for _ in range(4)))
+        assert "throttled" in outcomes
