@@ -33,6 +33,7 @@ from typing import Final
 from syncd.config import WatchRoot
 from syncd.errors import SyncdError
 from syncd.fingerprint import Fingerprint
+from syncd.hashing import file_kind
 from syncd.pathfilter import PathFilter, display_path
 
 log = logging.getLogger(__name__)
@@ -198,13 +199,10 @@ class _Walker:
         self.follow = follow
         self.batch_size = batch_size
         self.stop = threading.Event()
-        mine = os.path.realpath(self.root_path)
-        # Other roots, resolved: a followed link into one of them is that root's business.
-        self.other_roots = tuple(
-            real
-            for real in (os.path.realpath(os.path.normpath(r)) for r in all_roots)
-            if real != mine
-        )
+        self.all_roots = tuple(all_roots)
+        # Other roots, resolved (in the thread: resolving does I/O). A followed link into one
+        # of them is left to that root's own walk.
+        self.other_roots: tuple[str, ...] = ()
         self.visited: set[tuple[int, int]] = set()
 
     # -- entry points --------------------------------------------------------------------------
@@ -218,7 +216,7 @@ class _Walker:
         except OSError as exc:
             raise RootUnavailable(path, f"cannot be read: {exc.strerror or exc}") from None
         if not stat.S_ISDIR(st.st_mode):
-            raise RootUnavailable(path, f"is not a folder (it is {_kind(st.st_mode)})")
+            raise RootUnavailable(path, f"is not a folder (it is {file_kind(st.st_mode)})")
         try:
             # The root itself is opened through symlinks: the user named that path.
             fd = self._open_dir(path, st, follow=True)
@@ -226,6 +224,7 @@ class _Walker:
             raise RootUnavailable(path, f"cannot be read: {exc.strerror or exc}") from None
         if fd is None:
             raise RootUnavailable(path, "changed while it was being opened")
+        self._resolve_other_roots()
         self._walk(post, fd, path, "", self.filt.include_all, st)
 
     def walk_dir(self, post: Callable[[list[ScanEntry]], bool], path: str) -> None:
@@ -251,6 +250,7 @@ class _Walker:
             return
         if not stat.S_ISDIR(st.st_mode):
             return
+        self._resolve_other_roots()
         if rel and self.follow and os.path.islink(path) and self._in_other_root(path):
             return
         try:
@@ -430,6 +430,13 @@ class _Walker:
             if why is None and not self._in_other_root(path):
                 pending.append((-1, path, rel, included, st))
 
+    def _resolve_other_roots(self) -> None:
+        if not self.follow or not self.all_roots:
+            return
+        mine = os.path.realpath(self.root_path)
+        resolved = (os.path.realpath(os.path.normpath(r)) for r in self.all_roots)
+        self.other_roots = tuple(real for real in resolved if real != mine)
+
     def _in_other_root(self, path: str) -> bool:
         if not self.other_roots:
             return False
@@ -451,18 +458,3 @@ class _Walker:
         log.warning(
             "cannot read folder %s: %s; skipping it", display_path(path), exc.strerror or exc
         )
-
-
-def _kind(mode: int) -> str:
-    """Given an ``st_mode``, return what kind of file it is, in words."""
-    if stat.S_ISREG(mode):
-        return "a regular file"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device node"
-    if stat.S_ISLNK(mode):
-        return "a symlink"
-    return "not a folder"
