@@ -267,7 +267,6 @@ class _FilePayload(aiohttp.Payload):
         self.on_complete: Callable[[], None] | None = None
         self.local_error: LocalFileError | None = None
         self.stalled = False
-        self.started = False
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         raise TypeError("a streamed file body cannot be decoded")
@@ -276,7 +275,6 @@ class _FilePayload(aiohttp.Payload):
         if self._consumed:
             raise RuntimeError("a streamed file body can be sent only once")
         self._consumed = True
-        self.started = True
         try:
             await self._write_all(writer)
         finally:
@@ -514,6 +512,9 @@ class MaviClient:
             (r for r in resources if isinstance(r, dict) and r.get("asset_id") == asset_id),
             None,
         )
+        if item is None and len(resources) == 1 and isinstance(resources[0], dict):
+            # A lone resource that names no asset at all is taken as the one asked for.
+            item = resources[0] if "asset_id" not in resources[0] else None
         if item is None:
             raise self._error(
                 ApiRetryable, "metadata", f"answer does not describe {asset_id}", answer.status

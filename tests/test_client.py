@@ -630,9 +630,23 @@ async def test_metadata_tolerates_numbers_and_missing_optional_fields(
     )
     status = await client.metadata("re_9")
     assert status.upload_status == "WAITING"
+    assert status.asset_id == "re_9"
     assert status.file_size == 12
     assert status.create_time_ms is None
     assert status.extension is None
+
+
+async def test_metadata_picks_the_resource_of_the_asset_asked_for(
+    api: ScriptedServer, client: MaviClient
+) -> None:
+    other = metadata_answer(asset_id="re_8", upload_status="FAILED")["data"]["resource"][0]
+    mine = metadata_answer(asset_id="re_9", upload_status="SUCCESS")["data"]["resource"][0]
+    api.script = lambda seen, req: (200, envelope({"total": 2, "resource": [other, mine]}))
+    assert (await client.metadata("re_9")).upload_status == "SUCCESS"
+    # A lone resource that names no asset at all is taken as the one asked for.
+    anonymous = {k: v for k, v in mine.items() if k != "asset_id"}
+    api.script = lambda seen, req: (200, envelope({"total": 1, "resource": [anonymous]}))
+    assert (await client.metadata("re_9")).asset_id == "re_9"
 
 
 @pytest.mark.parametrize(
