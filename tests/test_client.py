@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
+import ssl
+import subprocess
 import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -83,13 +86,15 @@ class ScriptedServer:
 
     host: str = "127.0.0.1"
     script: Script = default_script
+    ssl_context: ssl.SSLContext | None = None
     seen: list[Seen] = field(default_factory=list)
     runner: web.AppRunner | None = None
     port: int = 0
 
     @property
     def origin(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -100,7 +105,7 @@ class ScriptedServer:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.host, 0)
+        site = web.TCPSite(self.runner, self.host, 0, ssl_context=self.ssl_context)
         await site.start()
         sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr]
         self.port = sockets[0].getsockname()[1]
@@ -701,6 +706,39 @@ def test_bad_settings_are_config_errors() -> None:
         with pytest.raises(ConfigError) as info:
             MaviClient("https://example.com/api", key)
         assert key.strip() == "" or key.strip() not in str(info.value)
+
+
+async def test_tls_certificates_are_verified_unless_turned_off(
+    tmp_path: Path, media: tuple[str, str, int]
+) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a self-signed certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server = await ScriptedServer(ssl_context=context).start()
+    try:
+        async with MaviClient(server.base_url, KEY, connect_timeout_s=5) as c:
+            with pytest.raises(ApiRetryable) as info:
+                await c.upload(media[0], filename="clip.mp4")
+            assert_clean_message(info.value, "upload", None)
+            assert "certificate" in str(info.value).lower()
+        assert server.seen == []
+        async with MaviClient(server.base_url, KEY, verify_tls=False) as c:
+            result = await c.upload(media[0], filename="clip.mp4")
+        assert result.sha256 == media[1]
+        assert server.seen[0].headers["Authorization"] == KEY
+    finally:
+        await server.stop()
 
 
 async def test_the_client_hides_its_key_and_closes_cleanly(api: ScriptedServer) -> None:
