@@ -1141,6 +1141,22 @@ class Ledger:
         )
         return [(r[0], r[1], r[2]) for r in rows]
 
+    async def get_contents(self, sha256s: Sequence[str]) -> dict[str, Content]:
+        """Return the contents among ``sha256s`` that the ledger knows (one query per 900)."""
+        found: dict[str, Content] = {}
+        unique = list(dict.fromkeys(sha256s))
+        for i in range(0, len(unique), _IN_CHUNK):
+            chunk = unique[i : i + _IN_CHUNK]
+            rows = await self._read(
+                f"SELECT {_CONTENT_COLS} FROM contents "
+                f"WHERE sha256 IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            for row in rows:
+                content = _content(row)
+                found[content.sha256] = content
+        return found
+
 
 def _must(value: _T | None) -> _T:
     """Return ``value``; a None here is a bug in the ledger's own SQL."""
