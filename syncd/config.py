@@ -142,6 +142,14 @@ class UploadConfig:
     max_file_bytes: int | None = field(
         default=None, metadata=_meta("skip larger files; null means no limit", minimum=1)
     )
+    pause_initial_s: float = field(
+        default=30.0,
+        metadata=_meta("after 401/403/402: wait before one probe", minimum=0, exclusive_min=True),
+    )
+    pause_max_s: float = field(
+        default=600.0,
+        metadata=_meta("longest wait between probes", minimum=0, exclusive_min=True),
+    )
 
 
 @dataclass(frozen=True)

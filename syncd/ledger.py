@@ -754,6 +754,14 @@ class Ledger:
         now = self._clock()
         state = "allocated" if keep_allocation else "pending"
         async with self._tx() as db:
+            if not keep_allocation:
+                # Never lose track of an asset id: one being dropped is kept as superseded.
+                await db.execute(
+                    "INSERT OR IGNORE INTO superseded_assets (asset_id, sha256, sent_sha256, "
+                    "path, reason, at) SELECT asset_id, sha256, NULL, NULL, ?, ? FROM contents "
+                    "WHERE sha256 = ? AND asset_id IS NOT NULL",
+                    (f"dropped on retry: {error}", now, sha256),
+                )
             await db.execute(
                 "UPDATE contents SET state = ?, attempts = attempts + ?, "
                 "throttle_count = throttle_count + ?, possible_duplicates = "

@@ -1,0 +1,824 @@
+"""The daemon: owns the lifecycle, the signals and every task of the pipeline.
+
+Startup takes the ledger's lock, checks and recovers the ledger, then starts, in order: the
+hashers, the settler, the watches and scans (intake), the upload dispatcher and workers, the
+poller, and the housekeeping tasks (heartbeat, backups, root monitor, HTTP endpoint). Signal
+handlers only set events. Shutdown stops intake, lets in-flight uploads finish within
+``shutdown.grace_s``, cancels the rest (retried on the next start), flushes the ledger and logs
+one summary line with counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import stat
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from syncd.client import MaviClient
+from syncd.config import Config, WatchRoot, load_config
+from syncd.errors import EXIT_OK, EXIT_SOFTWARE, EXIT_UNAVAILABLE, ConfigError, SyncdError
+from syncd.fingerprint import Fingerprint
+from syncd.hashing import FileChanged, Hasher, HasherClosed, NotRegularFile
+from syncd.ledger import Ledger, LedgerLock
+from syncd.media import check_extension, extension_of, preflight, read_head
+from syncd.metrics import Metrics
+from syncd.notify import Notifier, watchdog_loop
+from syncd.pacer import Pacer
+from syncd.pathfilter import PathFilter
+from syncd.poller import Poller
+from syncd.scanner import RootUnavailable, ScanEntry, scan_dir, scan_root
+from syncd.settle import Settled, Settler
+from syncd.uploader import Uploader
+from syncd.watcher import FsEvent, Watcher, WatchError
+from syncd.webapi import Health, start_http
+from syncd.writers import WriterCheck
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 5.0
+ROOT_CHECK_S = 10.0
+
+
+@dataclass
+class Counters:
+    """What the daemon did since it started: the shutdown summary line."""
+
+    events: int = 0
+    scanned: int = 0
+    unchanged: int = 0
+    hashed: int = 0
+    new_contents: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    unsettled: int = 0
+    file_errors: int = 0
+
+
+@dataclass
+class RootState:
+    """One watched root at run time."""
+
+    cfg: WatchRoot
+    filt: PathFilter
+    available: bool = False
+    dev: int | None = None
+    watched: bool = False
+    reported: bool = False  # its unavailability was logged (once, until it comes back)
+    scans: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+def _display(path: str) -> str:
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+class Daemon:
+    """The running syncd. Given the validated config and the API key.
+
+    ``once`` turns it into ``syncd sync --once``: scan, upload everything due, wait for final
+    statuses, stop. ``config_path`` is re-read on SIGHUP.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        key: str,
+        *,
+        config_path: str | None = None,
+        once: bool = False,
+        notifier: Notifier | None = None,
+        progress: Callable[[Daemon], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self._key = key
+        self.config_path = config_path
+        self.once = once
+        self.notifier = notifier or Notifier.from_env()
+        self.progress = progress
+        self.metrics = Metrics()
+        self.counters = Counters()
+        self.started_at = time.time()
+        self.ready = False
+        self.exit_code = EXIT_OK
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._stop_reason = ""
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._roots: dict[str, RootState] = {}
+        self._hashing: set[str] = set()
+        self._scans_running = 0
+        self._events: asyncio.Queue[FsEvent] = asyncio.Queue()
+        # Set in run():
+        self.ledger: Ledger
+        self.uploader: Uploader
+        self.poller: Poller
+        self.settler: Settler
+        self.hasher: Hasher
+        self.pacer: Pacer
+        self._hash_q: asyncio.Queue[Settled]
+        self._watcher: Watcher | None = None
+
+    # ---------------------------------------------------------------- control
+
+    def request_stop(self, reason: str = "requested") -> None:
+        """Begin a graceful shutdown (idempotent)."""
+        if not self._stop.is_set():
+            self._stop_reason = reason
+            self._stop.set()
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            self._reload.set()
+            return
+        if self._stop.is_set() and signum == signal.SIGINT:
+            log.warning("second SIGINT: exiting at once (the ledger stays consistent)")
+            os._exit(130)
+        log.info("%s received: shutting down", name)
+        self.request_stop(name)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str, *, critical: bool = True) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._reap(t, critical))
+
+    def _reap(self, task: asyncio.Task[Any], critical: bool) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        if isinstance(exc, SyncdError):
+            log.error("%s stopped: %s", task.get_name(), exc)
+            code = exc.exit_code
+        else:
+            log.error("%s crashed", task.get_name(), exc_info=exc)
+            code = EXIT_SOFTWARE
+        if critical:
+            self.exit_code = code
+            self.request_stop(f"{task.get_name()} failed")
+
+    # ---------------------------------------------------------------- run
+
+    async def run(self) -> int:
+        """Run until stopped; returns the process exit code. Raises SyncdError at startup."""
+        cfg = self.cfg
+        lock = LedgerLock(cfg.ledger.path)
+        os.makedirs(os.path.dirname(cfg.ledger.path) or ".", mode=0o700, exist_ok=True)
+        await asyncio.to_thread(lock.acquire)
+        try:
+            self.ledger = await Ledger.open(cfg.ledger.path)
+        except BaseException:
+            lock.release()
+            raise
+        try:
+            return await self._run_open()
+        finally:
+            await self.ledger.close()
+            lock.release()
+
+    async def _run_open(self) -> int:
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
+        report = await self.ledger.recover()
+        if report.interrupted_direct or report.resumed_signed_url:
+            log.warning(
+                "recovered from an unclean stop: %d direct upload(s) back to pending (possible "
+                "remote duplicates), %d signed-URL upload(s) resumed on their asset ids",
+                report.interrupted_direct,
+                report.resumed_signed_url,
+            )
+        self.pacer = Pacer.from_config(cfg.rate_limits)
+        snapshot = await self.ledger.get_kv("pacer")
+        if isinstance(snapshot, dict):
+            self.pacer.restore(snapshot)
+        self.hasher = Hasher(cfg.upload.hash_workers)
+        self._hash_q = asyncio.Queue(maxsize=cfg.upload.hash_workers * 4)
+        writers = WriterCheck() if cfg.settle.check_open_writers else None
+        self.settler = Settler(
+            quiet_s=cfg.settle.quiet_s,
+            max_wait_s=cfg.settle.max_wait_s,
+            on_settled=self._hash_q.put,
+            on_unsettled=self._on_unsettled,
+            writers=writers,
+        )
+        client = MaviClient(
+            cfg.api.base_url,
+            self._key,
+            connect_timeout_s=cfg.api.connect_timeout_s,
+            read_timeout_s=cfg.api.read_timeout_s,
+            verify_tls=cfg.api.verify_tls,
+        )
+        self.uploader = Uploader(
+            cfg, self.ledger, client, self.pacer, self.metrics, on_changed=self._resettle
+        )
+        self.poller = Poller(
+            cfg, self.ledger, client, self.pacer, self.metrics, on_requeued=self.uploader.wake
+        )
+        self.uploader.on_uploaded = self.poller.wake
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        http_runner = None
+        workers: list[asyncio.Task[None]] = []
+        try:
+            if cfg.http.listen and not self.once:
+                try:
+                    http_runner = await start_http(
+                        cfg.http.listen,
+                        ledger=self.ledger,
+                        metrics=self.metrics,
+                        health=self.health,
+                    )
+                except OSError as exc:
+                    log.error(
+                        "cannot serve http.listen %s (%s); continuing without it",
+                        cfg.http.listen,
+                        exc.strerror or exc,
+                    )
+            self._spawn(self.settler.run(), "settler")
+            for i in range(cfg.upload.hash_workers):
+                self._spawn(self._hash_worker(), f"hasher-{i}")
+            if not self.once:
+                self._watcher = Watcher(loop, self._events.put_nowait)
+                self._spawn(self._event_loop(), "events")
+            for root in cfg.watch:
+                await self._add_root(root)
+            self._spawn(self.uploader.dispatch(), "dispatcher")
+            for i in range(cfg.upload.workers):
+                task = asyncio.create_task(self.uploader.work(), name=f"uploader-{i}")
+                task.add_done_callback(lambda t: self._reap(t, True))
+                workers.append(task)
+            self._spawn(self.poller.run(), "poller")
+            self._spawn(self._heartbeat(), "heartbeat", critical=False)
+            if not self.once:
+                self._spawn(self._root_monitor(), "root-monitor", critical=False)
+                self._spawn(self._rescan_loop(), "rescan", critical=False)
+                self._spawn(self._reload_loop(), "reload", critical=False)
+                if cfg.ledger.backup_dir and cfg.ledger.backup_interval_s > 0:
+                    self._spawn(self._backup_loop(), "backup", critical=False)
+                if self.notifier.watchdog_interval_s:
+                    self._spawn(watchdog_loop(self.notifier), "watchdog", critical=False)
+            else:
+                self._spawn(self._once_loop(), "once")
+            self.ready = True
+            self.notifier.ready(self.summary())
+            log.info(
+                "syncd ready: %d root(s), %d upload worker(s), ledger %s",
+                len(self._roots),
+                cfg.upload.workers,
+                cfg.ledger.path,
+            )
+            await self._stop.wait()
+        finally:
+            await self._shutdown(workers, client, http_runner)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            self.notifier.close()
+        return self.exit_code
+
+    async def _shutdown(
+        self, workers: list[asyncio.Task[None]], client: MaviClient, http_runner: Any
+    ) -> None:
+        self.notifier.stopping()
+        self.ready = False
+        # 1. Stop intake: no new events, scans, hashes or claims.
+        if self._watcher is not None:
+            await asyncio.to_thread(self._watcher.stop)
+        self.uploader.stop_intake()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.hasher.aclose()
+        # 2. Drain in-flight uploads within the grace period, then cancel them.
+        cancelled = await self.uploader.drain(self.cfg.shutdown.grace_s, workers)
+        # 3. Flush.
+        with contextlib.suppress(SyncdError):
+            await self.ledger.set_kv("pacer", self.pacer.snapshot())
+            await self._write_heartbeat(stopping=True)
+        await client.close()
+        if http_runner is not None:
+            await http_runner.cleanup()
+        s = self.uploader.stats
+        dups = await self.ledger.possible_duplicates()
+        log.info(
+            "syncd stopped (%s): uploaded=%d bytes=%d done=%d retried=%d throttled=%d "
+            "rejected=%d failed=%d superseded=%d hashed=%d unchanged=%d duplicates=%d "
+            "skipped=%d unsettled=%d cancelled_in_flight=%d possible_remote_duplicates=%d "
+            "uptime_s=%.0f",
+            self._stop_reason or "done",
+            s.uploaded,
+            s.bytes_sent,
+            self.poller.done,
+            s.retried,
+            s.throttled,
+            s.rejected,
+            s.failed,
+            s.superseded,
+            self.counters.hashed,
+            self.counters.unchanged,
+            self.counters.duplicates,
+            self.counters.skipped,
+            self.counters.unsettled,
+            cancelled,
+            dups,
+            time.time() - self.started_at,
+        )
+
+    # ---------------------------------------------------------------- health
+
+    def health(self) -> Health:
+        """Current health for /healthz, /readyz and the heartbeat."""
+        state = self.uploader.state
+        unavailable = [r.cfg.path for r in self._roots.values() if not r.available]
+        reason = state.reason
+        if not reason and unavailable:
+            reason = "unavailable root(s): " + ", ".join(unavailable)
+        return Health(healthy=state.healthy, ready=self.ready, reason=reason)
+
+    def summary(self) -> str:
+        """One line for sd_notify STATUS= and progress logs."""
+        s = self.uploader.stats
+        text = (
+            f"uploaded {s.uploaded}, done {self.poller.done}, in flight "
+            f"{len(self.uploader.state.in_flight)}, settling {self.settler.tracked()}, "
+            f"hashing {len(self._hashing)}"
+        )
+        pause = self.uploader.state.pause
+        if pause is not None:
+            text += f"; paused: {pause.reason}"
+        return text
+
+    async def _write_heartbeat(self, *, stopping: bool = False) -> None:
+        h = self.health()
+        pause = self.uploader.state.pause
+        await self.ledger.set_kv(
+            "daemon",
+            {
+                "pid": os.getpid(),
+                "started_at": self.started_at,
+                "updated_at": time.time(),
+                "healthy": h.healthy,
+                "ready": h.ready and not stopping,
+                "reason": h.reason,
+                "paused": pause.reason if pause else None,
+                "queue": {
+                    "settling": self.settler.tracked(),
+                    "hashing": self._hash_q.qsize() + len(self._hashing),
+                    "upload_queued": self.uploader.queue_depth(),
+                    "uploading": len(self.uploader.state.in_flight),
+                },
+                "open_for_write": self.settler.open_for_write(),
+                "stopping": stopping,
+            },
+        )
+
+    async def _heartbeat(self) -> None:
+        while True:
+            self.metrics.set("syncd_queue_depth", self.settler.tracked(), queue="settle")
+            self.metrics.set(
+                "syncd_queue_depth", self._hash_q.qsize() + len(self._hashing), queue="hash"
+            )
+            self.metrics.set("syncd_queue_depth", self.uploader.queue_depth(), queue="upload")
+            for name, st in self.pacer.stats().items():
+                self.metrics.set("syncd_cooldown_seconds", st.cooldown_remaining_s, endpoint=name)
+            await self._write_heartbeat()
+            await self.ledger.set_kv("pacer", self.pacer.snapshot())
+            text = self.summary()
+            self.notifier.status(text)
+            if self.progress is not None:
+                self.progress(self)
+            await asyncio.sleep(HEARTBEAT_S if not self.once else 1.0)
+
+    # ---------------------------------------------------------------- roots and intake
+
+    async def _add_root(self, root: WatchRoot) -> None:
+        state = RootState(root, PathFilter(root, self.cfg.settle.temp_patterns))
+        self._roots[root.path] = state
+        await self._arm_root(state)
+
+    async def _arm_root(self, state: RootState) -> None:
+        """Watch and scan a root if it is available; report it clearly if not."""
+        path = state.cfg.path
+        try:
+            st = await asyncio.to_thread(os.stat, path)
+        except OSError as exc:
+            if not state.reported:
+                log.error(
+                    "watched folder %s is unavailable (%s); its files are kept in the ledger "
+                    "and syncd checks for it every %.0f s (create or mount it)",
+                    _display(path),
+                    exc.strerror or exc,
+                    ROOT_CHECK_S,
+                )
+            state.available = False
+            state.reported = True
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            if not state.reported:
+                log.error("watched folder %s is not a folder; fix watch[].path", _display(path))
+            state.available = False
+            state.reported = True
+            return
+        if state.reported:
+            log.info("watched folder %s is available again; rescanning", _display(path))
+        state.available = True
+        state.reported = False
+        state.dev = st.st_dev
+        if self._watcher is not None and not state.watched:
+            try:
+                await asyncio.to_thread(self._watcher.add_root, state.cfg)
+                state.watched = True
+            except WatchError as exc:
+                log.error("%s; relying on periodic rescans for %s", exc, _display(path))
+        if self.cfg.scan.on_start or self.once or self.ready:
+            self._start_scan(state)
+
+    def _start_scan(self, state: RootState, subdir: str | None = None) -> None:
+        task = asyncio.create_task(self._scan(state, subdir), name=f"scan {state.cfg.path}")
+        state.scans.add(task)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            state.scans.discard(t)
+            self._reap(t, False)
+
+        task.add_done_callback(done)
+
+    async def _scan(self, state: RootState, subdir: str | None = None) -> None:
+        root = state.cfg
+        started = time.time()
+        t0 = time.monotonic()
+        seen = unchanged = 0
+        all_roots = [r.cfg.path for r in self._roots.values()]
+        walker = (
+            scan_root(root, state.filt, all_roots=all_roots)
+            if subdir is None
+            else scan_dir(root, state.filt, subdir, all_roots=all_roots)
+        )
+        self._scans_running += 1
+        try:
+            async with contextlib.aclosing(walker) as batches:
+                async for batch in batches:
+                    seen += len(batch)
+                    unchanged += await self._ingest_scan_batch(batch)
+        except RootUnavailable as exc:
+            log.error("%s; will retry when it comes back", exc)
+            state.available = False
+            return
+        finally:
+            self._scans_running -= 1
+        self.counters.scanned += seen
+        self.counters.unchanged += unchanged
+        if subdir is None and await self._same_root(state):
+            gone = await self.ledger.sweep_gone(root.path, started)
+            if gone:
+                log.info("%d file(s) under %s are gone since the last scan", gone, root.path)
+        log.info(
+            "scan of %s done: %d file(s), %d unchanged, %d to settle (%.2f s)",
+            _display(subdir or root.path),
+            seen,
+            unchanged,
+            seen - unchanged,
+            time.monotonic() - t0,
+        )
+
+    async def _ingest_scan_batch(self, batch: list[ScanEntry]) -> int:
+        """Skip what the ledger already has (a stat, not a read); offer the rest to settle."""
+        known = await self.ledger.get_paths([e.path for e in batch])
+        unchanged: list[str] = []
+        for entry in batch:
+            rec = known.get(entry.path)
+            if (
+                rec is not None
+                and rec.fingerprint == entry.fingerprint
+                and (rec.state == "skipped" or rec.sha256 is not None)
+            ):
+                unchanged.append(entry.path)
+            elif entry.path not in self._hashing:
+                await self.settler.offer(entry.path, entry.root, entry.fingerprint)
+        # Everything seen counts as seen (a sweep must not mark a settling file gone).
+        await self.ledger.touch_paths([e.path for e in batch])
+        return len(unchanged)
+
+    async def _same_root(self, state: RootState) -> bool:
+        try:
+            st = await asyncio.to_thread(os.stat, state.cfg.path)
+        except OSError:
+            return False
+        return st.st_dev == state.dev
+
+    def _root_of(self, path: str) -> RootState | None:
+        best: RootState | None = None
+        for state in self._roots.values():
+            root = state.cfg.path.rstrip("/") + "/"
+            if path.startswith(root) and (best is None or len(root) > len(best.cfg.path)):
+                best = state
+        return best
+
+    async def _event_loop(self) -> None:
+        while True:
+            ev = await self._events.get()
+            self.counters.events += 1
+            try:
+                await self._handle_event(ev)
+            except SyncdError as exc:
+                log.error("event on %s: %s", _display(ev.path), exc)
+
+    async def _handle_event(self, ev: FsEvent) -> None:
+        state = self._roots.get(ev.root) or self._root_of(ev.path)
+        if state is None:
+            return
+        kind = ev.kind
+        if kind in ("overflow",):
+            log.warning("inotify queue overflowed under %s; rescanning it", ev.root)
+            self._start_scan(state)
+            return
+        if kind == "root_gone":
+            log.error(
+                "watched folder %s disappeared (unmounted or deleted); its files are kept in "
+                "the ledger; syncd re-arms it when it comes back",
+                _display(ev.root),
+            )
+            state.available = False
+            state.watched = False
+            self.settler.forget_root(ev.root)
+            if self._watcher is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self._watcher.remove_root, ev.root)
+            return
+        if kind in ("dir_created", "dir_moved_to"):
+            self._start_scan(state, ev.path)
+            return
+        if kind == "dir_deleted":
+            return
+        if kind in ("deleted", "moved_from"):
+            self.settler.forget(ev.path)
+            await self.ledger.mark_gone(ev.path)
+            return
+        if not state.filt.accepts(ev.path):
+            return
+        self.settler.event(ev)
+
+    async def _on_unsettled(self, path: str, root: str, reason: str) -> None:
+        self.counters.unsettled += 1
+        since = self.settler.open_for_write().get(path)
+        log.warning("%s never settled: %s; not uploading it", _display(path), reason)
+        await self.ledger.record_path_state(path, root, "unsettled", reason, open_since=since)
+
+    async def _resettle(self, path: str) -> None:
+        """The file changed under an upload: back to the settler."""
+        state = self._root_of(path)
+        if state is None:
+            return
+        try:
+            fp = await asyncio.to_thread(Fingerprint.stat, path)
+        except OSError:
+            return
+        await self.settler.offer(path, state.cfg.path, fp)
+
+    # ---------------------------------------------------------------- hashing
+
+    async def _hash_worker(self) -> None:
+        while True:
+            settled = await self._hash_q.get()
+            self._hashing.add(settled.path)
+            try:
+                await self._ingest(settled)
+            except SyncdError as exc:
+                if exc.exit_code != 1:
+                    raise  # the ledger cannot be written: stop rather than lose track
+                log.error("%s: %s", _display(settled.path), exc)
+            finally:
+                self._hashing.discard(settled.path)
+                self._hash_q.task_done()
+
+    async def _ingest(self, s: Settled) -> None:
+        path, root = s.path, s.root
+        state = self._roots.get(root)
+        if state is None:
+            return
+        rec = await self.ledger.get_path(path)
+        if rec is not None and rec.fingerprint == s.fingerprint and rec.sha256 is not None:
+            if rec.state != "present":
+                await self.ledger.touch_paths([path])
+            self.counters.unchanged += 1
+            return
+        name = os.path.basename(path)
+        # The extension alone rules most non-media out without opening the file.
+        reason = check_extension(name)
+        if reason is None:
+            try:
+                head = await read_head(path, follow_symlinks=state.cfg.follow_symlinks)
+            except FileNotFoundError:
+                await self.ledger.mark_gone(path)
+                return
+            except NotRegularFile as exc:
+                await self.ledger.record_path_state(path, root, "skipped", str(exc), s.fingerprint)
+                return
+            except OSError as exc:
+                await self._file_error(path, root, s.fingerprint, exc)
+                return
+            reason = preflight(
+                name, s.fingerprint.size, head, max_bytes=self.cfg.upload.max_file_bytes
+            )
+        if reason is not None:
+            self.counters.skipped += 1
+            log.info("skipping %s: %s", _display(path), reason)
+            await self.ledger.record_path_state(path, root, "skipped", reason, s.fingerprint)
+            return
+        try:
+            hashed = await self.hasher.hash(
+                path, s.fingerprint, follow_symlinks=state.cfg.follow_symlinks
+            )
+        except FileChanged:
+            log.debug("%s changed while hashing; settling it again", _display(path))
+            await self._resettle(path)
+            return
+        except HasherClosed:
+            return  # shutting down: the path is found again by the next start's scan
+        except FileNotFoundError:
+            await self.ledger.mark_gone(path)
+            return
+        except NotRegularFile as exc:
+            await self.ledger.record_path_state(path, root, "skipped", str(exc), s.fingerprint)
+            return
+        except OSError as exc:
+            await self._file_error(path, root, s.fingerprint, exc)
+            return
+        self.counters.hashed += 1
+        self.metrics.inc("syncd_files_hashed_total")
+        self.metrics.inc("syncd_bytes_hashed_total", hashed.size)
+        content = await self.ledger.record_content(
+            path, root, hashed.fingerprint, hashed.sha256, extension_of(name)
+        )
+        if content.created_at >= time.time() - 5 and content.state == "pending":
+            self.counters.new_contents += 1
+            log.info(
+                "queued %s sha256=%s (%d bytes)", _display(path), hashed.sha256[:12], hashed.size
+            )
+            self.uploader.wake()
+        else:
+            self.counters.duplicates += 1
+            log.info(
+                "%s holds known content sha256=%s (%s%s); not uploading it again",
+                _display(path),
+                hashed.sha256[:12],
+                content.state,
+                f", asset {content.asset_id}" if content.asset_id else "",
+            )
+            if content.state == "pending":
+                self.uploader.wake()
+
+    async def _file_error(self, path: str, root: str, fp: Fingerprint, exc: OSError) -> None:
+        self.counters.file_errors += 1
+        reason = f"cannot read: {exc.strerror or exc}"
+        log.warning("%s: %s; retried at the next rescan", _display(path), reason)
+        await self.ledger.record_path_state(path, root, "error", reason, None)
+
+    # ---------------------------------------------------------------- housekeeping
+
+    async def _rescan_loop(self) -> None:
+        interval = self.cfg.scan.rescan_interval_s
+        if interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            for state in self._roots.values():
+                if state.available and not state.scans:
+                    self._start_scan(state)
+
+    async def _root_monitor(self) -> None:
+        while True:
+            await asyncio.sleep(ROOT_CHECK_S)
+            for state in list(self._roots.values()):
+                if state.available and not await self._same_root(state):
+                    log.error(
+                        "watched folder %s disappeared or was unmounted; its files are kept "
+                        "in the ledger",
+                        _display(state.cfg.path),
+                    )
+                    state.available = False
+                    self.settler.forget_root(state.cfg.path)
+                    if self._watcher is not None and state.watched:
+                        with contextlib.suppress(Exception):
+                            await asyncio.to_thread(self._watcher.remove_root, state.cfg.path)
+                        state.watched = False
+                    state.reported = True
+                elif not state.available:
+                    await self._arm_root(state)
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self._reload.wait()
+            self._reload.clear()
+            self.notifier.reloading()
+            await self._reload_config()
+            self.notifier.ready(self.summary())
+
+    async def _reload_config(self) -> None:
+        if self.config_path is None:
+            log.warning("SIGHUP: no config file to reload")
+            return
+        try:
+            new = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as exc:
+            log.error("SIGHUP: the new config is invalid; keeping the old one: %s", exc)
+            return
+        old_paths = {r.path for r in self.cfg.watch}
+        new_paths = {r.path for r in new.watch}
+        for path in old_paths - new_paths:
+            state = self._roots.pop(path)
+            for task in state.scans:
+                task.cancel()
+            self.settler.forget_root(path)
+            if self._watcher is not None and state.watched:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self._watcher.remove_root, path)
+            log.info("SIGHUP: stopped watching %s", _display(path))
+        for root in new.watch:
+            if root.path not in old_paths:
+                await self._add_root(root)
+                log.info("SIGHUP: now watching %s", _display(root.path))
+            elif root != next(r for r in self.cfg.watch if r.path == root.path):
+                self._roots[root.path].cfg = root
+                self._roots[root.path].filt = PathFilter(root, new.settle.temp_patterns)
+        unchanged = [
+            name
+            for name in ("api", "ledger", "upload", "rate_limits", "http", "settle", "poll")
+            if getattr(new, name) != getattr(self.cfg, name)
+        ]
+        if unchanged:
+            log.warning(
+                "SIGHUP: changes to %s take effect at the next restart", ", ".join(unchanged)
+            )
+        self.cfg = new
+        logging.getLogger("syncd").setLevel(new.log.level.upper())
+        log.info("SIGHUP: configuration reloaded from %s", self.config_path)
+
+    async def _backup_loop(self) -> None:
+        folder = self.cfg.ledger.backup_dir
+        assert folder is not None  # noqa: S101 - only started when set
+        while True:
+            await asyncio.sleep(self.cfg.ledger.backup_interval_s)
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            dest = os.path.join(folder, f"ledger-{stamp}.db")
+            await self.ledger.backup(dest)
+            log.info("ledger backed up to %s", dest)
+            await asyncio.to_thread(_prune_backups, folder, self.cfg.ledger.backup_keep)
+
+    # ---------------------------------------------------------------- once mode
+
+    async def _once_loop(self) -> None:
+        """``sync --once``: stop when nothing is left to settle, hash, upload or poll."""
+        await asyncio.sleep(0.2)
+        while True:
+            pause = self.uploader.state.pause
+            if pause is not None and pause.kind == "auth":
+                log.error("stopping: %s", pause.reason)
+                self.exit_code = EXIT_UNAVAILABLE
+                self.request_stop("API refused the key")
+                return
+            if await self._idle():
+                counts = (await self.ledger.counts())["contents"]
+                if counts["failed"] or counts["rejected"]:
+                    self.exit_code = 1
+                self.request_stop("all done")
+                return
+            await asyncio.sleep(0.5)
+
+    async def _idle(self) -> bool:
+        if self._scans_running or any(s.scans for s in self._roots.values()):
+            return False
+        if self.settler.tracked() or self._hash_q.qsize() or self._hashing:
+            return False
+        if self.uploader.state.in_flight or self.uploader.queue_depth():
+            return False
+        counts = (await self.ledger.counts())["contents"]
+        return not any(counts[s] for s in ("pending", "allocated", "uploading", "uploaded"))
+
+
+def _prune_backups(folder: str, keep: int) -> None:
+    names = sorted(n for n in os.listdir(folder) if n.startswith("ledger-") and n.endswith(".db"))
+    for name in names[:-keep]:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(folder, name))
+
+
+async def run_daemon(
+    cfg: Config,
+    key: str,
+    *,
+    config_path: str | None = None,
+    once: bool = False,
+    progress: Callable[[Daemon], None] | None = None,
+) -> int:
+    """Run a daemon to completion; returns its exit code (raises SyncdError at startup)."""
+    daemon = Daemon(cfg, key, config_path=config_path, once=once, progress=progress)
+    return await daemon.run()

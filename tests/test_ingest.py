@@ -1,0 +1,255 @@
+"""Ingest end to end: real files, real inotify, real SQLite, the emulator over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from pipeline_support import (
+    config_data,
+    make_config,
+    received,
+    running,
+    sha256_of,
+    state_of,
+    subprocess_env,
+    syncd_cmd,
+    wait_done,
+    wait_for,
+)
+from samples import media_bytes, write_media
+
+from syncd.emulator import EmulatorServer
+from syncd.errors import EXIT_TEMPFAIL
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    path = tmp_path / "media"
+    path.mkdir()
+    return path
+
+
+async def test_finished_file_copied_in(
+    tmp_path: Path, root: Path, emulator: EmulatorServer
+) -> None:
+    cfg = make_config(tmp_path, emulator, [root])
+    async with running(cfg, emulator.key) as d:
+        src = tmp_path / "elsewhere.mp4"
+        sha = write_media(src, size=50_000)
+        dest = root / "clip.mp4"
+        await asyncio.to_thread(dest.write_bytes, src.read_bytes())
+        asset = await wait_done(d, dest)
+    assert received(emulator) == {asset: sha}
+    (req,) = emulator.requests("upload")
+    assert req.filename == "clip.mp4" and req.body_complete
+
+
+async def test_slow_writer_is_uploaded_whole(
+    tmp_path: Path, root: Path, emulator: EmulatorServer
+) -> None:
+    cfg = make_config(tmp_path, emulator, [root], settle={"quiet_s": 0.5})
+    data = media_bytes("mov", 400_000, seed=3)
+    async with running(cfg, emulator.key) as d:
+        dest = root / "slow.mov"
+        with open(dest, "wb") as f:
+            for i in range(0, len(data), 40_000):
+                f.write(data[i : i + 40_000])
+                f.flush()
+                await asyncio.sleep(0.2)  # shorter than quiet_s: each write restarts the clock
+        await wait_done(d, dest)
+    assert [a.size for a in emulator.assets()] == [len(data)]
+    assert [a.sha256 for a in emulator.assets()] == [sha256_of(dest)]
+
+
+async def test_rsync_style_temp_file_then_rename(
+    tmp_path: Path, root: Path, emulator: EmulatorServer
+) -> None:
+    cfg = make_config(tmp_path, emulator, [root])
+    async with running(cfg, emulator.key) as d:
+        temp = root / ".clip.mp4.Xy12Zq"
+        write_media(temp, ext="mp4", size=30_000)
+        await asyncio.sleep(1.0)  # longer than quiet_s: a temp name is never handed on
+        assert emulator.requests("upload") == []
+        final = root / "clip.mp4"
+        os.rename(temp, final)
+        await wait_done(d, final)
+    assert [r.filename for r in emulator.requests("upload")] == ["clip.mp4"]
+    assert await asyncio.to_thread(lambda: True)
+
+
+async def test_mv_from_elsewhere_on_the_same_filesystem(
+    tmp_path: Path, root: Path, emulator: EmulatorServer
+) -> None:
+    cfg = make_config(tmp_path, emulator, [root])
+    outside = tmp_path / "downloads"
+    outside.mkdir()
+    src = outside / "song.mp3"
+    sha = write_media(src, size=20_000)
+    async with running(cfg, emulator.key) as d:
+        os.rename(src, root / "song.mp3")
+        asset = await wait_done(d, root / "song.mp3")
+    assert received(emulator) == {asset: sha}
+
+
+async def test_folder_moved_in_is_scanned(
+    tmp_path: Path, root: Path, emulator: EmulatorServer
+) -> None:
+    cfg = make_config(tmp_path, emulator, [root])
+    album = tmp_path / "album"
+    (album / "disc1").mkdir(parents=True)
+    write_media(album / "disc1" / "a.flac", size=10_000, seed=1)
+    write_media(album / "b.ogg", size=10_000, seed=2)
+    async with running(cfg, emulator.key) as d:
+        os.rename(album, root / "album")
+        await wait_done(d, root / "album" / "disc1" / "a.flac")
+        await wait_done(d, root / "album" / "b.ogg")
+    assert len(emulator.assets()) == 2
+
+
+async def test_same_content_at_two_paths_costs_one_upload(
+    tmp_path: Path, root: Path, emulator: EmulatorServer
+) -> None:
+    cfg = make_config(tmp_path, emulator, [root])
+    async with running(cfg, emulator.key) as d:
+        write_media(root / "a.mp4", size=25_000, seed=7)
+        a = await wait_done(d, root / "a.mp4")
+        write_media(root / "copy of a.mp4", size=25_000, seed=7)
+
+        async def recorded() -> bool:
+            return (await state_of(d, root / "copy of a.mp4"))[2] == "present"
+
+        await wait_for(recorded, what="the copy recorded")
+        assert (await state_of(d, root / "copy of a.mp4"))[:2] == ("done", a)
+        paths = [p for p, _ in await d.ledger.paths_of(sha256_of(root / "a.mp4"))]
+        assert sorted(paths) == sorted([str(root / "a.mp4"), str(root / "copy of a.mp4")])
+    assert len(emulator.requests("upload")) == 1
+
+
+async def test_rename_of_a_seen_file_is_not_uploaded_again(
+    tmp_path: Path, root: Path, emulator: EmulatorServer
+) -> None:
+    cfg = make_config(tmp_path, emulator, [root])
+    async with running(cfg, emulator.key) as d:
+        write_media(root / "old name.mkv", size=25_000)
+        asset = await wait_done(d, root / "old name.mkv")
+        os.rename(root / "old name.mkv", root / "new name.mkv")
+
+        async def moved() -> bool:
+            old = await d.ledger.get_path(str(root / "old name.mkv"))
+            return (
+                old is not None
+                and old.state == "gone"
+                and (await state_of(d, root / "new name.mkv")) == ("done", asset, "present")
+            )
+
+        await wait_for(moved, what="rename recorded")
+    assert len(emulator.requests("upload")) == 1
+
+
+async def test_temp_name_that_is_never_renamed_is_never_uploaded(
+    tmp_path: Path, root: Path, emulator: EmulatorServer
+) -> None:
+    cfg = make_config(tmp_path, emulator, [root])
+    async with running(cfg, emulator.key) as d:
+        for name in ("movie.mp4.part", "x.mp4.crdownload", ".hidden.mp4", "~$doc.mp4", "a.!qB"):
+            write_media(root / name, ext="mp4", size=5_000)
+        write_media(root / "real.mp4", size=5_000, seed=9)
+        await wait_done(d, root / "real.mp4")
+        await asyncio.sleep(0.8)
+    assert [r.filename for r in emulator.requests("upload")] == ["real.mp4"]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "reason"),
+    [
+        ("notes.txt", b"hello world\n", "not a supported media format"),
+        ("empty.mp4", b"", "empty"),
+        ("fake.mp4", b"this is really text, not a video\n" * 10, "not media"),
+    ],
+)
+async def test_preflight_skips_cost_no_request(
+    tmp_path: Path, root: Path, emulator: EmulatorServer, name: str, data: bytes, reason: str
+) -> None:
+    cfg = make_config(tmp_path, emulator, [root])
+    async with running(cfg, emulator.key) as d:
+        (root / name).write_bytes(data)
+
+        async def skipped() -> bool:
+            rec = await d.ledger.get_path(str(root / name))
+            return rec is not None and rec.state == "skipped"
+
+        await wait_for(skipped, what=f"{name} skipped")
+        rec = await d.ledger.get_path(str(root / name))
+        assert rec is not None and rec.reason is not None and reason in rec.reason
+    assert emulator.requests() == []
+
+
+async def test_file_deleted_before_it_settles_is_never_uploaded(
+    tmp_path: Path, root: Path, emulator: EmulatorServer
+) -> None:
+    cfg = make_config(tmp_path, emulator, [root], settle={"quiet_s": 0.8})
+    async with running(cfg, emulator.key) as d:
+        write_media(root / "brief.mp4", size=5_000)
+        await asyncio.sleep(0.2)
+        (root / "brief.mp4").unlink()
+        write_media(root / "stays.mp4", size=5_000, seed=4)
+        await wait_done(d, root / "stays.mp4")
+        await asyncio.sleep(1.0)
+    assert [r.filename for r in emulator.requests("upload")] == ["stays.mp4"]
+
+
+async def test_restart_over_unchanged_files_hashes_nothing(
+    tmp_path: Path, root: Path, emulator: EmulatorServer
+) -> None:
+    for i in range(1000):
+        sub = root / f"d{i % 20}"
+        sub.mkdir(exist_ok=True)
+        (sub / f"f{i}.jpg").write_bytes(media_bytes("jpg", 1024, seed=i))
+    cfg = make_config(tmp_path, emulator, [root], upload={"workers": 8})
+    async with running(cfg, emulator.key) as d:
+
+        async def all_done() -> bool:
+            return (await d.ledger.counts())["contents"]["done"] == 1000
+
+        await wait_for(all_done, 120, what="1000 files done")
+        assert d.counters.hashed == 1000
+    uploads = len(emulator.requests("upload"))
+    assert uploads == 1000
+
+    # Second start: a stat per file, no read, no request.
+    async with running(cfg, emulator.key) as d:
+
+        async def scanned() -> bool:
+            return d.counters.unchanged == 1000
+
+        await wait_for(scanned, 60, what="restart scan")
+        await asyncio.sleep(0.5)
+        assert d.counters.hashed == 0 and d.hasher.files_hashed == 0
+        assert d.settler.tracked() == 0
+    assert len(emulator.requests("upload")) == uploads
+
+
+async def test_second_daemon_on_the_same_ledger_exits_naming_the_holder(
+    tmp_path: Path, root: Path, emulator: EmulatorServer
+) -> None:
+    data = config_data(tmp_path, emulator, [root])
+    cfg_file = tmp_path / "config.yaml"
+    cfg_file.write_text(yaml.safe_dump(data))
+    cfg = make_config(tmp_path, emulator, [root])
+    async with running(cfg, emulator.key):
+        proc = await asyncio.create_subprocess_exec(
+            *syncd_cmd("run", "-c", str(cfg_file)),
+            env=subprocess_env(MAVI_API_KEY=emulator.key),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        _out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == EXIT_TEMPFAIL
+    text = err.decode()
+    assert f"owned by process {os.getpid()}" in text
+    assert "Traceback" not in text
