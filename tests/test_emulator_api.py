@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import aiohttp
+from aiohttp.test_utils import TestServer
 from conftest import MakeEmulator
 from samples import media_bytes
 from test_emulator_support import (
@@ -21,7 +22,16 @@ from test_emulator_support import (
     wait_status,
 )
 
-from syncd.emulator import DEMO_KEY, THROTTLE_MSG, EmulatorServer, FakeClock
+from syncd.emulator import (
+    API_BASE_PATH,
+    DEMO_KEY,
+    STATE_KEY,
+    THROTTLE_MSG,
+    EmulatorServer,
+    EmulatorSettings,
+    FakeClock,
+    create_app,
+)
 
 ASSET_ID = re.compile(r"^re_\d{18}$")
 UNAUTHORIZED = {"code": 401, "msg": "Unauthorized", "data": None, "success": False, "failed": True}
@@ -580,3 +590,30 @@ async def test_data_dir_holds_blobs_and_database(
     assert (tmp_path / "blobs" / digest[:2] / digest).read_bytes() == data
     assert (tmp_path / "emulator.db").is_file()
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+async def test_create_app_runs_under_aiohttp_test_server(
+    http_session: aiohttp.ClientSession,
+) -> None:
+    settings = EmulatorSettings(keys={"sk-mavi-factory-test-0001": "factory"})
+    app = create_app(settings, clock=FakeClock())
+    async with TestServer(app, host="127.0.0.1", port=0) as server:
+        url = str(server.make_url(API_BASE_PATH + "/upload"))
+        _, body = await call(
+            http_session,
+            "POST",
+            url,
+            data=file_form(media_bytes("mp4"), "f.mp4"),
+            headers=auth("sk-mavi-factory-test-0001"),
+        )
+        asset_id = check_envelope(body, 200)["asset_id"]
+        assert list(app[STATE_KEY].assets) == [asset_id]
+        # Default rate limit: 1/s per endpoint, and the fake clock does not move.
+        _, body = await call(
+            http_session,
+            "POST",
+            url,
+            data=file_form(media_bytes("mp4"), "f.mp4"),
+            headers=auth("sk-mavi-factory-test-0001"),
+        )
+        check_envelope(body, 400, THROTTLE_MSG)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import struct
 import urllib.parse
@@ -31,6 +32,8 @@ from syncd.emulator.state import EmulatorState, RequestLogEntry, key_fingerprint
 from syncd.emulator.store import UPLOAD_STATUSES, AssetRecord
 from syncd.errors import ConfigError
 from syncd.media import FORMATS, SUPPORTED_EXTENSIONS, MediaKind, extension_of
+
+_request_log = logging.getLogger("syncd.emulator.requests")
 
 STATE_KEY: web.AppKey[EmulatorState] = web.AppKey("syncd_emulator_state", EmulatorState)
 _ENTRY: web.RequestKey[RequestLogEntry] = web.RequestKey("syncd_emulator_entry", RequestLogEntry)
@@ -697,11 +700,12 @@ async def _log_and_answer(request: web.Request, handler: Handler) -> web.StreamR
         except _Reply as reply:
             response = reply.response
         except web.HTTPException as exc:
-            if request.path.startswith(API_BASE_PATH + "/") and exc.status in (404, 405):
-                response = api_answer(exc.status)
-            else:
+            if not (request.path.startswith(API_BASE_PATH + "/") and exc.status in (404, 405)):
                 entry.status = exc.status
                 raise
+            response = api_answer(exc.status)
+        entry.status = response.status
+        return response
     except _Dropped:
         if request.transport is not None:
             request.transport.abort()
@@ -709,8 +713,29 @@ async def _log_and_answer(request: web.Request, handler: Handler) -> web.StreamR
         return web.Response(status=500)
     finally:
         entry.done = True
-    entry.status = response.status
-    return response
+        if entry.endpoint != "control":
+            _request_log.info("%s", _describe(entry))
+
+
+def _describe(entry: RequestLogEntry) -> str:
+    """One line per answered request, for people watching a demo or a rehearsal."""
+    parts = [
+        entry.method,
+        entry.endpoint,
+        str(entry.status) if entry.status is not None else "(no answer)",
+        entry.account or "-",
+    ]
+    if entry.filename:
+        parts.append(repr(entry.filename))
+    if entry.asset_id:
+        parts.append(entry.asset_id)
+    if entry.body_complete is False:
+        parts.append(f"body incomplete after {entry.bytes_received or 0} bytes")
+    if entry.throttled:
+        parts.append("throttled")
+    if entry.fault:
+        parts.append(f"fault {entry.fault}")
+    return " ".join(parts)
 
 
 async def _on_shutdown(app: web.Application) -> None:
