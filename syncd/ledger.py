@@ -1165,6 +1165,13 @@ class Ledger:
                 found[content.sha256] = content
         return found
 
+    async def any_done_asset_id(self) -> str | None:
+        """Return the asset id of some content that is done (for a key probe), or None."""
+        rows = await self._read(
+            "SELECT asset_id FROM contents WHERE state = 'done' AND asset_id IS NOT NULL LIMIT 1"
+        )
+        return str(rows[0][0]) if rows else None
+
 
 def _must(value: _T | None) -> _T:
     """Return ``value``; a None here is a bug in the ledger's own SQL."""

@@ -101,7 +101,8 @@ def parse_listen(listen: str) -> tuple[str, int] | str:
     return host, int(port)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine's loopback."""
     if host == "localhost":
         return True
     try:
@@ -287,7 +288,7 @@ async def start_http(
             await asyncio.to_thread(os.chmod, where, 0o600)
         else:
             host, port = where
-            if not _is_loopback(host):
+            if not is_loopback(host):
                 log.warning(
                     "http.listen %s is reachable from other hosts; the endpoint is read-only "
                     "but shows file paths and states",
