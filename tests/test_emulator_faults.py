@@ -13,6 +13,7 @@ from test_emulator_support import (
     auth,
     call,
     check_envelope,
+    file_form,
     metadata,
     upload,
     upload_ok,
@@ -402,3 +403,31 @@ async def test_random_resets_and_hangs(
     await upload_ok(http_session, emu, media_bytes("mp4"))
     assert time.monotonic() - started >= 0.2
     assert emu.requests("upload")[-1].fault == "random:latency=0.2s"
+
+
+async def test_storage_faults_leave_the_signed_url_usable(
+    emulator: EmulatorServer, http_session: aiohttp.ClientSession
+) -> None:
+    emulator.update_settings(max_video_bytes=1_000_000)
+    _, body = await call(
+        http_session,
+        "POST",
+        emulator.base_url + "/upload/signed-url",
+        json={"original_filename": "big.mp4"},
+        headers=auth(emulator.key),
+    )
+    data = check_envelope(body, 200)
+    url, asset_id = str(data["signed_url"]), str(data["asset_id"])
+    emulator.add_faults({"endpoint": "storage", "reset": True})
+    payload = media_bytes("mp4", 800_000)
+    with pytest.raises(TRANSPORT_ERRORS):
+        async with http_session.post(url, data=file_form(payload, "big.mp4")) as resp:
+            await resp.read()
+    assert emulator.requests("storage")[-1].body_complete is False
+    async with http_session.post(url, data=file_form(media_bytes("mp4", 1_000_001), "b")) as resp:
+        assert resp.status == 413
+    assert emulator.state.assets[asset_id].sha256 is None
+    await wait_until(lambda: tmp_files(emulator) == [], what="partial files to be removed")
+    async with http_session.post(url, data=file_form(payload, "big.mp4")) as resp:
+        assert resp.status == 204
+    await wait_status(http_session, emulator, asset_id, "SUCCESS")
