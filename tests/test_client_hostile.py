@@ -398,15 +398,18 @@ async def test_redirects_are_not_followed_on_any_endpoint(
     origin = await ScriptedServer(script=script).start()
     try:
         async with client_for(origin.base_url) as c:
-            calls: list[tuple[str, Awaitable[Any]]] = [
-                ("upload", c.upload(media, filename="clip.mp4")),
-                ("signed_url", c.allocate_signed_url("clip.mp4")),
-                ("metadata", c.metadata("re_1")),
-                ("delete", c.delete("re_1")),
-                ("storage", c.upload_to_signed_url(origin.origin + "/b?s=1", media, filename="x")),
+            calls: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+                ("upload", lambda: c.upload(media, filename="clip.mp4")),
+                ("signed_url", lambda: c.allocate_signed_url("clip.mp4")),
+                ("metadata", lambda: c.metadata("re_1")),
+                ("delete", lambda: c.delete("re_1")),
+                (
+                    "storage",
+                    lambda: c.upload_to_signed_url(origin.origin + "/b?s=1", media, filename="x"),
+                ),
             ]
             for endpoint, call in calls:
-                exc = await expect_retryable(call, endpoint, status)
+                exc = await expect_retryable(call(), endpoint, status)
                 assert "redirect" in str(exc) and "secret-token" not in str(exc)
                 assert "127.0.0.2" in str(exc)  # says where it pointed, minus the query
         assert elsewhere.seen == []
