@@ -1,0 +1,512 @@
+"""Completeness: a path is handed on only once it is quiet, stable and not open for writing.
+
+One task drives a heap of deadlines (one live entry per tracked path, no timer per path). A
+path is handed on (``on_settled``) when all of these hold:
+
+- no content event (created, modified, attrib, closed_write, moved_to) for ``quiet_s``;
+- two stats at least ``quiet_s / 2`` apart, the second ``quiet_s`` after the last event, are
+  equal (device, inode, size, mtime, ctime), and the file is a regular file;
+- the watcher's events do not show it open for writing (see below);
+- no other local process holds it open for writing (``/proc``, through :class:`WriterCheck`,
+  when one is given and ``/proc`` is readable; otherwise a one-time warning, and quiet time
+  alone decides for files without event history).
+
+Open for writing, from events (watchdog on Linux reports opened, modified, closed-after-write
+and closed-without-write; ``IN_OPEN`` does not say for what): a path is *written* ("yes") from a
+write seen after an open we counted, or from an open right after its creation, until a
+close-after-write. A write whose open we never saw (the writer opened it before we tracked it;
+or ``truncate(2)`` by path, which has no close) makes it *probably written* ("maybe"): that
+blocks too, until a close-after-write or until ``/proc`` shows nobody writing it. A close
+without write is a reader's: it only lowers the open count. Opens and closes without write do
+not restart the clock and do not start tracking a path, so readers (syncd's own hasher among
+them) neither delay a file for ever nor make it settle again. A writer found in ``/proc``
+("proc") is asked about again every ``quiet_s``. ``max_wait_s`` after a path was first seen,
+``on_unsettled`` gets the reason ("still open for writing since ..." or "still changing ...")
+and the path is forgotten (a later event starts over).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import math
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final, Literal
+
+from syncd.fingerprint import Fingerprint
+from syncd.pathfilter import display_path
+from syncd.watcher import FsEvent
+from syncd.writers import WriterCheck
+
+log = logging.getLogger(__name__)
+
+# Paths stat-ed in one round (one thread hop, one /proc walk).
+BATCH_MAX: Final = 1000
+# Shortest spacing between two stats or /proc checks of one path, whatever quiet_s is.
+MIN_RECHECK_S: Final = 0.05
+# How long a path whose stat fails (other than "gone") waits before the next try, at least.
+ERROR_RETRY_S: Final = 1.0
+
+Writing = Literal["no", "maybe", "yes", "proc"]
+_CONTENT_EVENTS: Final = frozenset({"created", "modified", "attrib", "closed_write", "moved_to"})
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """A complete file: its path, the configured root it belongs to, and the stat that
+    matched twice (what the hasher should find when it opens the file)."""
+
+    path: str
+    root: str
+    fingerprint: Fingerprint
+
+
+@dataclass(slots=True, eq=False)
+class _Track:
+    path: str
+    root: str
+    first_seen: float  # settler clock
+    last_event: float  # settler clock: the last content event, or the offer
+    probe: Fingerprint | None = None
+    probe_at: float = -math.inf  # when ``probe`` was taken (clock)
+    old_on_offer: bool = False  # offered with an mtime older than quiet_s
+    writing: Writing = "no"
+    writing_since: float | None = None  # wall clock, for status and reasons
+    pids: tuple[int, ...] = ()
+    opens: int = 0  # opens seen minus closes seen
+    after_create: bool = False  # the last event was its creation: the next open is the creator's
+    yes_by_create: bool = False  # "yes" comes only from that guess, no write seen yet
+    proc_checked_at: float = -math.inf
+    not_before: float = -math.inf
+    error: str | None = None  # the last stat failure
+    scheduled: float = math.inf  # time of its live heap entry
+
+
+class Settler:
+    """Decides when a file is complete; see the module docstring for the rule.
+
+    Given ``quiet_s`` and ``max_wait_s`` (``settle.*``), the callbacks (``on_settled`` is
+    awaited in the settle task, so a slow consumer slows settling down; ``on_unsettled`` gets
+    path, root and reason while the path is still tracked, so :meth:`open_for_write` still
+    lists it), the ``/proc`` writer check (``None`` disables it), the clock used for
+    deadlines, and how many paths :meth:`offer` lets be tracked before it waits.
+    """
+
+    def __init__(
+        self,
+        *,
+        quiet_s: float,
+        max_wait_s: float,
+        on_settled: Callable[[Settled], Awaitable[None]],
+        on_unsettled: Callable[[str, str, str], Awaitable[None]],
+        writers: WriterCheck | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        max_tracked: int = 10000,
+    ) -> None:
+        self.quiet_s = quiet_s
+        self.max_wait_s = max_wait_s
+        self._half_s = max(quiet_s / 2, MIN_RECHECK_S)
+        self._recheck_s = max(quiet_s, 2 * MIN_RECHECK_S)
+        self._on_settled = on_settled
+        self._on_unsettled = on_unsettled
+        self._writers = writers
+        self._clock = clock
+        self._max_tracked = max_tracked
+        self._tracks: dict[str, _Track] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._running = False
+        self._closed = False  # run() ended: nothing is tracked any more
+        self._warned_blind = False
+        # Roots that deliver open/close events (inotify): only there does a write whose open we
+        # never saw promise a close-after-write later.
+        self._open_close_roots: set[str] = set()
+        # Roots whose symlinks are followed (``follow_symlinks: true``): their paths are
+        # stat-ed through a final symlink; elsewhere a symlink is not a regular file.
+        self.follow_symlink_roots: set[str] = set()
+
+    # -- input --------------------------------------------------------------------------------
+
+    def event(self, ev: FsEvent) -> None:
+        """Take one watcher event (sync, on the loop). Content events (created, modified,
+        attrib, closed_write, moved_to) start tracking a path or restart its clock; opened and
+        closed_nowrite only count opens of tracked paths; deleted and moved_from forget the
+        path, dir_deleted everything below the folder, root_gone everything of the root;
+        overflow makes every tracked path of the root distrust its event history."""
+        kind = ev.kind
+        if self._closed:
+            return
+        if kind in ("deleted", "moved_from"):
+            self.forget(ev.path)
+            return
+        if kind == "dir_deleted":
+            prefix = ev.path.rstrip("/") + "/"
+            for path in [p for p in self._tracks if p.startswith(prefix)]:
+                self.forget(path)
+            return
+        if kind == "root_gone":
+            self.forget_root(ev.root)
+            return
+        if kind == "overflow":
+            self._overflow(ev.root)
+            return
+        tr = self._tracks.get(ev.path)
+        if kind in ("opened", "closed_nowrite", "closed_write"):
+            self._open_close_roots.add(ev.root)
+        if kind in ("opened", "closed_nowrite"):
+            if tr is None:
+                return  # a reader of a file we do not track: a settled file being hashed, say
+            if kind == "opened":
+                tr.opens += 1
+                if tr.after_create:
+                    self._set_writing(tr, "yes")
+                    tr.yes_by_create = True
+            else:
+                tr.opens = max(0, tr.opens - 1)
+                if tr.opens == 0 and tr.yes_by_create:
+                    # A writable descriptor closes with close_write, so the open after the
+                    # creation was a reader's (a hard link being read, say): the guess was wrong.
+                    self._set_writing(tr, "no")
+            tr.after_create = False
+            return
+        if kind not in _CONTENT_EVENTS:
+            return  # dir_created / dir_moved_to: the daemon scans the folder
+        now = self._clock()
+        if tr is None or kind in ("created", "moved_to"):
+            # A new file, or a new inode under a tracked name: start from nothing.
+            tr = _Track(ev.path, ev.root, first_seen=now, last_event=now)
+            self._tracks[ev.path] = tr
+            self._update_room()
+        tr.last_event = now
+        tr.old_on_offer = False
+        tr.after_create = kind == "created"
+        if kind == "modified":
+            if tr.opens > 0:
+                self._set_writing(tr, "yes")
+            elif tr.writing == "no" and ev.root in self._open_close_roots:
+                self._set_writing(tr, "maybe")
+        elif kind == "closed_write":
+            tr.opens = max(0, tr.opens - 1)
+            self._set_writing(tr, "no")
+        self._schedule(tr)
+
+    async def offer(self, path: str, root: str, fingerprint: Fingerprint) -> None:
+        """Take a file found by a scan (no event history), with the stat the scan took.
+
+        A file whose mtime is already ``quiet_s`` old is handed on at the next round if a
+        second stat matches and no process writes it; otherwise it is tracked as if an event
+        had just come. A path already tracked is left as it is. Waits while ``max_tracked``
+        paths are tracked (backpressure on the scan)."""
+        while len(self._tracks) >= self._max_tracked and path not in self._tracks:
+            if self._closed:
+                return
+            self._room.clear()
+            await self._room.wait()
+        if path in self._tracks or self._closed:
+            return
+        now = self._clock()
+        tr = _Track(path, root, first_seen=now, last_event=now, probe=fingerprint, probe_at=now)
+        tr.old_on_offer = time.time() - fingerprint.mtime_ns / 1e9 >= self.quiet_s
+        self._tracks[path] = tr
+        self._update_room()
+        self._schedule(tr)
+
+    def forget(self, path: str) -> None:
+        """Stop tracking ``path`` (no-op if untracked)."""
+        if self._tracks.pop(path, None) is not None:
+            self._update_room()
+
+    def forget_root(self, root: str) -> None:
+        """Stop tracking every path of the root ``root`` (its configured path)."""
+        for path in [p for p, tr in self._tracks.items() if tr.root == root]:
+            del self._tracks[path]
+        self._update_room()
+
+    # -- state --------------------------------------------------------------------------------
+
+    def tracked(self) -> int:
+        """Return how many paths are waiting to settle."""
+        return len(self._tracks)
+
+    def open_for_write(self) -> dict[str, float]:
+        """Return ``path -> since`` (wall-clock epoch seconds) for every tracked path held back
+        because it is (or probably is) open for writing."""
+        return {
+            p: tr.writing_since
+            for p, tr in self._tracks.items()
+            if tr.writing != "no" and tr.writing_since is not None
+        }
+
+    # -- the settle task ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Settle paths until cancelled; on the way out, every tracked path is dropped, waiting
+        :meth:`offer` calls return, and later events and offers are ignored. Runs once."""
+        if self._running or self._closed:
+            raise RuntimeError("Settler.run runs once")
+        self._running = True
+        if self._writers is None:
+            log.info(
+                "settle.check_open_writers is off: files without open/close events are "
+                "complete after %g s of quiet, whoever still holds them open",
+                self.quiet_s,
+            )
+        try:
+            while True:
+                await self._sleep_until_due()
+                await self._round()
+        finally:
+            self._running = False
+            self._closed = True
+            self._tracks.clear()
+            self._heap.clear()
+            self._room.set()
+
+    async def _sleep_until_due(self) -> None:
+        while True:
+            while self._heap and self._stale(self._heap[0]):
+                heapq.heappop(self._heap)
+            now = self._clock()
+            if self._heap and self._heap[0][0] <= now:
+                return
+            self._wake.clear()
+            if not self._heap:
+                await self._wake.wait()
+                continue
+            try:
+                async with asyncio.timeout(self._heap[0][0] - now):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    def _stale(self, entry: tuple[float, int, str]) -> bool:
+        tr = self._tracks.get(entry[2])
+        return tr is None or tr.scheduled != entry[0]
+
+    async def _round(self) -> None:
+        """Pop what is due, stat it in one thread hop, ask /proc once, hand on what is done."""
+        now = self._clock()
+        due: list[_Track] = []
+        while self._heap and self._heap[0][0] <= now and len(due) < BATCH_MAX:
+            entry = heapq.heappop(self._heap)
+            if self._stale(entry):
+                continue
+            tr = self._tracks[entry[2]]
+            tr.scheduled = math.inf
+            due.append(tr)
+
+        to_stat: list[_Track] = []
+        for tr in due:
+            if now - tr.first_seen >= self.max_wait_s:
+                await self._give_up(tr)
+            elif self._due(tr) <= now:
+                to_stat.append(tr)
+            else:
+                self._schedule(tr)
+        if not to_stat:
+            return
+
+        started = self._clock()
+        items = [(tr.path, tr.root in self.follow_symlink_roots) for tr in to_stat]
+        results = await asyncio.to_thread(_stat_all, items)
+        candidates: list[tuple[_Track, Fingerprint]] = []
+        for tr, res in zip(to_stat, results, strict=True):
+            if self._tracks.get(tr.path) is not tr:
+                continue  # forgotten or replaced meanwhile
+            if tr.last_event > started:
+                self._schedule(tr)  # an event came while we looked
+                continue
+            if res is None:
+                log.debug("%s vanished before it settled", display_path(tr.path))
+                self.forget(tr.path)
+                continue
+            if isinstance(res, str):
+                log.debug("%s is %s, not a regular file; not handing it on", tr.path, res)
+                self.forget(tr.path)
+                continue
+            if isinstance(res, OSError):
+                tr.error = res.strerror or str(res)
+                tr.probe = None
+                tr.not_before = started + max(ERROR_RETRY_S, self._half_s)
+                log.debug("cannot stat %s: %s", display_path(tr.path), tr.error)
+                self._schedule(tr)
+                continue
+            tr.error = None
+            if res == tr.probe and (
+                tr.old_on_offer
+                or (
+                    started - tr.last_event >= self.quiet_s
+                    and started - tr.probe_at >= self._half_s - 1e-9
+                )
+            ):
+                candidates.append((tr, res))
+                continue
+            if res != tr.probe:
+                tr.probe = res
+                tr.probe_at = started
+                tr.old_on_offer = False
+            self._schedule(tr)
+        if candidates:
+            await self._finish(candidates, started)
+
+    async def _finish(self, candidates: list[tuple[_Track, Fingerprint]], started: float) -> None:
+        """Ask /proc about the candidates, then hand on those nobody writes."""
+        found: dict[str, list[int]] = {}
+        if self._writers is not None and self._writers.available:
+            found = await self._writers.writers({tr.path: fp for tr, fp in candidates})
+        elif self._writers is not None and not self._warned_blind:
+            # The WriterCheck logged why /proc is unusable; say once what that means here.
+            self._warned_blind = True
+            log.warning(
+                "no open-for-writing check (/proc unusable): files found by a scan or on a "
+                "polling root are complete after %g s of quiet alone",
+                self.quiet_s,
+            )
+        checked = self._clock()
+        for tr, fp in candidates:
+            if self._tracks.get(tr.path) is not tr:
+                continue
+            if tr.last_event > started or tr.writing == "yes":
+                self._schedule(tr)
+                continue
+            pids = found.get(tr.path)
+            if pids:
+                if tr.writing != "proc" or tuple(pids) != tr.pids:
+                    log.info(
+                        "%s is open for writing by process %s; waiting for it to close",
+                        display_path(tr.path),
+                        ", ".join(map(str, pids)),
+                    )
+                self._set_writing(tr, "proc")
+                tr.pids = tuple(pids)
+                tr.proc_checked_at = checked
+                self._schedule(tr)
+                continue
+            if tr.writing == "maybe" and not self._proc_usable():
+                self._schedule(tr)  # blocked until its close: nothing can clear it otherwise
+                continue
+            del self._tracks[tr.path]
+            self._update_room()
+            try:
+                await self._on_settled(Settled(tr.path, tr.root, fp))
+            except Exception:
+                log.exception("handing on %s failed", display_path(tr.path))
+
+    async def _give_up(self, tr: _Track) -> None:
+        waited = f"{self.max_wait_s:g} s"
+        if tr.writing != "no" and tr.writing_since is not None:
+            reason = f"still open for writing since {_iso(tr.writing_since)} after {waited}"
+            if tr.pids and tr.writing == "proc":
+                reason += f" (process {', '.join(map(str, tr.pids))})"
+        elif tr.error is not None:
+            reason = f"cannot be read ({tr.error}) after {waited}"
+        else:
+            reason = f"still changing after {waited}"
+        try:
+            await self._on_unsettled(tr.path, tr.root, reason)
+        except Exception:
+            log.exception("recording that %s never settled failed", display_path(tr.path))
+        if self._tracks.get(tr.path) is tr:
+            del self._tracks[tr.path]
+            self._update_room()
+
+    # -- scheduling ---------------------------------------------------------------------------
+
+    def _proc_usable(self) -> bool:
+        return self._writers is not None and self._writers.available
+
+    def _due(self, tr: _Track) -> float:
+        """When ``tr`` should next be looked at (settler clock)."""
+        limit = tr.first_seen + self.max_wait_s
+        if tr.writing == "yes" or (tr.writing == "maybe" and not self._proc_usable()):
+            return limit  # only an event (its close) or the time limit can move it on
+        if tr.old_on_offer:
+            t = tr.last_event
+        elif tr.probe is None or tr.probe_at < tr.last_event:
+            t = max(tr.last_event + self._half_s, tr.probe_at + self._half_s)
+        else:
+            t = max(tr.last_event + self.quiet_s, tr.probe_at + self._half_s)
+        if tr.writing == "proc":
+            t = max(t, tr.proc_checked_at + self._recheck_s)
+        return min(max(t, tr.not_before), limit)
+
+    def _schedule(self, tr: _Track) -> None:
+        when = self._due(tr)
+        if when >= tr.scheduled:
+            return  # its live entry comes first; it is re-evaluated then
+        tr.scheduled = when
+        first = not self._heap or when < self._heap[0][0]
+        heapq.heappush(self._heap, (when, next(self._seq), tr.path))
+        if first:
+            self._wake.set()
+
+    def _set_writing(self, tr: _Track, writing: Writing) -> None:
+        tr.yes_by_create = False
+        if writing == "no":
+            tr.writing_since = None
+            tr.pids = ()
+        elif tr.writing == "no" or tr.writing_since is None:
+            tr.writing_since = time.time()
+        tr.writing = writing
+
+    def _overflow(self, root: str) -> None:
+        # Events were lost: counts and "written" are no longer trustworthy. /proc (or quiet
+        # time) decides from here; a later event rebuilds the picture.
+        for tr in self._tracks.values():
+            if tr.root != root:
+                continue
+            tr.opens = 0
+            tr.after_create = False
+            if tr.writing == "yes":
+                self._set_writing(tr, "maybe")
+            self._schedule(tr)
+
+    def _update_room(self) -> None:
+        if len(self._tracks) < self._max_tracked:
+            self._room.set()
+
+
+def _stat_all(
+    items: Iterable[tuple[str, bool]],
+) -> list[Fingerprint | str | OSError | None]:
+    """Blocking: stat each ``(path, follow_symlinks)``. Returns per path its fingerprint, what
+    it is instead of a regular file (a string), the ``OSError``, or None when it is gone."""
+    out: list[Fingerprint | str | OSError | None] = []
+    for path, follow in items:
+        try:
+            st = os.stat(path, follow_symlinks=follow)
+        except (FileNotFoundError, NotADirectoryError):
+            out.append(None)
+        except OSError as exc:
+            out.append(exc)
+        else:
+            out.append(Fingerprint.of(st) if stat.S_ISREG(st.st_mode) else _kind(st.st_mode))
+    return out
+
+
+def _kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISLNK, "a symlink"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
