@@ -222,7 +222,7 @@ class Watcher:
                 "write it from / in watch[].path",
                 "not_absolute",
             )
-        identity = _identify(path)
+        identity = root_identity(path)
         if not root.polling:
             fs_type = network_filesystem(path)
             if fs_type:
@@ -590,8 +590,10 @@ def _shutdown(observer: BaseObserver) -> None:
 # -- roots: identity, availability, errors ------------------------------------------------------
 
 
-def _identify(path: str) -> RootIdentity:
-    """Blocking: stat a root to be added; raises :class:`WatchError` when it cannot be."""
+def root_identity(path: str) -> RootIdentity:
+    """Blocking: return what the root folder at ``path`` is now (device, inode, mount point),
+    to give :func:`root_available` later. Raises :class:`WatchError` when it is missing, not
+    a folder or unreadable."""
     try:
         st = os.stat(path)
     except OSError as exc:

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from syncd.watcher import (
     _watch_error,
     network_filesystem,
     root_available,
+    root_identity,
 )
 
 WAIT_S = 10.0
@@ -269,9 +270,50 @@ async def test_polling_root_swapped_under_us_is_gone_not_emptied(
     assert [e.kind for e in col.events] == ["root_gone"]
 
 
+@pytest.fixture
+def mounted(root: Path) -> Iterator[Path]:
+    """``root`` with a fresh tmpfs mounted on it (skips where mounting is not allowed)."""
+    result = subprocess.run(["mount", "-t", "tmpfs", "syncd-test", str(root)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs CAP_SYS_ADMIN)")
+    try:
+        yield root
+    finally:
+        while os.path.ismount(root):
+            subprocess.run(["umount", "-l", str(root)], check=True)
+
+
+@pytest.mark.parametrize("polling", [False, True], ids=["inotify", "polling"])
+async def test_unmounted_root_is_gone_not_emptied(
+    watch: tuple[Watcher, Collector], mounted: Path, polling: bool
+) -> None:
+    watcher, col = watch
+    for i in range(3):
+        write_media(mounted / f"{i}.mp4", seed=i)
+    identity = root_identity(str(mounted))
+    assert identity.mountpoint
+    await add(watcher, mounted, polling=polling)
+    subprocess.run(["umount", str(mounted)], check=True)
+    await col.wait_kind("root_gone", mounted)
+    await asyncio.sleep(0.5)
+    assert [e.kind for e in col.events] == ["root_gone"]
+    # The empty mount point left behind is not the root: it is back once mounted again.
+    assert os.path.isdir(mounted)
+    assert not root_available(str(mounted), identity)
+    assert not await asyncio.to_thread(watcher.is_available, str(mounted))
+    subprocess.run(["mount", "-t", "tmpfs", "syncd-test", str(mounted)], check=True)
+    assert root_available(str(mounted), identity)
+    assert await asyncio.to_thread(watcher.is_available, str(mounted))
+
+
 def test_availability_and_file_system_type(root: Path) -> None:
     assert root_available(str(root))
     assert not root_available(str(root / "missing"))
+    identity = root_identity(str(root))
+    assert not identity.mountpoint
+    root.rmdir()
+    root.mkdir()  # a recreated folder on the same file system will do
+    assert root_available(str(root), identity)
     assert network_filesystem(str(root)) is None  # the test tree is on a local disk
     result = subprocess.run(["stat", "-f", "-c", "%T", str(root)], capture_output=True, text=True)
     assert result.returncode == 0 and "nfs" not in result.stdout
