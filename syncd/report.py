@@ -706,9 +706,22 @@ def _why_waiting(
         return f"due now; uploads are paused: {daemon['paused']}"
     endpoint = "signed_url" if content.state == "allocated" else "upload"
     for cd in cooldowns:
-        if cd["endpoint"] in (endpoint, "upload"):
+        if cd["endpoint"] == endpoint:
             return f"due now; {cd['endpoint']} cool-down for {human_duration(cd['remaining_s'])}"
     return f"due now, queued behind other due contents{error}"
+
+
+def _waiting_json(
+    path: str | None, sha256: str | None, state: str, since: float, now: float, why: str
+) -> dict[str, Any]:
+    return {
+        **(path_fields(path) if path is not None else {"path": None}),
+        "sha256": sha256,
+        "state": state,
+        "since": iso(since),
+        "age_s": round(now - since, 1),
+        "why": why,
+    }
 
 
 async def status_data(ledger: Ledger, cfg: Config, now: float | None = None) -> dict[str, Any]:
@@ -719,7 +732,10 @@ async def status_data(ledger: Ledger, cfg: Config, now: float | None = None) -> 
     now = time.time() if now is None else now
     counts = await ledger.counts()
     pid = await asyncio.to_thread(holder_pid, ledger.path + ".lock")
-    daemon = _daemon_json(pid, await ledger.get_kv("daemon") if pid is not None else None, now)
+    beat = await ledger.get_kv("daemon") if pid is not None else None
+    daemon = _daemon_json(pid, beat, now)
+    if pid and isinstance(beat, dict) and beat.get("pid") != pid:
+        beat = None  # a previous run's heartbeat says nothing about this daemon
     cooldowns = _cooldowns(await ledger.get_kv("pacer"), now) if daemon["running"] else []
     # Each attempt begins with one request: POST /upload (direct mode) or POST
     # /upload/signed-url (signed-URL mode), so attempts per mode are requests per endpoint.
@@ -739,33 +755,33 @@ async def status_data(ledger: Ledger, cfg: Config, now: float | None = None) -> 
                 "uploaded": got["ok"],
                 "bytes": got["bytes"],
             }
-    oldest: dict[str, Any] | None = None
+    # The oldest of three kinds of waiting: a content not uploaded yet, a file the daemon holds
+    # back because it is open for writing (its heartbeat), and a file that never settled.
+    candidates: list[dict[str, Any]] = []
     waiting = await ledger.oldest_waiting_content()
-    unsettled = await ledger.oldest_unsettled_path()
     if waiting is not None:
         content, path = waiting
-        oldest = {
-            **(path_fields(path) if path is not None else {"path": None}),
-            "sha256": content.sha256,
-            "state": content.state,
-            "since": iso(content.created_at),
-            "age_s": round(now - content.created_at, 1),
-            "why": _why_waiting(content, now, daemon, cooldowns),
-        }
+        candidates.append(
+            _waiting_json(
+                path,
+                content.sha256,
+                content.state,
+                content.created_at,
+                now,
+                _why_waiting(content, now, daemon, cooldowns),
+            )
+        )
+    writing = beat.get("open_for_write") if daemon["running"] and isinstance(beat, dict) else None
+    if isinstance(writing, dict) and writing:
+        path, since = min(writing.items(), key=lambda kv: float(kv[1]))
+        why = f"open for writing since {iso(float(since))}; uploaded once it is closed and quiet"
+        candidates.append(_waiting_json(str(path), None, "settling", float(since), now, why))
+    unsettled = await ledger.oldest_unsettled_path()
     if unsettled is not None:
         since = unsettled.open_since or unsettled.first_seen
-        if oldest is None or now - since > oldest["age_s"]:
-            why = unsettled.reason or "not settled yet"
-            if unsettled.open_since is not None:
-                why = f"open for writing since {iso(unsettled.open_since)}"
-            oldest = {
-                **path_fields(unsettled.path),
-                "sha256": None,
-                "state": "unsettled",
-                "since": iso(since),
-                "age_s": round(now - since, 1),
-                "why": why,
-            }
+        why = f"never settled: {unsettled.reason}" if unsettled.reason else "never settled"
+        candidates.append(_waiting_json(unsettled.path, None, "unsettled", since, now, why))
+    oldest = max(candidates, key=lambda c: c["age_s"], default=None)
     backlog_files = sum(counts["contents"][s] for s in BACKLOG_STATES)
     return {
         "ledger": cfg.ledger.path,

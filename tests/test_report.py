@@ -535,13 +535,17 @@ def beat(owner: int, **over: object) -> dict[str, object]:
 async def test_status_healthy_daemon(
     world: World, holder: Holder, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    await write_heartbeat(world, **beat(holder.proc.pid))
+    writing = str(world.media / "still-copying.mov")
+    await write_heartbeat(world, **beat(holder.proc.pid, open_for_write={writing: T0 - 3600}))
     args = args_for(report.add_status_arguments, "--json")
     assert await report.run_status(args, world.cfg) == 0
     doc = json.loads(capsys.readouterr().out)
     d = doc["daemon"]
     assert (d["running"], d["pid"], d["healthy"], d["ready"]) == (True, holder.proc.pid, True, True)
     assert d["queue"]["uploading"] == 1
+    oldest = doc["oldest_waiting"]
+    assert (oldest["path"], oldest["state"]) == (writing, "settling")
+    assert oldest["why"].startswith("open for writing since 2023-11-14T21:13:20Z")
     (cd,) = doc["cooldowns"]
     assert cd["endpoint"] == "upload" and 0 < cd["remaining_s"] <= 30
     assert await report.run_status(args_for(report.add_status_arguments), world.cfg) == 0
