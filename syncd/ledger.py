@@ -730,6 +730,13 @@ class Ledger:
         )
         return bool(rows[0][0])
 
+    async def previous_attempt_end(self, sha256: str, attempt_id: int) -> float | None:
+        """When the attempt of ``sha256`` before ``attempt_id`` ended (None if it is the first)."""
+        rows = await self._read(
+            "SELECT MAX(ended_at) FROM attempts WHERE sha256 = ? AND id < ?", (sha256, attempt_id)
+        )
+        return rows[0][0] if rows else None
+
     async def retry_later(
         self,
         sha256: str,

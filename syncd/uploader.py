@@ -38,6 +38,7 @@ from syncd.pacer import Pacer
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class UploadStats:
     """Counters for the shutdown summary and ``syncd status``."""
@@ -54,12 +55,17 @@ class UploadStats:
 
 @dataclass
 class Pause:
-    """An account-wide stop on uploads (bad key, no credits), probed slowly."""
+    """An account-wide stop on uploads (bad key, no credits), probed slowly.
+
+    When ``until`` passes, the dispatcher hands out exactly one content (the probe); its
+    success lifts the pause, its failure doubles it.
+    """
 
     reason: str = ""
     until: float = 0.0
     delay_s: float = 0.0
     kind: str = ""
+    probe: str | None = None  # sha256 of the content probing now
 
 
 @dataclass
@@ -135,8 +141,21 @@ class Uploader:
         while self._intake_open:
             pause = self.state.pause
             now = self.clock()
-            if pause is not None and now < pause.until:
-                await self._sleep_or_wake(pause.until - now)
+            if pause is not None:
+                if now < pause.until:
+                    await self._sleep_or_wake(pause.until - now)
+                elif pause.probe is None:
+                    probes = await self.ledger.due_jobs(1, exclude=self.state.in_flight)
+                    if not probes:
+                        await self._sleep_or_wake(1.0)
+                        continue
+                    probe = probes[0]
+                    pause.probe = probe.content.sha256
+                    self.state.in_flight.add(probe.content.sha256)
+                    log.info("probing the API with one upload (%s)", pause.reason)
+                    await self._queue.put(probe)
+                else:
+                    await self._sleep_or_wake(1.0)
                 continue
             free = self._queue.maxsize - self._queue.qsize()
             jobs: list[Job] = []
@@ -169,6 +188,9 @@ class Uploader:
             try:
                 await self.upload(job)
             finally:
+                pause = self.state.pause
+                if pause is not None and pause.probe == job.content.sha256:
+                    pause.probe = None  # the probe is over, whatever its outcome
                 self.state.in_flight.discard(job.content.sha256)
                 self._queue.task_done()
                 self._wake.set()
@@ -258,7 +280,7 @@ class Uploader:
             await self.on_changed(path)
             return
         pause = self.state.pause
-        if pause is not None and self.clock() < pause.until:
+        if pause is not None and pause.probe != content.sha256:
             # Claimed before the pause began: put it back untouched, send nothing.
             await self.ledger.retry_later(
                 content.sha256,
@@ -525,9 +547,7 @@ class Uploader:
         cfg = self.cfg.upload
         if pause is not None and self.clock() < pause.until:
             return pause.until - self.clock()  # other workers' answers to the same problem
-        delay = (
-            cfg.pause_initial_s if pause is None else min(cfg.pause_max_s, pause.delay_s * 2)
-        )
+        delay = cfg.pause_initial_s if pause is None else min(cfg.pause_max_s, pause.delay_s * 2)
         self.state.pause = Pause(reason, self.clock() + delay, delay, kind)
         self.state.healthy = kind != "auth"
         self.state.reason = reason
@@ -553,9 +573,12 @@ class Uploader:
             pacer_endpoint = "upload" if endpoint == "storage" else endpoint
             cool_s = self.pacer.throttled(pacer_endpoint)
             # The ambiguous 400: it counts against this file only if the API accepted other
-            # files in the meantime; otherwise the whole account is being throttled.
-            since = content.updated_at if content.throttle_count else started
-            counted = await self.ledger.accepted_since(mode, since, sha)
+            # files since this file's previous attempt; otherwise the whole account is being
+            # throttled. A file's first 400 counts (it alone never reaches reject_after).
+            previous_end = await self.ledger.previous_attempt_end(sha, attempt)
+            counted = previous_end is None or await self.ledger.accepted_since(
+                mode, previous_end, sha
+            )
             if counted and content.throttle_count + 1 >= cfg.reject_after:
                 reason = (
                     f"API answered HTTP {exc.status} {content.throttle_count + 1} times while "

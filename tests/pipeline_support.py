@@ -7,7 +7,9 @@ import contextlib
 import hashlib
 import inspect
 import os
+import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -127,7 +129,34 @@ async def wait_done(daemon: Daemon, path: Path, timeout_s: float = 30.0) -> str:
 
 
 def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def run_measured(
+    argv: list[str], env: dict[str, str], stderr_path: Path, timeout_s: float
+) -> tuple[int, int]:
+    """Run a child to completion; returns (exit status, its own peak RSS in KiB).
+
+    ``os.wait4`` reports that one child's peak, not the maximum over every child this test
+    process ever had. Blocking: call it in a thread.
+    """
+    with open(stderr_path, "wb") as err:
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not reap it again
+            return proc.returncode, usage.ru_maxrss
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"{argv} did not finish within {timeout_s} s")
+        time.sleep(0.1)
 
 
 def received(emulator: EmulatorServer) -> dict[str, str | None]:

@@ -1,0 +1,337 @@
+"""Upload end to end against the emulator over real HTTP: pacing, backoff, faults, signed URLs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import MakeEmulator
+from pipeline_support import (
+    config_data,
+    make_config,
+    received,
+    run_measured,
+    running,
+    sha256_of,
+    state_of,
+    subprocess_env,
+    syncd_cmd,
+    wait_done,
+    wait_for,
+)
+from samples import HEADERS, write_media
+
+from syncd.client import MaviClient
+from syncd.daemon import Daemon
+from syncd.emulator import EmulatorServer, uniform_rates
+from syncd.fingerprint import Fingerprint
+from syncd.ledger import Ledger
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    path = tmp_path / "media"
+    path.mkdir()
+    return path
+
+
+def drop(root: Path, n: int, *, size: int = 4096, prefix: str = "f", seed: int = 0) -> list[Path]:
+    paths = []
+    for i in range(n):
+        p = root / f"{prefix}{i:03d}.mp4"
+        write_media(p, size=size, seed=seed * 10_000 + i)
+        paths.append(p)
+    return paths
+
+
+async def all_done(daemon: Daemon, n: int) -> bool:
+    return (await daemon.ledger.counts())["contents"]["done"] == n
+
+
+def max_starts_in_window(times: list[float], window_s: float = 1.0) -> int:
+    """The most request starts any window of ``window_s`` (half-open) contains."""
+    times = sorted(times)
+    best = j = 0
+    for i, t in enumerate(times):
+        while times[j] <= t - window_s:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+@pytest.mark.timeout(240)
+async def test_fifty_files_through_four_workers_under_the_real_rate_limit(
+    tmp_path: Path, root: Path, make_emulator: MakeEmulator
+) -> None:
+    emulator = await make_emulator(rates=uniform_rates(1.0))
+    cfg = make_config(
+        tmp_path,
+        emulator,
+        [root],
+        upload={"workers": 4},
+        rate_limits={"upload_per_s": 1, "metadata_per_s": 1, "signed_url_per_s": 1},
+        poll={"initial_s": 2, "max_s": 8},
+    )
+    paths = drop(root, 50, size=20_000)
+    async with running(cfg, emulator.key) as d:
+        await wait_for(lambda: all_done(d, 50), 200, interval_s=0.5, what="50 done")
+        got = received(emulator)
+        for p in paths:
+            content_state, asset, _ = await state_of(d, p)
+            assert content_state == "done" and asset is not None
+            assert got[asset] == sha256_of(p)  # byte-identical, under the right asset id
+    uploads = emulator.requests("upload")
+    assert len({a.sha256 for a in emulator.assets()}) == 50
+    starts = [r.time_s for r in uploads]
+    assert max_starts_in_window(starts) <= 1
+    assert max_starts_in_window([r.time_s for r in emulator.requests("metadata")]) <= 1
+    throttled = [r for r in emulator.requests() if r.status in (400, 429)]
+    assert len(throttled) <= 3
+
+
+async def test_a_400_storm_slows_everyone_and_recovers(
+    tmp_path: Path, root: Path, emulator: EmulatorServer
+) -> None:
+    cfg = make_config(
+        tmp_path,
+        emulator,
+        [root],
+        rate_limits={"cooldown_initial_s": 0.5, "cooldown_max_s": 4},
+        upload={"backoff_initial_s": 0.5, "backoff_max_s": 4},
+    )
+    emulator.add_faults({"endpoint": "upload", "throttle_for_s": 5})
+    paths = drop(root, 10)
+    started = time.monotonic()
+    async with running(cfg, emulator.key) as d:
+        await wait_for(lambda: all_done(d, 10), 60, what="all done after the storm")
+        assert time.monotonic() - started >= 4.5  # nothing got through during the storm
+        assert d.uploader.stats.throttled >= 1 and d.uploader.stats.rejected == 0
+    storm = [r for r in emulator.requests("upload") if r.status == 400]
+    # The shared cool-down (doubling to 4 s) keeps a 5 s storm to a handful of requests,
+    # not 10 workers hammering.
+    assert 1 <= len(storm) <= 12
+    assert {a.sha256 for a in emulator.assets()} == {sha256_of(p) for p in paths}
+
+
+async def test_scripted_500s_and_resets_mid_body_are_retried_to_success(
+    tmp_path: Path, root: Path, emulator: EmulatorServer
+) -> None:
+    emulator.add_faults(
+        {"endpoint": "upload", "status": 500, "count": 3},
+        {"endpoint": "upload", "status": 503, "count": 1, "msg": "The network is abnormal"},
+        {"endpoint": "upload", "reset": True, "count": 2},
+        {"endpoint": "metadata", "status": 502, "count": 2},
+    )
+    cfg = make_config(tmp_path, emulator, [root])
+    paths = drop(root, 4, size=300_000)
+    async with running(cfg, emulator.key) as d:
+        await wait_for(lambda: all_done(d, 4), 60, what="all done")
+        outcomes = []
+        for p in paths:
+            outcomes += [a.outcome for a in await d.ledger.attempts_of(sha256_of(p))]
+    assert outcomes.count("retryable") == 6 and outcomes.count("ok") == 4
+    # A body cut mid-way never became an asset; each content exactly one asset.
+    assert len(emulator.assets()) == 4
+    assert {a.sha256 for a in emulator.assets()} == {sha256_of(p) for p in paths}
+
+
+async def test_a_file_always_rejected_ends_rejected_without_stalling_others(
+    tmp_path: Path, root: Path, emulator: EmulatorServer
+) -> None:
+    emulator.add_faults({"reject_filenames": ["bad.mp4"]})
+    cfg = make_config(
+        tmp_path, emulator, [root], upload={"reject_after": 3, "backoff_initial_s": 0.2}
+    )
+    async with running(cfg, emulator.key) as d:
+        write_media(root / "bad.mp4", size=5000, seed=99)
+        # Other files keep arriving and succeeding meanwhile: that is what tells a rejection
+        # from an account-wide throttle.
+        good: list[Path] = []
+        for i in range(40):
+            good += drop(root, 1, prefix=f"good{i}-", seed=i)
+            state = (await state_of(d, root / "bad.mp4"))[0]
+            if state == "rejected":
+                break
+            await asyncio.sleep(0.3)
+        await wait_for(lambda: all_done(d, len(good)), 30, what="good files done")
+        bad = await d.ledger.get_content(sha256_of(root / "bad.mp4"))
+        assert bad is not None and bad.state == "rejected"
+        assert bad.last_error is not None and "400" in bad.last_error
+        tries = len([r for r in emulator.requests("upload") if r.filename == "bad.mp4"])
+        await asyncio.sleep(1.0)
+    bad_requests = [r for r in emulator.requests("upload") if r.filename == "bad.mp4"]
+    # reject_after counted 400s; a 400 with no success since the previous try is not counted.
+    assert 3 <= len(bad_requests) <= 6
+    assert len(bad_requests) == tries  # never retried once rejected
+
+
+async def test_401_stops_all_uploads_and_marks_the_daemon_unhealthy(
+    tmp_path: Path, root: Path, emulator: EmulatorServer
+) -> None:
+    cfg = make_config(tmp_path, emulator, [root], upload={"pause_initial_s": 30})
+    drop(root, 6)
+    async with running(cfg, "sk-mavi-wrong-key") as d:
+        await wait_for(lambda: d.uploader.state.pause is not None, 20, what="paused")
+        await asyncio.sleep(1.5)
+        health = d.health()
+        assert not health.healthy and "refused the key" in health.reason
+        # Only the requests already in flight when the first 401 came back were sent.
+        assert len(emulator.requests("upload")) <= cfg.upload.workers
+        assert (await d.ledger.counts())["contents"]["pending"] == 6
+
+        async def beat_unhealthy() -> bool:
+            beat = await d.ledger.get_kv("daemon")
+            return beat is not None and beat["healthy"] is False
+
+        await wait_for(beat_unhealthy, 15, what="heartbeat says unhealthy")
+
+
+async def test_402_pauses_then_resumes_by_itself_when_credits_return(
+    tmp_path: Path, root: Path, emulator: EmulatorServer
+) -> None:
+    emulator.add_faults({"credits_after": 2})
+    cfg = make_config(tmp_path, emulator, [root], upload={"pause_initial_s": 1, "pause_max_s": 1})
+    drop(root, 6)
+    async with running(cfg, emulator.key) as d:
+        await wait_for(lambda: d.uploader.state.pause is not None, 20, what="paused on 402")
+        assert d.health().healthy  # out of credits is not a broken daemon
+        n402 = len([r for r in emulator.requests("upload") if r.status == 402])
+        await asyncio.sleep(2.5)
+        # Paused: one probe per pause, not a storm.
+        later = len([r for r in emulator.requests("upload") if r.status == 402])
+        assert later - n402 <= 4
+        emulator.add_faults({"credits_after": None})
+        await wait_for(lambda: all_done(d, 6), 30, what="resumed after recharge")
+        assert d.uploader.state.pause is None
+
+
+async def test_failed_processing_is_uploaded_again(
+    tmp_path: Path, root: Path, emulator: EmulatorServer
+) -> None:
+    emulator.add_faults({"fail_processing": 1})
+    cfg = make_config(tmp_path, emulator, [root])
+    async with running(cfg, emulator.key) as d:
+        write_media(root / "x.mp4", size=8000)
+        asset = await wait_done(d, root / "x.mp4")
+        content = await d.ledger.get_content(sha256_of(root / "x.mp4"))
+        assert content is not None and content.remote_failures == 1
+    assets = emulator.assets()
+    assert len(assets) == 2
+    first = next(a for a in assets if a.asset_id != asset)
+    assert first.outcome == "FAILED"
+    # The failed asset id is not lost: it is kept as superseded.
+    led = await Ledger.open(cfg.ledger.path, readonly=True)
+    try:
+        assert [c.sha256 for c in await led.find_contents(first.asset_id)] == [content.sha256]
+    finally:
+        await led.close()
+
+
+async def test_file_modified_during_upload_is_not_recorded_as_that_contents_asset(
+    tmp_path: Path, root: Path, emulator: EmulatorServer
+) -> None:
+    # The emulator waits before reading the body, so the upload is still streaming when the
+    # file changes under it.
+    emulator.add_faults({"endpoint": "upload", "latency_s": 1.5, "count": 1})
+    cfg = make_config(tmp_path, emulator, [root], settle={"quiet_s": 0.3})
+    path = root / "growing.mp4"
+    old_sha = write_media(path, size=6_000_000, seed=1)
+    async with running(cfg, emulator.key) as d:
+        await wait_for(lambda: len(emulator.requests("upload")) == 1, 20, what="upload started")
+        with open(path, "r+b") as f:
+            f.seek(3_000_000)
+            f.write(b"\0" * 4096)  # same size, different bytes, new mtime
+        new_sha = sha256_of(path)
+        asset = await wait_done(d, path, 40)
+        old = await d.ledger.get_content(old_sha)
+        assert old is not None and old.asset_id is None and old.state != "done"
+    assert received(emulator)[asset] == new_sha
+    # Whatever the first request delivered, its asset is not the new content's and is kept.
+    first = emulator.requests("upload")[0]
+    if first.asset_id is not None:
+        led = await Ledger.open(cfg.ledger.path, readonly=True)
+        try:
+            found = await led.find_contents(first.asset_id)
+            assert [c.sha256 for c in found] == [old_sha]
+        finally:
+            await led.close()
+
+
+async def test_signed_url_mode_end_to_end(
+    tmp_path: Path, root: Path, emulator: EmulatorServer
+) -> None:
+    cfg = make_config(tmp_path, emulator, [root], api={"upload_mode": "signed_url"})
+    paths = drop(root, 3, size=50_000)
+    async with running(cfg, emulator.key) as d:
+        await wait_for(lambda: all_done(d, 3), 30, what="signed-url uploads done")
+        for p in paths:
+            content = await d.ledger.get_content(sha256_of(p))
+            assert content is not None and content.upload_mode == "signed_url"
+    assert len(emulator.requests("upload")) == 0
+    assert len(emulator.requests("signed_url")) == 3 and len(emulator.requests("storage")) == 3
+    assert sorted(received(emulator).values()) == sorted(sha256_of(p) for p in paths)
+    for r in emulator.requests("storage"):
+        assert r.key is None  # the Authorization header never goes to the storage host
+
+
+async def test_signed_url_allocation_is_resumed_after_a_restart_and_expiry_reallocates(
+    tmp_path: Path, root: Path, emulator: EmulatorServer
+) -> None:
+    cfg = make_config(tmp_path, emulator, [root], api={"upload_mode": "signed_url"})
+    fresh, stale = root / "fresh.mp4", root / "stale.mp4"
+    write_media(fresh, size=9000, seed=1)
+    write_media(stale, size=9000, seed=2)
+    # A previous run allocated both and died before sending any byte; one URL has expired.
+    led = await Ledger.open(cfg.ledger.path)
+    async with MaviClient(emulator.base_url, emulator.key) as client:
+        for path, ttl in ((fresh, 3600), (stale, -1)):
+            fp = Fingerprint.stat(str(path))
+            sha = sha256_of(path)
+            await led.record_content(str(path), str(root), fp, sha, "mp4")
+            attempt = await led.begin_attempt(sha, str(path), "signed_url")
+            signed = await client.allocate_signed_url(path.name)
+            await led.allocate(sha, signed.asset_id, signed.url, time.time() + ttl, attempt)
+    await led.close()
+    allocated = {a.asset_id for a in emulator.assets()}
+    async with running(cfg, emulator.key) as d:
+        await wait_for(lambda: all_done(d, 2), 30, what="both done")
+        fresh_asset = (await state_of(d, fresh))[1]
+        stale_asset = (await state_of(d, stale))[1]
+    assert fresh_asset in allocated  # the unexpired allocation was reused: no new asset
+    assert stale_asset not in allocated  # the expired one was replaced
+    assert len(emulator.requests("signed_url")) == 3
+    assert received(emulator)[fresh_asset] == sha256_of(fresh)
+
+
+@pytest.mark.timeout(180)
+async def test_a_1_gib_sparse_file_uploads_with_flat_client_memory(
+    tmp_path: Path, root: Path, emulator: EmulatorServer
+) -> None:
+    big = root / "huge.mp4"
+    with open(big, "wb") as f:
+        f.write(HEADERS["mp4"])
+        f.truncate(1 << 30)  # sparse: 1 GiB of zeros after the header, no disk used
+    data = config_data(
+        tmp_path, emulator, [root], api={"upload_mode": "direct", "read_timeout_s": 120}
+    )
+    data["log"] = {"level": "info", "format": "json"}
+    cfg_file = tmp_path / "config.yaml"
+    cfg_file.write_text(yaml.safe_dump(data))
+    code, peak_kib = await asyncio.to_thread(
+        run_measured,
+        syncd_cmd("sync", "--once", "-c", str(cfg_file)),
+        subprocess_env(MAVI_API_KEY=emulator.key),
+        tmp_path / "stderr.log",
+        170,
+    )
+    assert code == 0, (tmp_path / "stderr.log").read_text()[-2000:]
+    # The interpreter plus libraries is ~60 MiB; a buffered 1 GiB would be > 1 GiB. 150 MiB
+    # leaves room for noise, not for holding the file.
+    assert peak_kib < 150 * 1024, f"peak RSS {peak_kib} KiB"
+    (asset,) = emulator.assets()
+    assert asset.size == 1 << 30 and asset.sha256 == sha256_of(big)
+    assert os.path.getsize(big) == 1 << 30
