@@ -313,11 +313,18 @@ def test_mountinfo_escapes() -> None:
     assert doctor.unescape_mountinfo("/end\\04") == "/end\\04"
 
 
-async def test_probe_does_not_hang_on_a_silent_server(tmp_path: Path) -> None:
+async def test_probe_does_not_hang_on_a_silent_server() -> None:
     # A server that accepts and never answers: the probe must give up with FAIL, not hang.
+    release = asyncio.Event()
+    writers: list[asyncio.StreamWriter] = []
+    finished: list[asyncio.StreamWriter] = []
+
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(1)
-        await asyncio.sleep(60)
+        writers.append(writer)
+        await release.wait()
+        writer.close()
+        await writer.wait_closed()
+        finished.append(writer)
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -327,6 +334,12 @@ async def test_probe_does_not_hang_on_a_silent_server(tmp_path: Path) -> None:
         )
         check = await doctor.check_key(cfg, {"MAVI_API_KEY": "sk-mavi-x"}, None)
         assert check.status == "FAIL"
+        assert writers, "the probe never connected"
     finally:
+        release.set()
         server.close()
         await server.wait_closed()
+        for _ in range(500):  # the handlers close their side once released
+            if len(finished) == len(writers):
+                break
+            await asyncio.sleep(0.01)
