@@ -255,12 +255,14 @@ class Watcher:
             observer.start()
             if entry.limit_hits:
                 raise OSError(errno.ENOSPC, "inotify watch limit reached")
-        except OSError as exc:
+        except BaseException as exc:
             with self._lock:
                 self._active.discard(entry.token)
             if entry.observer is not None:
                 _shutdown(entry.observer)
-            raise _watch_error(path, exc) from None
+            if isinstance(exc, OSError):
+                raise _watch_error(path, exc) from None
+            raise
         with self._lock:
             entry.started = True
             self._roots[path] = entry
