@@ -15,7 +15,6 @@ import contextlib
 import logging
 import os
 import signal
-import stat
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any
 from syncd.client import MaviClient
 from syncd.config import Config, WatchRoot, load_config
 from syncd.errors import EXIT_OK, EXIT_SOFTWARE, EXIT_UNAVAILABLE, ConfigError, SyncdError
+from syncd.failpoints import failpoint
 from syncd.fingerprint import Fingerprint
 from syncd.hashing import FileChanged, Hasher, HasherClosed, NotRegularFile
 from syncd.ledger import Ledger, LedgerLock
@@ -36,7 +36,14 @@ from syncd.poller import Poller
 from syncd.scanner import RootUnavailable, ScanEntry, scan_dir, scan_root
 from syncd.settle import Settled, Settler
 from syncd.uploader import Uploader
-from syncd.watcher import FsEvent, Watcher, WatchError
+from syncd.watcher import (
+    FsEvent,
+    RootIdentity,
+    Watcher,
+    WatchError,
+    root_available,
+    root_identity,
+)
 from syncd.webapi import Health, start_http
 from syncd.writers import WriterCheck
 
@@ -68,7 +75,7 @@ class RootState:
     cfg: WatchRoot
     filt: PathFilter
     available: bool = False
-    dev: int | None = None
+    identity: RootIdentity | None = None  # what it was when first armed
     watched: bool = False
     reported: bool = False  # its unavailability was logged (once, until it comes back)
     scans: set[asyncio.Task[None]] = field(default_factory=set)
@@ -209,6 +216,7 @@ class Daemon:
             on_unsettled=self._on_unsettled,
             writers=writers,
         )
+        self.settler.follow_symlink_roots = {r.path for r in cfg.watch if r.follow_symlinks}
         client = MaviClient(
             cfg.api.base_url,
             self._key,
@@ -404,33 +412,43 @@ class Daemon:
         await self._arm_root(state)
 
     async def _arm_root(self, state: RootState) -> None:
-        """Watch and scan a root if it is available; report it clearly if not."""
+        """Watch and scan a root if it is available; report it clearly (once) if not.
+
+        A root that was armed before must come back as what it was (the same file system, or
+        a mount point mounted again): an empty mount point left by an unmounted share is not
+        the share, and scanning it would mark every file gone.
+        """
         path = state.cfg.path
-        try:
-            st = await asyncio.to_thread(os.stat, path)
-        except OSError as exc:
+        available = await asyncio.to_thread(root_available, path, state.identity)
+        identity = None
+        problem = "not available"
+        if available:
+            try:
+                identity = await asyncio.to_thread(root_identity, path)
+            except WatchError as exc:
+                available, problem = False, str(exc)
+        elif state.identity is None:
+            try:
+                await asyncio.to_thread(root_identity, path)
+            except WatchError as exc:
+                problem = str(exc)
+        else:
+            problem = f"watched folder {_display(path)} is not mounted or not the same folder"
+        if not available or identity is None:
             if not state.reported:
                 log.error(
-                    "watched folder %s is unavailable (%s); its files are kept in the ledger "
-                    "and syncd checks for it every %.0f s (create or mount it)",
-                    _display(path),
-                    exc.strerror or exc,
+                    "%s; its files are kept in the ledger and syncd checks for it every %.0f s",
+                    problem,
                     ROOT_CHECK_S,
                 )
             state.available = False
             state.reported = True
             return
-        if not stat.S_ISDIR(st.st_mode):
-            if not state.reported:
-                log.error("watched folder %s is not a folder; fix watch[].path", _display(path))
-            state.available = False
-            state.reported = True
-            return
         if state.reported:
             log.info("watched folder %s is available again; rescanning", _display(path))
+        state.identity = state.identity or identity
         state.available = True
         state.reported = False
-        state.dev = st.st_dev
         if self._watcher is not None and not state.watched:
             try:
                 await asyncio.to_thread(self._watcher.add_root, state.cfg)
@@ -508,11 +526,7 @@ class Daemon:
         return len(unchanged)
 
     async def _same_root(self, state: RootState) -> bool:
-        try:
-            st = await asyncio.to_thread(os.stat, state.cfg.path)
-        except OSError:
-            return False
-        return st.st_dev == state.dev
+        return await asyncio.to_thread(root_available, state.cfg.path, state.identity)
 
     def _root_of(self, path: str) -> RootState | None:
         best: RootState | None = None
@@ -536,17 +550,13 @@ class Daemon:
         if state is None:
             return
         kind = ev.kind
-        if kind in ("overflow",):
-            log.warning("inotify queue overflowed under %s; rescanning it", ev.root)
-            self._start_scan(state)
+        if kind == "overflow":
+            self._start_scan(state)  # the watcher logged it; the rescan finds what was missed
             return
         if kind == "root_gone":
-            log.error(
-                "watched folder %s disappeared (unmounted or deleted); its files are kept in "
-                "the ledger; syncd re-arms it when it comes back",
-                _display(ev.root),
-            )
+            # The watcher logged it with the fix; the root monitor re-arms it when it is back.
             state.available = False
+            state.reported = True
             state.watched = False
             self.settler.forget_root(ev.root)
             if self._watcher is not None:
@@ -652,6 +662,7 @@ class Daemon:
         except OSError as exc:
             await self._file_error(path, root, s.fingerprint, exc)
             return
+        failpoint("hashed")
         self.counters.hashed += 1
         self.metrics.inc("syncd_files_hashed_total")
         self.metrics.inc("syncd_bytes_hashed_total", hashed.size)
@@ -759,6 +770,7 @@ class Daemon:
                 "SIGHUP: changes to %s take effect at the next restart", ", ".join(unchanged)
             )
         self.cfg = new
+        self.settler.follow_symlink_roots = {r.path for r in new.watch if r.follow_symlinks}
         logging.getLogger("syncd").setLevel(new.log.level.upper())
         log.info("SIGHUP: configuration reloaded from %s", self.config_path)
 

@@ -31,6 +31,7 @@ from syncd.errors import (
     ApiThrottled,
     SignedUrlExpired,
 )
+from syncd.failpoints import failpoint
 from syncd.fingerprint import Fingerprint
 from syncd.ledger import Content, Job, Ledger
 from syncd.metrics import Metrics
@@ -302,6 +303,7 @@ class Uploader:
         await self.pacer.acquire("upload")
         started = self.clock()
         attempt = await self.ledger.begin_attempt(content.sha256, path, "direct")
+        failpoint("attempt_started")
         t0 = time.monotonic()
         try:
             result = await self.client.upload(path, filename=os.path.basename(path))
@@ -333,6 +335,7 @@ class Uploader:
             )
             await self._file_unavailable(path, exc)
             return
+        failpoint("answered")
         self.metrics.inc("syncd_requests_total", endpoint="upload", status=str(result.http_status))
         self.pacer.succeeded("upload")
         await self._uploaded(
@@ -394,6 +397,7 @@ class Uploader:
                 self.metrics.inc("syncd_requests_total", endpoint="signed_url", status=_status(exc))
                 await self._api_failure(content, attempt, "signed_url", "signed_url", exc, now)
                 return
+            failpoint("allocated")
             self.metrics.inc("syncd_requests_total", endpoint="signed_url", status="200")
             self.pacer.succeeded("signed_url")
             # Committed before any byte moves: a crash can never leave an untracked asset.
@@ -431,6 +435,26 @@ class Uploader:
             )
             self.wake()
             return
+        except ApiPermanent as exc:
+            self.metrics.inc("syncd_requests_total", endpoint="storage", status=_status(exc))
+            if exc.status != 409:
+                await self._api_failure(
+                    content, attempt, "storage", "signed_url", exc, now, keep_allocation=True
+                )
+                return
+            # 409: the asset is past WAITING, so an earlier send (before a crash, or one whose
+            # answer was lost) delivered the bytes. The poller confirms its final status.
+            await self.ledger.finish_upload(
+                content.sha256,
+                attempt,
+                asset_id,
+                bytes_sent=0,
+                http_status=409,
+                next_poll_at=self.clock(),
+            )
+            self.on_uploaded()
+            log.info("%s: asset %s already had its bytes", _short(content.sha256), asset_id)
+            return
         except ApiError as exc:
             self.metrics.inc("syncd_requests_total", endpoint="storage", status=_status(exc))
             await self._api_failure(
@@ -449,6 +473,7 @@ class Uploader:
             )
             await self._file_unavailable(path, exc)
             return
+        failpoint("stored")
         self.metrics.inc("syncd_requests_total", endpoint="storage", status=str(result.http_status))
         result = UploadResult(asset_id, result.sha256, result.bytes_sent, result.http_status)
         await self._uploaded(
