@@ -119,6 +119,8 @@ class Uploader:
         self._wake = asyncio.Event()
         self._intake_open = True
         self._active: dict[asyncio.Task[object], str] = {}
+        self._idle = asyncio.Event()  # set whenever no upload is in flight
+        self._idle.set()
         # Called after an asset id is committed (the daemon points it at the poller).
         self.on_uploaded: Callable[[], None] = lambda: None
 
@@ -205,22 +207,23 @@ class Uploader:
             job = self._queue.get_nowait()
             self.state.in_flight.discard(job.content.sha256)
             self._queue.task_done()
-        busy = [t for t in workers if t in self._active]
-        if busy:
-            log.info("waiting up to %.0f s for %d in-flight upload(s)", grace_s, len(busy))
-            _done, pending = await asyncio.wait(busy, timeout=grace_s)
-        else:
-            pending = set()
+        pending = len(self._active)
+        if pending:
+            log.info("waiting up to %.0f s for %d in-flight upload(s)", grace_s, pending)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout=grace_s)
+            pending = len(self._active)
         for t in workers:
             t.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
-        return len(pending)
+        return pending
 
     async def upload(self, job: Job) -> None:
         """Upload one content and record the outcome; never raises except cancellation."""
         task = asyncio.current_task()
         if task is not None:
             self._active[task] = job.content.sha256
+            self._idle.clear()
         try:
             await self._upload(job)
         except asyncio.CancelledError:
@@ -238,6 +241,8 @@ class Uploader:
         finally:
             if task is not None:
                 self._active.pop(task, None)
+                if not self._active:
+                    self._idle.set()
 
     def _mode_for(self, content: Content) -> str:
         mode = self.cfg.api.upload_mode
