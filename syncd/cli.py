@@ -369,6 +369,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_operator_commands(sub: Any) -> None:
     """Query and maintenance commands that read the ledger (see docs/operations.md)."""
+    from syncd import doctor, plan, report
+
+    for cmd in (*report.COMMANDS, plan.COMMAND, doctor.COMMAND):
+        p = sub.add_parser(cmd.name, help=cmd.help)
+        _add_config_option(p)
+        cmd.add_arguments(p)
+        p.set_defaults(handler=_operator_handler(cmd))
+
+
+def _operator_handler(cmd: Any) -> Handler:
+    async def handler(args: argparse.Namespace) -> int:
+        result: int = await cmd.run(args, _load(args))
+        return result
+
+    return handler
 
 
 def _configure_logging(args: argparse.Namespace, cfg: Config | None) -> None:

@@ -44,7 +44,7 @@ from syncd.watcher import (
     root_available,
     root_identity,
 )
-from syncd.webapi import Health, start_http
+from syncd.webapi import Health, start_http, stop_http
 from syncd.writers import WriterCheck
 
 log = logging.getLogger(__name__)
@@ -195,6 +195,7 @@ class Daemon:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         report = await self.ledger.recover()
+        self.metrics.inc("syncd_possible_duplicates_total", report.interrupted_direct)
         if report.interrupted_direct or report.resumed_signed_url:
             log.warning(
                 "recovered from an unclean stop: %d direct upload(s) back to pending (possible "
@@ -312,7 +313,7 @@ class Daemon:
             await self._write_heartbeat(stopping=True)
         await client.close()
         if http_runner is not None:
-            await http_runner.cleanup()
+            await stop_http(http_runner)
         s = self.uploader.stats
         dups = await self.ledger.possible_duplicates()
         log.info(

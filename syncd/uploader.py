@@ -323,6 +323,7 @@ class Uploader:
                 # The body may have been complete and the answer lost: the honest bound.
                 possible_duplicate=True,
             )
+            self.metrics.inc("syncd_possible_duplicates_total")
             self.stats.interrupted += 1
             raise
         except ApiError as exc:

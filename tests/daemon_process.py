@@ -31,8 +31,11 @@ class DaemonProcess:
         config["log"] = {"level": "debug", "format": "json"}
         self.cfg_file.write_text(yaml.safe_dump(config))
 
-    async def start(self, **env: str) -> None:
-        """Start it; returns once it logged ``syncd ready`` (or raises if it died first)."""
+    async def start(self, *, may_die: bool = False, **env: str) -> None:
+        """Start it; returns once it logged ``syncd ready``.
+
+        Raises if it died first, unless ``may_die`` (a crash point may fire during startup).
+        """
         start_at = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
@@ -49,7 +52,7 @@ class DaemonProcess:
             )
 
         await wait_for(ready, 30, what="daemon ready")
-        if self.proc.returncode is not None:
+        if self.proc.returncode is not None and not may_die:
             raise AssertionError(f"daemon exited {self.proc.returncode}: {self.tail()}")
 
     def messages(self, since: int = 0) -> list[str]:
