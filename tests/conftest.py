@@ -2,7 +2,7 @@
 
 ``emulator`` is a started :class:`~syncd.emulator.EmulatorServer` with rate limits off and
 short processing delays; it offers ``base_url``, ``root_url``, ``control_url``, ``key``,
-``state`` and helpers (``update_settings``, ``add_faults``, ``clear_faults``, ``requests``,
+``state`` and shortcuts (``update_settings``, ``add_faults``, ``clear_faults``, ``requests``,
 ``assets``). ``make_emulator(**settings)`` starts more, with any settings (and ``clock=``).
 """
 

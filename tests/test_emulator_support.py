@@ -1,4 +1,4 @@
-"""Small HTTP helpers shared by the emulator's tests (this module holds no tests)."""
+"""Small HTTP functions shared by the emulator's tests (this module holds no tests)."""
 
 from __future__ import annotations
 

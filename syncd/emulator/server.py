@@ -92,7 +92,7 @@ class EmulatorServer:
             runner, self._runner = self._runner, None
             await runner.cleanup()
 
-    # Helpers for tests and demos: the same effects as the control endpoints, without HTTP.
+    # Shortcuts for tests and demos: the same effects as the control endpoints, without HTTP.
 
     def update_settings(self, **changes: Any) -> EmulatorSettings:
         """Change settings while running (see ``EmulatorState.update_settings``)."""
