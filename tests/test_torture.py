@@ -28,7 +28,7 @@ from daemon_process import DaemonProcess, query
 from pipeline_support import config_data, wait_for
 from samples import media_bytes
 
-from syncd.emulator import uniform_rates
+from syncd.emulator import EmulatorServer, uniform_rates
 
 SEED = int(os.environ.get("SYNCD_TORTURE_SEED", "20261124"))
 FILES = 300
@@ -158,6 +158,30 @@ async def test_kill_9_torture(tmp_path: Path, make_emulator: MakeEmulator, mode:
     assert windows_hit >= 3, f"only {windows_hit} crash points fired {where}"
     assert len(expected) == FILES
 
+    duplicates, counted = await converge_and_check(daemon, emulator, ledger, expected, where)
+    print(f"torture {where}: {kills} kills ({windows_hit} at crash points), {duplicates} dups")
+    if mode == "direct":
+        # A crash can interrupt every upload in flight (one per worker); each one interrupted
+        # is counted in the ledger as a possible remote duplicate, and no duplicate is uncounted.
+        workers = data["upload"]["workers"]
+        assert duplicates <= counted <= kills * workers, (
+            f"{duplicates} duplicates, {counted} counted, {kills} kills {where}"
+        )
+    else:
+        assert duplicates == 0, f"{duplicates} duplicates in signed-URL mode {where}"
+
+
+async def converge_and_check(
+    daemon: DaemonProcess,
+    emulator: EmulatorServer,
+    ledger: Path,
+    expected: dict[str, str],
+    where: str,
+) -> tuple[int, int]:
+    """Run the daemon once more without faults until every file is done, stop it, check.
+
+    Returns (remote duplicates, possible duplicates the ledger counted).
+    """
     # The last run: no more faults; everything must converge.
     emulator.clear_faults()
     emulator.update_settings(error_rate=0.0, reset_rate=0.0)
@@ -195,14 +219,59 @@ async def test_kill_9_torture(tmp_path: Path, make_emulator: MakeEmulator, mode:
     copies = collections.Counter(a.sha256 for a in assets.values() if a.sha256 is not None)
     duplicates = sum(n - 1 for n in copies.values())
     counted = query(ledger, "SELECT COALESCE(SUM(possible_duplicates), 0) FROM contents")[0][0]
-    print(f"torture {where}: {kills} kills ({windows_hit} at crash points), {duplicates} dups")
-    if mode == "direct":
-        # A crash can interrupt every upload in flight (one per worker); each one interrupted
-        # is counted in the ledger as a possible remote duplicate, and no duplicate is uncounted.
-        workers = data["upload"]["workers"]
-        assert duplicates <= counted <= kills * workers, (
-            f"{duplicates} duplicates, {counted} counted, {kills} kills {where}"
-        )
-    else:
-        assert duplicates == 0, f"{duplicates} duplicates in signed-URL mode {where}"
     assert query(ledger, "PRAGMA integrity_check") == [("ok",)]
+    return duplicates, counted
+
+
+@pytest.mark.timeout(240)
+async def test_sigterm_torture_has_no_duplicates_and_clean_summaries(
+    tmp_path: Path, make_emulator: MakeEmulator
+) -> None:
+    rng = random.Random(f"{SEED}:sigterm")
+    where = f"(seed {SEED}, SIGTERM)"
+    emulator = await make_emulator(
+        rates=uniform_rates(0),
+        error_rate=0.04,
+        reset_rate=0.03,
+        seed=SEED,
+        waiting_s=0.1,
+        uploading_s=0.1,
+    )
+    root = tmp_path / "media"
+    root.mkdir()
+    data = config_data(
+        tmp_path,
+        emulator,
+        [root],
+        settle={"quiet_s": 0.4},
+        upload={"workers": 4, "max_attempts": 100, "backoff_initial_s": 0.1},
+        rate_limits={"cooldown_initial_s": 0.1, "cooldown_max_s": 0.5},
+        shutdown={"grace_s": 10},
+    )
+    ledger = Path(data["ledger"]["path"])
+    daemon = DaemonProcess(data, tmp_path, emulator.key)
+    expected: dict[str, str] = {}
+    stop_writing = threading.Event()
+    writing = asyncio.create_task(
+        asyncio.to_thread(writer, root, random.Random(f"{SEED}:writer"), expected, stop_writing)
+    )
+    stops = 0
+    try:
+        for k in range(10):
+            if k % 3 == 1:  # some stops land while bodies are held open at the API
+                emulator.add_faults({"endpoint": "upload", "latency_s": 1.0, "count": 2})
+            await daemon.start()
+            await asyncio.sleep(rng.uniform(0.3, 1.5))
+            before = len(daemon.messages())
+            assert await daemon.stop() == 0, daemon.tail()
+            stops += 1
+            summaries = [m for m in daemon.messages()[before:] if m.startswith("syncd stopped")]
+            assert len(summaries) == 1 and "(SIGTERM)" in summaries[0], where
+            assert "cancelled_in_flight=0" in summaries[0], f"{summaries[0]} {where}"
+        await writing
+    finally:
+        stop_writing.set()
+        await writing
+    duplicates, counted = await converge_and_check(daemon, emulator, ledger, expected, where)
+    print(f"torture {where}: {stops} graceful stops, {duplicates} dups")
+    assert duplicates == 0 and counted == 0, f"{duplicates} duplicates {where}"
