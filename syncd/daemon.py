@@ -26,7 +26,7 @@ from syncd.errors import EXIT_OK, EXIT_SOFTWARE, EXIT_UNAVAILABLE, ConfigError, 
 from syncd.failpoints import failpoint
 from syncd.fingerprint import Fingerprint
 from syncd.hashing import FileChanged, Hasher, HasherClosed, NotRegularFile
-from syncd.ledger import Ledger, LedgerLock
+from syncd.ledger import Ledger, LedgerLock, prepare_ledger_dir
 from syncd.media import check_extension, extension_of, preflight, read_head
 from syncd.metrics import Metrics
 from syncd.notify import Notifier, watchdog_loop
@@ -178,7 +178,7 @@ class Daemon:
         """Run until stopped; returns the process exit code. Raises SyncdError at startup."""
         cfg = self.cfg
         lock = LedgerLock(cfg.ledger.path)
-        os.makedirs(os.path.dirname(cfg.ledger.path) or ".", mode=0o700, exist_ok=True)
+        await asyncio.to_thread(prepare_ledger_dir, cfg.ledger.path)
         await asyncio.to_thread(lock.acquire)
         try:
             self.ledger = await Ledger.open(cfg.ledger.path)
@@ -347,9 +347,12 @@ class Daemon:
         state = self.uploader.state
         unavailable = [r.cfg.path for r in self._roots.values() if not r.available]
         reason = state.reason
+        healthy = state.healthy
+        if self.ledger.stalled is not None:
+            healthy, reason = False, self.ledger.stalled
         if not reason and unavailable:
             reason = "unavailable root(s): " + ", ".join(unavailable)
-        return Health(healthy=state.healthy, ready=self.ready, reason=reason)
+        return Health(healthy=healthy, ready=self.ready, reason=reason)
 
     def summary(self) -> str:
         """One line for sd_notify STATUS= and progress logs."""

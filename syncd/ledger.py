@@ -16,14 +16,16 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import functools
 import json
+import logging
 import os
 import posixpath
 import sqlite3
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 from urllib.parse import quote
 
 import aiosqlite
@@ -48,6 +50,7 @@ CONTENT_STATES: tuple[ContentState, ...] = (
 PATH_STATES: tuple[PathState, ...] = ("present", "gone", "skipped", "unsettled", "error")
 
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
 
 # SQLite's default limit on host parameters is 999 in old builds; stay under it.
 _IN_CHUNK = 900
@@ -171,14 +174,62 @@ def classify_sqlite_error(exc: sqlite3.Error, path: str) -> LedgerError:
     if "not a database" in low or "malformed" in low or "corrupt" in low:
         return LedgerCorrupt(path, text)
     if "full" in low:
-        return LedgerUnwritable(f"ledger {path}: disk full ({text}); free space to continue")
+        return LedgerStalled(f"ledger {path}: disk full ({text}); free space to continue")
     if "readonly" in low or "read-only" in low:
-        return LedgerUnwritable(f"ledger {path} is read-only ({text})")
+        return LedgerStalled(f"ledger {path} is read-only ({text}); make it writable")
+    if "disk i/o error" in low:
+        return LedgerStalled(f"ledger {path}: I/O error ({text}); check the disk and its space")
     if "unable to open" in low:
         return LedgerUnwritable(f"cannot open ledger {path} ({text}); check the folder exists")
     if "locked" in low or "busy" in low:
-        return LedgerError(f"ledger {path} is locked by another process ({text})")
+        return LedgerStalled(
+            f"ledger {path} is locked by another process ({text}); "
+            "close the other writer (an sqlite3 shell holding a transaction?)"
+        )
     return LedgerError(f"ledger {path}: {text}")
+
+
+class LedgerStalled(LedgerUnwritable):
+    """The ledger cannot be written *for now*: disk full, read-only, locked by another writer.
+
+    The daemon waits and retries (see :func:`_retry_stalled`): nothing is lost, since the
+    failed transaction rolled back and the caller still holds what it meant to record.
+    """
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+STALL_RETRY_MAX_S = 30.0
+
+
+def _retry_stalled(
+    fn: Callable[Concatenate[Ledger, _P], Coroutine[Any, Any, _R]],
+) -> Callable[Concatenate[Ledger, _P], Coroutine[Any, Any, _R]]:
+    """Make a write method wait out a stalled ledger and retry, logging once per episode.
+
+    Safe because a stalled transaction rolled back entirely: running the method again is
+    running it for the first time.
+    """
+
+    async def wrapper(self: Ledger, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        delay = 0.5
+        while True:
+            try:
+                result = await fn(self, *args, **kwargs)
+            except LedgerStalled as exc:
+                if self.stalled is None:
+                    log.error("%s; syncd pauses until it can write again", exc)
+                self.stalled = str(exc)
+                await asyncio.sleep(delay)
+                delay = min(STALL_RETRY_MAX_S, delay * 2)
+                continue
+            if self.stalled is not None:
+                log.warning("ledger %s is writable again; resuming", self.path)
+                self.stalled = None
+            return result
+
+    functools.update_wrapper(wrapper, fn)
+    return wrapper
 
 
 class LedgerLock:
@@ -194,7 +245,17 @@ class LedgerLock:
 
     def acquire(self) -> None:
         """Take the lock; raises :class:`LedgerLocked` naming the holder's pid if it is held."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise LedgerUnwritable(
+                f"cannot create the ledger's lock file {self.path}: {exc.strerror or exc}"
+                + (
+                    "; the ledger must be on a writable file system"
+                    if exc.errno == errno.EROFS
+                    else ""
+                )
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -240,6 +301,11 @@ def prepare_ledger_dir(path: str) -> None:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         os.close(fd)
     except OSError as exc:
+        if exc.errno == errno.EROFS:
+            raise LedgerUnwritable(
+                f"ledger {path} is on a read-only file system; syncd must be able to write it "
+                "(set ledger.path to a writable place, e.g. /var/lib/syncd)"
+            ) from None
         raise LedgerUnwritable(f"cannot create ledger {path}: {exc.strerror or exc}") from None
 
 
@@ -255,6 +321,8 @@ class Ledger:
         self.path = path
         self._clock = clock
         self._lock = asyncio.Lock()
+        # Why writes are waiting (disk full, read-only, locked), or None: for health checks.
+        self.stalled: str | None = None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -346,6 +414,10 @@ class Ledger:
                 raise classify_sqlite_error(exc, self.path) from None
             try:
                 yield self._db
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    await self._db.execute("ROLLBACK")
+                raise classify_sqlite_error(exc, self.path) from None
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     await self._db.execute("ROLLBACK")
@@ -381,6 +453,7 @@ class Ledger:
         rows = await self._read("SELECT value FROM kv WHERE key = ?", (key,))
         return json.loads(rows[0][0]) if rows else None
 
+    @_retry_stalled
     async def set_kv(self, key: str, value: Any) -> None:
         """Store a JSON-serialisable ``value`` under ``key``."""
         await self._write(
@@ -411,6 +484,7 @@ class Ledger:
                 found[rec.path] = rec
         return found
 
+    @_retry_stalled
     async def touch_paths(self, paths: Iterable[str]) -> None:
         """Mark ``paths`` as seen now, unchanged (a rescan found the fingerprint the ledger has).
 
@@ -437,6 +511,7 @@ class Ledger:
                 rows,
             )
 
+    @_retry_stalled
     async def record_content(
         self,
         path: str,
@@ -477,6 +552,7 @@ class Ledger:
                 row = await cur.fetchone()
         return _content(_must(row))
 
+    @_retry_stalled
     async def record_path_state(
         self,
         path: str,
@@ -535,10 +611,12 @@ class Ledger:
             ),
         )
 
+    @_retry_stalled
     async def set_open_since(self, path: str, since: float | None) -> None:
         """Note that a known ``path`` is (``since`` given) or is no longer open for writing."""
         await self._write("UPDATE paths SET open_since = ? WHERE path = ?", (since, _b(path)))
 
+    @_retry_stalled
     async def mark_gone(self, path: str) -> None:
         """Record that ``path`` was deleted or moved away (its content's record stays)."""
         now = self._clock()
@@ -548,6 +626,7 @@ class Ledger:
             (now, now, _b(path)),
         )
 
+    @_retry_stalled
     async def sweep_gone(self, root: str, seen_before: float) -> int:
         """After a complete scan of ``root``, mark gone its paths not seen since ``seen_before``.
 
@@ -561,6 +640,7 @@ class Ledger:
             (now, root, seen_before),
         )
 
+    @_retry_stalled
     async def forget_path(self, path: str) -> bool:
         """Stop tracking ``path`` (the content and the remote asset stay). Returns True if known."""
         return await self._write("DELETE FROM paths WHERE path = ?", (_b(path),)) > 0
@@ -605,6 +685,7 @@ class Ledger:
         )
         return [_attempt(r) for r in rows]
 
+    @_retry_stalled
     async def due_jobs(self, limit: int, exclude: Iterable[str] = ()) -> list[Job]:
         """Return up to ``limit`` contents due for upload now, oldest due first.
 
@@ -650,6 +731,7 @@ class Ledger:
         )
         return rows[0][0] if rows else None
 
+    @_retry_stalled
     async def begin_attempt(
         self, sha256: str, path: str, mode: str, asset_id: str | None = None
     ) -> int:
@@ -672,6 +754,7 @@ class Ledger:
             attempt_id = cur.lastrowid
         return _must(attempt_id)
 
+    @_retry_stalled
     async def allocate(
         self, sha256: str, asset_id: str, url: str, expires_at: float, attempt_id: int
     ) -> None:
@@ -688,6 +771,7 @@ class Ledger:
                 "UPDATE attempts SET asset_id = ? WHERE id = ?", (asset_id, attempt_id)
             )
 
+    @_retry_stalled
     async def mark_sending(self, sha256: str) -> None:
         """A signed-URL content goes from allocated to uploading (bytes start moving)."""
         await self._write(
@@ -695,6 +779,7 @@ class Ledger:
             (self._clock(), sha256),
         )
 
+    @_retry_stalled
     async def finish_upload(
         self,
         sha256: str,
@@ -737,6 +822,7 @@ class Ledger:
         )
         return rows[0][0] if rows else None
 
+    @_retry_stalled
     async def retry_later(
         self,
         sha256: str,
@@ -801,6 +887,7 @@ class Ledger:
                 row = await cur.fetchone()
         return _content(_must(row))
 
+    @_retry_stalled
     async def give_up(
         self,
         sha256: str,
@@ -822,6 +909,7 @@ class Ledger:
             if attempt_id is not None:
                 await self._end_attempt(db, attempt_id, outcome, error, http_status, None)
 
+    @_retry_stalled
     async def supersede(
         self,
         sha256: str,
@@ -884,6 +972,7 @@ class Ledger:
         rows = await self._read("SELECT MIN(next_poll_at) FROM contents WHERE state = 'uploaded'")
         return rows[0][0] if rows else None
 
+    @_retry_stalled
     async def record_status(
         self, sha256: str, asset_id: str, status: str, *, next_poll_at: float | None
     ) -> None:
@@ -916,6 +1005,7 @@ class Ledger:
                     (status, now, next_poll_at, sha256),
                 )
 
+    @_retry_stalled
     async def remote_failed(
         self, sha256: str, asset_id: str, reason: str, *, max_attempts: int
     ) -> ContentState:
@@ -952,6 +1042,7 @@ class Ledger:
 
     # ---------------------------------------------------------------- recovery and operators
 
+    @_retry_stalled
     async def recover(self) -> RecoveryReport:
         """Startup recovery after any stop, clean or not.
 
@@ -988,6 +1079,7 @@ class Ledger:
             polls = cur.rowcount
         return RecoveryReport(direct, signed, polls)
 
+    @_retry_stalled
     async def requeue(self, *, states: Sequence[ContentState], sha256s: Sequence[str] = ()) -> int:
         """Operator retry: contents in ``states`` (all, or only ``sha256s``) become due now.
 
