@@ -86,9 +86,12 @@ async def test_fifty_files_through_four_workers_under_the_real_rate_limit(
             assert got[asset] == sha256_of(p)  # byte-identical, under the right asset id
     uploads = emulator.requests("upload")
     assert len({a.sha256 for a in emulator.assets()}) == 50
+    # The pacer spaces request starts 1.04 s apart; the emulator stamps arrivals, which
+    # scheduling jitter on a loaded 2-core machine can shift by tens of milliseconds. So: no
+    # two starts within 0.9 s, and the emulator's own limiter refused at most a few.
     starts = [r.time_s for r in uploads]
-    assert max_starts_in_window(starts) <= 1
-    assert max_starts_in_window([r.time_s for r in emulator.requests("metadata")]) <= 1
+    assert max_starts_in_window(starts, 0.9) <= 1
+    assert max_starts_in_window([r.time_s for r in emulator.requests("metadata")], 0.9) <= 1
     throttled = [r for r in emulator.requests() if r.status in (400, 429)]
     assert len(throttled) <= 3
 
