@@ -94,8 +94,10 @@ _CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
 # Characters that cannot stay raw in a quoted multipart filename. Browsers (WHATWG HTML
 # multipart/form-data encoding) percent-encode '"', CR and LF and keep the rest as UTF-8; we
 # also encode the other control characters, '\' (unescaped by several parsers) and ';' (split
-# on by naive parsers, aiohttp's among them), so every parser sees one well-formed value.
-_FILENAME_UNSAFE_RE: Final = re.compile(r'[\x00-\x1f\x7f";\\]')
+# on by naive parsers, aiohttp's among them), so every parser sees one well-formed value. '%'
+# itself is encoded too: a server that decodes the escapes (RFC 7578 allows it; the emulator
+# does) would otherwise turn a literal "%2F" in a name into a slash.
+_FILENAME_UNSAFE_RE: Final = re.compile(r'[\x00-\x1f\x7f";\\%]')
 
 
 class LocalFileError(SyncdError, OSError):
@@ -179,7 +181,8 @@ def multipart_filename(name: str) -> str:
     """Return ``name`` as it goes between the quotes of the multipart ``filename`` parameter.
 
     Bytes that are not UTF-8 (surrogate-escaped by ``os.fsdecode``) become U+FFFD; control
-    characters, ``"``, ``;`` and ``\\`` are percent-encoded; everything else stays as UTF-8.
+    characters, ``"``, ``;``, ``\\`` and ``%`` are percent-encoded; everything else stays as
+    UTF-8.
     """
     return _FILENAME_UNSAFE_RE.sub(lambda m: f"%{ord(m.group()):02X}", _clean_name(name))
 
