@@ -331,7 +331,9 @@ class Settler:
                 self.forget(tr.path)
                 continue
             if isinstance(res, str):
-                log.debug("%s is %s, not a regular file; not handing it on", tr.path, res)
+                log.debug(
+                    "%s is %s, not a regular file; not handing it on", display_path(tr.path), res
+                )
                 self.forget(tr.path)
                 continue
             if isinstance(res, OSError):

@@ -727,4 +727,7 @@ def _short(sha256: str) -> str:
 
 
 def _display(path: str) -> str:
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    # Undecodable bytes as \xNN; a name with a newline or another control character is quoted
+    # and escaped, so it cannot split or forge a log line.
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return text if text.isprintable() else repr(text)
