@@ -574,6 +574,10 @@ class Daemon:
             self._start_scan(state, ev.path)
             return
         if kind == "dir_deleted":
+            # A folder deleted or moved away: every file below it is gone (its contents stay).
+            gone = await self.ledger.mark_gone_under(ev.path)
+            if gone:
+                log.info("%d file(s) under %s are gone", gone, _display(ev.path))
             return
         if kind in ("deleted", "moved_from"):
             self.settler.forget(ev.path)
@@ -819,8 +823,7 @@ class Daemon:
             return False
         if self.uploader.state.in_flight or self.uploader.queue_depth():
             return False
-        counts = (await self.ledger.counts())["contents"]
-        return not any(counts[s] for s in ("pending", "allocated", "uploading", "uploaded"))
+        return await self.ledger.unfinished_count() == 0
 
 
 def _prune_backups(folder: str, keep: int) -> None:

@@ -627,6 +627,21 @@ class Ledger:
         )
 
     @_retry_stalled
+    async def mark_gone_under(self, folder: str) -> int:
+        """Record every path below ``folder`` as gone (the folder was deleted or moved away).
+
+        Returns how many paths were marked.
+        """
+        now = self._clock()
+        prefix = _b(folder.rstrip("/")) + b"/"
+        # Every path that starts with "folder/" sorts between "folder/" and "folder0".
+        return await self._write(
+            "UPDATE paths SET state = 'gone', gone_at = ?, open_since = NULL "
+            "WHERE path >= ? AND path < ? AND state != 'gone'",
+            (now, prefix, prefix[:-1] + b"0"),
+        )
+
+    @_retry_stalled
     async def sweep_gone(self, root: str, seen_before: float) -> int:
         """After a complete scan of ``root``, mark gone its paths not seen since ``seen_before``.
 
@@ -1111,6 +1126,19 @@ class Ledger:
             "WHERE state IN ('pending', 'allocated', 'uploading')"
         )
         return {"contents": contents, "paths": paths, "backlog": {"bytes": rows[0][0]}}
+
+    async def unfinished_count(self) -> int:
+        """Contents still on their way to a final state (``sync --once`` waits for these).
+
+        A content parked because no present path holds it any more is not counted: nothing can
+        upload it until its bytes appear again.
+        """
+        rows = await self._read(
+            "SELECT COUNT(*) FROM contents WHERE state IN "
+            "('pending', 'allocated', 'uploading', 'uploaded') "
+            "AND NOT (state IN ('pending', 'allocated') AND last_error LIKE 'no present path%')"
+        )
+        return int(rows[0][0])
 
     async def possible_duplicates(self) -> int:
         """Total possible remote duplicates counted by recovery."""

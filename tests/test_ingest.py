@@ -253,3 +253,23 @@ async def test_second_daemon_on_the_same_ledger_exits_naming_the_holder(
     text = err.decode()
     assert f"owned by process {os.getpid()}" in text
     assert "Traceback" not in text
+
+
+async def test_a_folder_moved_away_marks_its_files_gone_and_keeps_their_contents(
+    tmp_path: Path, root: Path, emulator: EmulatorServer
+) -> None:
+    cfg = make_config(tmp_path, emulator, [root])
+    (root / "album").mkdir()
+    write_media(root / "album" / "a.mp3", seed=1)
+    write_media(root / "album" / "b.mp3", seed=2)
+    async with running(cfg, emulator.key) as d:
+        await wait_done(d, root / "album" / "a.mp3")
+        await wait_done(d, root / "album" / "b.mp3")
+        os.rename(root / "album", tmp_path / "album-elsewhere")
+
+        async def gone() -> bool:
+            states = [(await state_of(d, root / "album" / n))[2] for n in ("a.mp3", "b.mp3")]
+            return states == ["gone", "gone"]
+
+        await wait_for(gone, 20, what="files under the moved folder gone")
+        assert (await d.ledger.counts())["contents"]["done"] == 2
