@@ -18,6 +18,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from syncd.client import MaviClient, UploadResult
 from syncd.config import Config
@@ -313,18 +314,10 @@ class Uploader:
         try:
             result = await self.client.upload(path, filename=os.path.basename(path))
         except asyncio.CancelledError:
-            await self.ledger.retry_later(
-                content.sha256,
-                attempt,
-                outcome="interrupted",
-                error="interrupted by shutdown",
-                next_attempt_at=self.clock(),
-                count_attempt=False,
-                # The body may have been complete and the answer lost: the honest bound.
-                possible_duplicate=True,
+            # The body may have been complete and the answer lost: the honest bound.
+            await self._interrupted(
+                content.sha256, attempt, keep_allocation=False, possible_duplicate=True
             )
-            self.metrics.inc("syncd_possible_duplicates_total")
-            self.stats.interrupted += 1
             raise
         except ApiError as exc:
             self.metrics.inc("syncd_requests_total", endpoint="upload", status=_status(exc))
@@ -390,13 +383,8 @@ class Uploader:
             try:
                 signed = await self.client.allocate_signed_url(os.path.basename(path))
             except asyncio.CancelledError:
-                await self.ledger.retry_later(
-                    content.sha256,
-                    attempt,
-                    outcome="interrupted",
-                    error="interrupted by shutdown",
-                    next_attempt_at=self.clock(),
-                    count_attempt=False,
+                await self._interrupted(
+                    content.sha256, attempt, keep_allocation=False, possible_duplicate=False
                 )
                 raise
             except ApiError as exc:
@@ -419,16 +407,9 @@ class Uploader:
                 url, path, filename=os.path.basename(path)
             )
         except asyncio.CancelledError:
-            await self.ledger.retry_later(
-                content.sha256,
-                attempt,
-                outcome="interrupted",
-                error="interrupted by shutdown",
-                next_attempt_at=self.clock(),
-                count_attempt=False,
-                keep_allocation=True,
+            await self._interrupted(
+                content.sha256, attempt, keep_allocation=True, possible_duplicate=False
             )
-            self.stats.interrupted += 1
             raise
         except SignedUrlExpired as exc:
             await self.ledger.supersede(
@@ -615,17 +596,7 @@ class Uploader:
                     f"API answered HTTP {exc.status} {content.throttle_count + 1} times while "
                     f"other uploads succeeded: rejected ({exc})"
                 )
-                await self.ledger.give_up(
-                    sha,
-                    attempt,
-                    state="rejected",
-                    outcome="rejected",
-                    error=reason,
-                    http_status=exc.status,
-                )
-                self.stats.rejected += 1
-                self.metrics.inc("syncd_uploads_total", outcome="rejected")
-                log.warning("gave up on %s: %s", _short(sha), reason)
+                await self._give_up(sha, attempt, "rejected", reason, exc.status)
                 return
             delay = max(
                 cool_s, backoff_s(content.throttle_count + 1, cool_s, cfg.backoff_max_s, self.rng)
@@ -673,29 +644,15 @@ class Uploader:
             )
             return
         if isinstance(exc, ApiPermanent) and not isinstance(exc, ApiNotFound):
-            reason = f"the API refused this file: {exc}"
-            await self.ledger.give_up(
-                sha,
-                attempt,
-                state="rejected",
-                outcome="rejected",
-                error=reason,
-                http_status=exc.status,
+            await self._give_up(
+                sha, attempt, "rejected", f"the API refused this file: {exc}", exc.status
             )
-            self.stats.rejected += 1
-            self.metrics.inc("syncd_uploads_total", outcome="rejected")
-            log.warning("gave up on %s: %s", _short(sha), reason)
             return
         # Retryable (5xx, transport, timeouts, malformed answers) and anything unforeseen.
         attempts = content.attempts + 1
         if attempts >= cfg.max_attempts:
             reason = f"gave up after {attempts} attempts; last error: {exc}"
-            await self.ledger.give_up(
-                sha, attempt, state="failed", outcome="failed", error=reason, http_status=exc.status
-            )
-            self.stats.failed += 1
-            self.metrics.inc("syncd_uploads_total", outcome="failed")
-            log.warning("gave up on %s: %s", _short(sha), reason)
+            await self._give_up(sha, attempt, "failed", reason, exc.status)
             return
         delay = backoff_s(attempts, cfg.backoff_initial_s, cfg.backoff_max_s, self.rng)
         await self.ledger.retry_later(
@@ -709,6 +666,42 @@ class Uploader:
         )
         self.stats.retried += 1
         log.info("retry %s in %.1fs (attempt %d): %s", _short(sha), delay, attempts, exc)
+
+    async def _give_up(
+        self,
+        sha256: str,
+        attempt: int,
+        state: Literal["failed", "rejected"],
+        reason: str,
+        http_status: int | None,
+    ) -> None:
+        await self.ledger.give_up(
+            sha256, attempt, state=state, outcome=state, error=reason, http_status=http_status
+        )
+        if state == "failed":
+            self.stats.failed += 1
+        else:
+            self.stats.rejected += 1
+        self.metrics.inc("syncd_uploads_total", outcome=state)
+        log.warning("gave up on %s: %s", _short(sha256), reason)
+
+    async def _interrupted(
+        self, sha256: str, attempt: int, *, keep_allocation: bool, possible_duplicate: bool
+    ) -> None:
+        """Shutdown cancelled an attempt: back to the queue, not counted against the file."""
+        await self.ledger.retry_later(
+            sha256,
+            attempt,
+            outcome="interrupted",
+            error="interrupted by shutdown",
+            next_attempt_at=self.clock(),
+            count_attempt=False,
+            keep_allocation=keep_allocation,
+            possible_duplicate=possible_duplicate,
+        )
+        if possible_duplicate:
+            self.metrics.inc("syncd_possible_duplicates_total")
+        self.stats.interrupted += 1
 
     async def _file_unavailable(self, path: str, exc: OSError) -> None:
         if isinstance(exc, FileNotFoundError):
