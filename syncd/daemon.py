@@ -260,8 +260,10 @@ class Daemon:
             if not self.once:
                 self._watcher = Watcher(loop, self._events.put_nowait)
                 self._spawn(self._event_loop(), "events")
-            for root in cfg.watch:
-                await self._add_root(root)
+            # Every root is known before any is watched or scanned: with nested roots, the
+            # outer root's first events and scan must already leave the inner root's files to it.
+            for state in [self._new_root(root) for root in cfg.watch]:
+                await self._arm_root(state)
             self._spawn(self.uploader.dispatch(), "dispatcher")
             for i in range(cfg.upload.workers):
                 task = asyncio.create_task(self.uploader.work(), name=f"uploader-{i}")
@@ -414,9 +416,12 @@ class Daemon:
     # ---------------------------------------------------------------- roots and intake
 
     async def _add_root(self, root: WatchRoot) -> None:
+        await self._arm_root(self._new_root(root))
+
+    def _new_root(self, root: WatchRoot) -> RootState:
         state = RootState(root, PathFilter(root, self.cfg.settle.temp_patterns))
         self._roots[root.path] = state
-        await self._arm_root(state)
+        return state
 
     async def _arm_root(self, state: RootState) -> None:
         """Watch and scan a root if it is available; report it clearly (once) if not.
@@ -526,7 +531,7 @@ class Daemon:
                 and (rec.state == "skipped" or rec.sha256 is not None)
             ):
                 unchanged.append(entry.path)
-            elif entry.path not in self._hashing:
+            elif entry.path not in self._hashing and self._owns(entry.root, entry.path):
                 await self.settler.offer(entry.path, entry.root, entry.fingerprint)
         # Everything seen counts as seen (a sweep must not mark a settling file gone).
         await self.ledger.touch_paths([e.path for e in batch])
@@ -536,12 +541,19 @@ class Daemon:
         return await asyncio.to_thread(root_available, state.cfg.path, state.identity)
 
     def _root_of(self, path: str) -> RootState | None:
+        """The deepest root ``path`` lies under: with nested roots, the one that owns it."""
         best: RootState | None = None
+        best_len = -1
         for state in self._roots.values():
-            root = state.cfg.path.rstrip("/") + "/"
-            if path.startswith(root) and (best is None or len(root) > len(best.cfg.path)):
-                best = state
+            root = os.path.normpath(state.cfg.path).rstrip("/") + "/"
+            if path.startswith(root) and len(root) > best_len:
+                best, best_len = state, len(root)
         return best
+
+    def _owns(self, root: str, path: str) -> bool:
+        """Whether the root configured as ``root`` owns ``path`` (no deeper root holds it)."""
+        owner = self._root_of(path)
+        return owner is None or owner.cfg.path == root
 
     async def _event_loop(self) -> None:
         while True:
@@ -569,6 +581,9 @@ class Daemon:
             if self._watcher is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(self._watcher.remove_root, ev.root)
+            return
+        if not self._owns(state.cfg.path, ev.path):
+            # Nested roots: the deeper root owns this path, and its own watch reports it.
             return
         if kind in ("dir_created", "dir_moved_to"):
             self._start_scan(state, ev.path)
