@@ -518,9 +518,90 @@ class _CountingInotifyFD(InotifyFD):
 
 @dataclass
 class _WatchGroup(InotifyWatchGroup):
-    """watchdog's watch group, plus root moves, unmounts and queue overflows."""
+    """watchdog's watch group, plus root moves, unmounts and queue overflows.
+
+    With ``follow_symlink``, watchdog walks folders with ``os.walk(followlinks=True)``, which
+    never remembers where it has been: two symlinks back up the tree make that walk
+    exponential (it only ends at the kernel's 40-link limit), so adding the root never
+    returns. Here each walk enters a folder once (by device and inode), skips folders that are
+    watched already, and the simulated events for a new folder only walk watched folders and
+    report links to folders as plain entries.
+    """
 
     hooks: _Hooks | None = None
+    # Folders watched through this group by (device, inode), with the path they were added
+    # under (follow_symlink only: it is how a second route to a watched folder is recognised).
+    _watched_keys: dict[tuple[int, int], bytes] = field(default_factory=dict)
+
+    def _add_callback(self, path: bytes) -> None:
+        super()._add_callback(path)
+        if self.follow_symlink and path in self._active_callbacks_by_path:
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                self._watched_keys[(st.st_dev, st.st_ino)] = path
+
+    def _watched_elsewhere(self, key: tuple[int, int], path: bytes) -> bool:
+        known = self._watched_keys.get(key)
+        if known is None or known == path:
+            return False
+        try:
+            st = os.stat(known)
+        except OSError:
+            return False  # that folder is gone: the inode number may have been reused
+        return (st.st_dev, st.st_ino) == key
+
+    def _add_all_callbacks(self, path: bytes) -> None:
+        if not (self.follow_symlink and self.is_recursive):
+            super()._add_all_callbacks(path)
+            return
+        try:
+            top = os.stat(path)
+        except OSError:
+            top = None
+        if top is not None and self._watched_elsewhere((top.st_dev, top.st_ino), path):
+            return  # a followed link to a folder that is watched already
+        self._add_callback(path)
+        if top is None or not stat.S_ISDIR(top.st_mode):
+            return
+        seen = {(top.st_dev, top.st_ino)}
+        for root, dirnames, _ in os.walk(path, followlinks=True):
+            keep = []
+            for name in dirnames:
+                full = os.path.join(root, name)
+                try:
+                    st = os.stat(full)
+                except OSError:
+                    continue
+                key = (st.st_dev, st.st_ino)
+                if key in seen or self._watched_elsewhere(key, full):
+                    continue
+                seen.add(key)
+                keep.append(name)
+                self._add_callback(full)
+            dirnames[:] = keep  # os.walk descends only into these
+
+    def _recursive_simulate(self, src_path: bytes) -> list[InotifyEvent]:
+        if not self.follow_symlink:
+            return super()._recursive_simulate(src_path)
+        events: list[InotifyEvent] = []
+        for root, dirnames, filenames in os.walk(src_path, followlinks=True):
+            wd_root = self._active_callbacks_by_path.get(root)
+            watched = [
+                n for n in dirnames if os.path.join(root, n) in self._active_callbacks_by_path
+            ]
+            if wd_root is not None:
+                for name in dirnames:
+                    # A link to a folder is reported as what the kernel would report, a new
+                    # entry that is not a folder: the scan of the new folder decides whether
+                    # to follow it, so it is not walked as a folder of its own.
+                    mask = InotifyConstants.IN_CREATE
+                    if not os.path.islink(os.path.join(root, name)):
+                        mask = Mask(mask | InotifyConstants.IN_ISDIR)
+                    events.append(InotifyEvent(wd_root, mask, 0, name))
+                for name in filenames:
+                    events.append(InotifyEvent(wd_root, InotifyConstants.IN_CREATE, 0, name))
+            dirnames[:] = watched  # only watched folders: a finite set, whatever the links
+        return events
 
     def on_event(self, event: InotifyEvent) -> None:
         if event.mask & (InotifyConstants.IN_MOVE_SELF | InotifyConstants.IN_UNMOUNT):
