@@ -14,7 +14,9 @@ makes symlink loops harmless.
 Symlinks are skipped unless the root follows them (``follow_symlinks``): then links to files are
 reported under the link's path with the target's fingerprint, links to folders are walked,
 dangling links and loops are skipped, and a linked folder that lies inside another watched root
-is left to that root's own walk.
+is left to that root's own walk. A link found during a walk that leads to a folder of its own
+root is not walked either (the root's walk reports those files under their real paths): a link
+back up the tree, met while one new folder is scanned, would otherwise re-report the whole root.
 """
 
 from __future__ import annotations
@@ -203,6 +205,7 @@ class _Walker:
         # Other roots, resolved (in the thread: resolving does I/O). A followed link into one
         # of them is left to that root's own walk.
         self.other_roots: tuple[str, ...] = ()
+        self.own_root: str | None = None  # this root, resolved (set when links are followed)
         self.visited: set[tuple[int, int]] = set()
 
     # -- entry points --------------------------------------------------------------------------
@@ -427,21 +430,30 @@ class _Walker:
                 batch.append(ScanEntry(path, self.root.path, Fingerprint.of(st)))
         elif stat.S_ISDIR(st.st_mode) and self.filt.recursive:
             why, included = self.filt.dir_verdict(rel, name, dir_included)
-            if why is None and not self._in_other_root(path):
+            if why is None and not self._in_other_root(path, or_own=True):
                 pending.append((-1, path, rel, included, st))
 
     def _resolve_other_roots(self) -> None:
-        if not self.follow or not self.all_roots:
+        if not self.follow:
             return
         mine = os.path.realpath(self.root_path)
+        self.own_root = mine
         resolved = (os.path.realpath(os.path.normpath(r)) for r in self.all_roots)
         self.other_roots = tuple(real for real in resolved if real != mine)
 
-    def _in_other_root(self, path: str) -> bool:
-        if not self.other_roots:
+    def _in_other_root(self, path: str, *, or_own: bool = False) -> bool:
+        """Whether a followed folder link leads into another watched root (whose own walk
+        covers it) or, with ``or_own``, into this root: back up the tree or across to a
+        sibling, whose files the root's walk finds under their real paths. Walking it would
+        only report the same files again under a second name (and, from a folder scanned on
+        its own, the whole root again)."""
+        targets = self.other_roots
+        if or_own and self.own_root is not None:
+            targets = (*targets, self.own_root)
+        if not targets:
             return False
         real = os.path.realpath(path)
-        for other in self.other_roots:
+        for other in targets:
             if real == other or real.startswith(other.rstrip("/") + "/"):
                 log.debug(
                     "not following %s: it leads into the watched folder %s",
