@@ -1,0 +1,392 @@
+"""The hostile-input matrix, part 1: files and folders, against the real daemon end to end.
+
+Every case runs the whole daemon (real inotify, real SQLite, the emulator over real HTTP on
+loopback) and asserts on what the ledger recorded and what the emulator received, and that the
+daemon is still up and healthy afterwards. Scanner- and hasher-level versions of several cases
+live in ``test_scanner.py`` and ``test_hashing.py``; here the question is whether the daemon
+survives them, keeps going, loses nothing and sends nothing it should not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import stat
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from daemon_process import query
+from pipeline_support import (
+    make_config,
+    received,
+    running,
+    sha256_of,
+    wait_done,
+    wait_for,
+)
+from samples import media_bytes, write_media
+
+from syncd.daemon import Daemon
+from syncd.emulator import EmulatorServer
+
+
+class Records(logging.Handler):
+    """Every record the ``syncd`` loggers emit during a test."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def messages(self, level: int = logging.DEBUG) -> list[str]:
+        return [r.getMessage() for r in self.records if r.levelno >= level]
+
+    def matching(self, text: str, level: int = logging.DEBUG) -> list[str]:
+        return [m for m in self.messages(level) if text in m]
+
+    def crashes(self) -> list[str]:
+        """Records that carry a traceback: an internal error, never an expected outcome."""
+        return [r.getMessage() for r in self.records if r.exc_info]
+
+
+@pytest.fixture
+def logs() -> Iterator[Records]:
+    handler = Records()
+    logger = logging.getLogger("syncd")
+    old = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    path = tmp_path / "media"
+    path.mkdir()
+    return path
+
+
+def at(folder: Path | str, name: bytes) -> str:
+    """The ``os.fsdecode`` path of the entry ``name`` (raw bytes) inside ``folder``."""
+    return os.fsdecode(os.fsencode(folder) + b"/" + name)
+
+
+def write_raw(path: str, data: bytes) -> None:
+    with open(os.fsencode(path), "wb") as f:
+        f.write(data)
+
+
+def raw_sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def assert_alive(d: Daemon, logs: Records | None = None) -> None:
+    """The daemon is still running normally and nothing crashed along the way."""
+    assert d.ready, "the daemon stopped"
+    assert d.exit_code == 0
+    if logs is not None:
+        assert logs.crashes() == [], "an internal error was logged"
+
+
+async def ledger_rows(ledger_path: str) -> list[tuple[bytes, str, str | None]]:
+    """Every ``(path BLOB, state, sha256)`` row of the ledger, read by a second connection."""
+    rows = await asyncio.to_thread(
+        query, Path(ledger_path), "SELECT path, state, sha256 FROM paths ORDER BY path"
+    )
+    return [(bytes(p), s, h) for p, s, h in rows]
+
+
+async def path_state(d: Daemon, path: str | Path) -> str | None:
+    rec = await d.ledger.get_path(str(path))
+    return None if rec is None else rec.state
+
+
+async def wait_path_state(d: Daemon, path: str | Path, state: str, timeout_s: float = 30.0) -> None:
+    async def reached() -> bool:
+        return await path_state(d, path) == state
+
+    await wait_for(reached, timeout_s, what=f"{os.fsencode(path)!r} {state}")
+
+
+# ------------------------------------------------------------------------------------------
+# Names
+
+
+@dataclass(frozen=True)
+class Name:
+    """A hostile file name: its raw bytes and the name the API should receive for it."""
+
+    raw: bytes
+    remote: str
+    label: str
+
+
+NFC = unicodedata.normalize("NFC", "café.mp4").encode()
+NFD = unicodedata.normalize("NFD", "café.mp4").encode()
+assert NFC != NFD
+
+NAMES: tuple[Name, ...] = (
+    Name(b"with space.mp4", "with space.mp4", "space"),
+    Name(b'quote\'s "double".mp4', 'quote\'s "double".mp4', "quotes"),
+    Name(b'semi;colon; filename="evil.exe".mp4', 'semi;colon; filename="evil.exe".mp4', "semi"),
+    Name(b"new\nline.mp4", "new\nline.mp4", "newline"),
+    Name(b"crlf\r\nX-Injected: 1.mp4", "crlf\r\nX-Injected: 1.mp4", "crlf-header"),
+    Name(b"-leading-dash.mp4", "-leading-dash.mp4", "dash"),
+    Name(b"--help.mp4", "--help.mp4", "double-dash"),
+    Name(b"n" * 251 + b".mp4", "n" * 251 + ".mp4", "255-bytes"),
+    Name("é".encode() * 125 + b"x.mp4", "é" * 125 + "x.mp4", "255-bytes-utf8"),
+    Name(b"latin1-\xe9t\xe9.mp4", "latin1-\ufffdt\ufffd.mp4", "not-utf8"),
+    Name(b"\xff\xfe.mp4", "\ufffd\ufffd.mp4", "not-utf8-only"),
+    Name(NFC, NFC.decode(), "nfc"),
+    Name(NFD, NFD.decode(), "nfd"),
+    Name(b"tab\tesc\x1b[31mred.mp4", "tab\tesc\x1b[31mred.mp4", "control"),
+    Name(b"percent%41%2F%25.mp4", "percent%41%2F%25.mp4", "percent"),
+    Name(b"emoji \xf0\x9f\x8e\xac.mp4", "emoji \U0001f3ac.mp4", "emoji"),
+    Name(b"$(touch pwned) `id`.mp4", "$(touch pwned) `id`.mp4", "shell"),
+    Name(b"*?[glob]{a,b}.mp4", "*?[glob]{a,b}.mp4", "glob"),
+    Name(b"UPPER.MP4", "UPPER.MP4", "upper-ext"),
+    Name(b" leading space.mp4", "leading space.mp4", "leading-space"),
+    # The emulator, like servers that accept uploads from Windows browsers, takes a backslash
+    # for a path separator and keeps what follows it: the name is sent intact all the same.
+    Name(b"back\\slash.mp4", "slash.mp4", "backslash"),
+)
+ODD_DIR = b"dir \xe9\n;x"
+
+
+@pytest.mark.parametrize(
+    ("discovery", "mode"), [("scan", "direct"), ("events", "direct"), ("events", "signed_url")]
+)
+async def test_hostile_names_are_uploaded_and_recorded_under_their_exact_bytes(
+    tmp_path: Path,
+    root: Path,
+    emulator: EmulatorServer,
+    logs: Records,
+    discovery: str,
+    mode: str,
+) -> None:
+    """Every name reaches the ledger byte for byte and the API as one well-formed filename.
+
+    ``scan``: the files exist before the daemon starts; ``events``: they arrive while it
+    runs (inotify, including a new folder whose own name is hostile). ``signed_url``: the
+    name goes in the JSON of the allocation and in the multipart part sent to storage.
+    """
+    files: dict[str, tuple[Name, bytes]] = {}
+    for i, name in enumerate(NAMES):
+        files[at(root, name.raw)] = (name, media_bytes("mp4", 3000, seed=i))
+        files[at(at(root, ODD_DIR), name.raw)] = (name, media_bytes("mp4", 3000, seed=100 + i))
+
+    def create() -> None:
+        os.mkdir(os.fsencode(at(root, ODD_DIR)))
+        for path, (_, data) in files.items():
+            write_raw(path, data)
+
+    cfg = make_config(tmp_path, emulator, [root], upload={"workers": 8}, api={"upload_mode": mode})
+    if discovery == "scan":
+        create()
+    async with running(cfg, emulator.key) as d:
+        if discovery == "events":
+            await asyncio.to_thread(create)
+        for path in files:
+            await wait_done(d, Path(path), 60)
+        for path, (_, data) in files.items():
+            rec = await d.ledger.get_path(path)
+            assert rec is not None and rec.state == "present", os.fsencode(path)
+            assert rec.sha256 == raw_sha(data), os.fsencode(path)
+        # The ledger's BLOBs are the on-disk bytes; nothing is known under any other name
+        # (no Unicode normalisation, no lossy decoding).
+        rows = await ledger_rows(cfg.ledger.path)
+        assert {bytes(p): (s, h) for p, s, h in rows} == {
+            os.fsencode(p): ("present", raw_sha(data)) for p, (_, data) in files.items()
+        }
+        assert_alive(d, logs)
+    by_sha = {raw_sha(data): name for name, data in files.values()}
+    sends = emulator.requests("upload" if mode == "direct" else "storage")
+    assert len(sends) == len(files)
+    assert all(r.status is not None and r.status < 300 and r.body_complete for r in sends)
+    sha_of_asset = received(emulator)
+    assert sorted(sha_of_asset.values()) == sorted(by_sha)
+    # The name the API was given (the multipart part's, or the JSON of the allocation).
+    named = emulator.requests("upload" if mode == "direct" else "signed_url")
+    for r in named:
+        assert r.asset_id is not None
+        name = by_sha[sha_of_asset[r.asset_id]]
+        if mode == "signed_url" and b"%" in name.raw:
+            # The emulator percent-decodes the JSON original_filename as if it were a
+            # multipart parameter, so "%2F" turns into a slash there (an emulator quirk).
+            continue
+        assert r.filename == name.remote, name.label
+    # A name cannot forge or split a log line, whatever bytes it holds.
+    for message in logs.messages():
+        assert "\n" not in message and "\r" not in message and "\x1b" not in message, message
+
+
+# ------------------------------------------------------------------------------------------
+# Symlinks
+
+
+@pytest.mark.parametrize("follow", [False, True], ids=["default", "follow_symlinks"])
+async def test_symlinks_are_followed_only_when_configured_and_never_hang(
+    tmp_path: Path, root: Path, emulator: EmulatorServer, logs: Records, follow: bool
+) -> None:
+    """Links to a file inside the root, outside every root, dangling, to themselves, in a
+    two-link cycle, folder links back up the tree, links to a FIFO and to ``/dev/zero``;
+    some exist at startup, some appear while the daemon runs. By default no link is
+    followed (nothing outside the root is read); with ``follow_symlinks`` the targets are
+    uploaded under the link's path, and the dangling, looping and special ones are ignored."""
+    outside = tmp_path / "outside"
+    (outside / "deep").mkdir(parents=True)
+    (root / "sub").mkdir()
+    shas = {
+        "real": write_media(root / "real.mp4", seed=1),
+        "inner": write_media(root / "sub" / "inner.mp4", seed=2),
+        "out": write_media(outside / "out.mp4", seed=3),
+        "out2": write_media(outside / "deep" / "out2.mp4", seed=4),
+        "late": write_media(outside / "late.mp4", seed=5),
+    }
+    os.mkfifo(outside / "fifo.mp4")
+    (root / "link-inside.mp4").symlink_to(root / "real.mp4")
+    (root / "link-outside.mp4").symlink_to(outside / "out.mp4")
+    (root / "dangling.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    (root / "self-loop.mp4").symlink_to(root / "self-loop.mp4")
+    (root / "cycle-a.mp4").symlink_to(root / "cycle-b.mp4")
+    (root / "cycle-b.mp4").symlink_to(root / "cycle-a.mp4")
+    # Two links back up the tree: a walk that follows links without remembering where it has
+    # been branches at every level (2^40 paths before the kernel's link limit stops it).
+    (root / "sub" / "up").symlink_to(root)
+    (root / "sub" / "up-again").symlink_to(root)
+    (root / "outside-dir").symlink_to(outside)
+    (root / "link-fifo.mp4").symlink_to(outside / "fifo.mp4")
+    (root / "link-zero.mp4").symlink_to("/dev/zero")
+    cfg = make_config(
+        tmp_path,
+        emulator,
+        [root],
+        watch=[{"path": str(root), "follow_symlinks": follow}],
+        upload={"hash_workers": 1},
+    )
+    async with running(cfg, emulator.key) as d:
+        (root / "late-inside.mp4").symlink_to(root / "sub" / "inner.mp4")
+        (root / "late-outside.mp4").symlink_to(outside / "late.mp4")
+        (root / "late-dangling.mp4").symlink_to(tmp_path / "nowhere-either.mp4")
+        (root / "newdir").mkdir()
+        (root / "newdir" / "back").symlink_to(root)
+        (root / "newdir" / "back-again").symlink_to(root / "sub")
+        shas["new"] = write_media(root / "newdir" / "new.mp4", seed=6)
+        await wait_done(d, root / "real.mp4")
+        await wait_done(d, root / "sub" / "inner.mp4")
+        await wait_done(d, root / "newdir" / "new.mp4")
+        if follow:
+            for rel in (
+                "link-inside.mp4",
+                "link-outside.mp4",
+                "outside-dir/out.mp4",
+                "outside-dir/deep/out2.mp4",
+                "late-inside.mp4",
+                "late-outside.mp4",
+            ):
+                await wait_done(d, root / rel)
+        # Long enough for anything wrongly followed to be settled, hashed and sent.
+        await asyncio.sleep(1.5)
+        rows = await ledger_rows(cfg.ledger.path)
+        present = {os.fsdecode(p)[len(str(root)) + 1 :] for p, s, _ in rows if s == "present"}
+        assert_alive(d, logs)
+    expected = {"real.mp4", "sub/inner.mp4", "newdir/new.mp4"}
+    uploaded = {shas["real"], shas["inner"], shas["new"]}
+    if follow:
+        expected |= {
+            "link-inside.mp4",
+            "link-outside.mp4",
+            "outside-dir/out.mp4",
+            "outside-dir/deep/out2.mp4",
+            "outside-dir/late.mp4",
+            "late-inside.mp4",
+            "late-outside.mp4",
+        }
+        uploaded |= {shas["out"], shas["out2"], shas["late"]}
+    assert present == expected
+    # One upload per distinct content: a link to a file already sent costs nothing.
+    assert sorted(received(emulator).values()) == sorted(uploaded)
+    # Nobody is left blocked opening the FIFO behind the link: a writer finds no reader.
+    with pytest.raises(OSError) as info:
+        os.close(os.open(outside / "fifo.mp4", os.O_WRONLY | os.O_NONBLOCK))
+    assert info.value.errno == errno.ENXIO
+
+
+# ------------------------------------------------------------------------------------------
+# FIFOs, sockets and device nodes
+
+
+def fifo_has_reader(path: Path | str) -> bool:
+    """Whether some process holds the FIFO open for reading (or is blocked opening it)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            return False
+        raise
+    os.close(fd)
+    return True
+
+
+def make_specials(folder: Path, tag: str, stack: contextlib.ExitStack) -> list[Path]:
+    """A FIFO, a Unix socket, /dev/zero's and loop0's device numbers, all named as media."""
+    fifo = folder / f"fifo-{tag}.mp4"
+    os.mkfifo(fifo)
+    sock = stack.enter_context(socket.socket(socket.AF_UNIX))
+    sock.bind(str(folder / f"socket-{tag}.mp4"))
+    os.mknod(folder / f"zero-{tag}.mp4", stat.S_IFCHR | 0o644, os.makedev(1, 5))
+    os.mknod(folder / f"block-{tag}.mkv", stat.S_IFBLK | 0o644, os.makedev(7, 0))
+    weird = at(folder, f"fifo\n{tag}\xe9.mp4".encode())
+    os.mkfifo(os.fsencode(weird))
+    return [
+        fifo,
+        folder / f"socket-{tag}.mp4",
+        folder / f"zero-{tag}.mp4",
+        folder / f"block-{tag}.mkv",
+        Path(weird),
+    ]
+
+
+async def test_fifos_sockets_and_devices_are_never_opened(
+    tmp_path: Path, root: Path, emulator: EmulatorServer, logs: Records
+) -> None:
+    """Opening a FIFO for reading blocks until a writer comes (forever, here); reading
+    ``/dev/zero`` never ends; reading a block device would upload a disk. With one hashing
+    thread, one blocked open would stop every later file: the regular files that arrive
+    after the special ones prove nothing blocked, and the FIFOs prove nobody opened them."""
+    with contextlib.ExitStack() as stack:
+        early = make_specials(root, "early", stack)
+        write_media(root / "before.mp4", seed=1)
+        cfg = make_config(tmp_path, emulator, [root], upload={"hash_workers": 1})
+        async with running(cfg, emulator.key) as d:
+            late = make_specials(root, "late", stack)
+            for special in early + late:
+                os.utime(special)  # a content event for each, as a writer would cause
+            write_media(root / "after.mp4", seed=2)
+            await wait_done(d, root / "before.mp4")
+            await wait_done(d, root / "after.mp4")
+            await asyncio.sleep(1.0)
+            for special in early + late:
+                assert await path_state(d, special) in (None, "skipped"), special
+                if stat.S_ISFIFO(os.lstat(special).st_mode):
+                    assert not fifo_has_reader(special), f"{special} was opened"
+            assert_alive(d, logs)
+    assert len(emulator.requests("upload")) == 2
+    assert sorted(received(emulator).values()) == sorted(
+        [sha256_of(root / "before.mp4"), sha256_of(root / "after.mp4")]
+    )
