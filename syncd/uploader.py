@@ -119,7 +119,9 @@ class Uploader:
         self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=cfg.upload.workers)
         self._wake = asyncio.Event()
         self._intake_open = True
-        self._active: dict[asyncio.Task[object], str] = {}
+        # Uploads past their first ledger write (a request is about to start or running):
+        # shutdown waits for these; workers still waiting for the pacer are simply cancelled.
+        self._active: set[asyncio.Task[object]] = set()
         self._idle = asyncio.Event()  # set whenever no upload is in flight
         self._idle.set()
         # Called after an asset id is committed (the daemon points it at the poller).
@@ -222,9 +224,6 @@ class Uploader:
     async def upload(self, job: Job) -> None:
         """Upload one content and record the outcome; never raises except cancellation."""
         task = asyncio.current_task()
-        if task is not None:
-            self._active[task] = job.content.sha256
-            self._idle.clear()
         try:
             await self._upload(job)
         except asyncio.CancelledError:
@@ -241,9 +240,16 @@ class Uploader:
             )
         finally:
             if task is not None:
-                self._active.pop(task, None)
+                self._active.discard(task)
                 if not self._active:
                     self._idle.set()
+
+    def _in_flight(self) -> None:
+        """The current task's upload has begun: shutdown lets it finish within the grace."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._active.add(task)
+            self._idle.clear()
 
     def _mode_for(self, content: Content) -> str:
         mode = self.cfg.api.upload_mode
@@ -308,6 +314,7 @@ class Uploader:
     async def _upload_direct(self, content: Content, path: str, before: Fingerprint) -> None:
         await self.pacer.acquire("upload")
         started = self.clock()
+        self._in_flight()
         attempt = await self.ledger.begin_attempt(content.sha256, path, "direct")
         failpoint("attempt_started")
         t0 = time.monotonic()
@@ -350,6 +357,7 @@ class Uploader:
             # An earlier send to this URL may have landed before a crash: ask before resending.
             status = await self._peek_status(asset_id)
             if status is not None and status != "WAITING":
+                self._in_flight()
                 attempt = await self.ledger.begin_attempt(
                     content.sha256, path, "signed_url", asset_id
                 )
@@ -366,6 +374,7 @@ class Uploader:
                     "%s: asset %s already received its bytes", _short(content.sha256), asset_id
                 )
                 return
+            self._in_flight()
             attempt = await self.ledger.begin_attempt(content.sha256, path, "signed_url", asset_id)
         else:
             if asset_id is not None:
@@ -379,6 +388,7 @@ class Uploader:
                     reason="signed URL expired before the upload",
                 )
             await self.pacer.acquire("signed_url")
+            self._in_flight()
             attempt = await self.ledger.begin_attempt(content.sha256, path, "signed_url")
             try:
                 signed = await self.client.allocate_signed_url(os.path.basename(path))
@@ -552,18 +562,22 @@ class Uploader:
             self.state.healthy = True
             self.state.reason = ""
 
-    def _set_pause(self, kind: str, reason: str) -> float:
-        # One probe after the pause; the pause doubles per failed probe up to the cap, so a
-        # broken key or an empty account costs a request every few minutes, not a storm.
+    def _set_pause(self, kind: str, reason: str) -> tuple[float, bool]:
+        """Pause all uploads; returns (seconds until the probe, whether this is news).
+
+        One probe after the pause; the pause doubles per failed probe up to the cap, so a
+        broken key or an empty account costs a request every few minutes, not a storm.
+        """
         pause = self.state.pause
         cfg = self.cfg.upload
         if pause is not None and self.clock() < pause.until:
-            return pause.until - self.clock()  # other workers' answers to the same problem
+            # Another worker's answer to the same problem, already reported.
+            return pause.until - self.clock(), False
         delay = cfg.pause_initial_s if pause is None else min(cfg.pause_max_s, pause.delay_s * 2)
         self.state.pause = Pause(reason, self.clock() + delay, delay, kind)
         self.state.healthy = kind != "auth"
         self.state.reason = reason
-        return delay
+        return delay, True
 
     async def _api_failure(
         self,
@@ -630,8 +644,9 @@ class Uploader:
                 if kind == "auth"
                 else "the account is out of credits (HTTP %s): recharge it"
             ) % exc.status
-            delay = self._set_pause(kind, what)
-            log.error("uploads paused: %s; probing again in %.0f s", what, delay)
+            delay, news = self._set_pause(kind, what)
+            if news:
+                log.error("uploads paused: %s; probing again in %.0f s", what, delay)
             await self.ledger.retry_later(
                 sha,
                 attempt,

@@ -173,7 +173,7 @@ async def test_a_file_always_rejected_ends_rejected_without_stalling_others(
 
 
 async def test_401_stops_all_uploads_and_marks_the_daemon_unhealthy(
-    tmp_path: Path, root: Path, emulator: EmulatorServer
+    tmp_path: Path, root: Path, emulator: EmulatorServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     cfg = make_config(tmp_path, emulator, [root], upload={"pause_initial_s": 30})
     drop(root, 6)
@@ -191,6 +191,8 @@ async def test_401_stops_all_uploads_and_marks_the_daemon_unhealthy(
             return beat is not None and beat["healthy"] is False
 
         await wait_for(beat_unhealthy, 15, what="heartbeat says unhealthy")
+    # One clear line, not one per worker that met the 401.
+    assert len([r for r in caplog.records if "uploads paused" in r.getMessage()]) == 1
 
 
 async def test_402_pauses_then_resumes_by_itself_when_credits_return(
@@ -338,3 +340,18 @@ async def test_a_1_gib_sparse_file_uploads_with_flat_client_memory(
     (asset,) = emulator.assets()
     assert asset.size == 1 << 30 and asset.sha256 == sha256_of(big)
     assert os.path.getsize(big) == 1 << 30
+
+
+async def test_a_cool_down_survives_a_restart(
+    tmp_path: Path, root: Path, emulator: EmulatorServer
+) -> None:
+    cfg = make_config(
+        tmp_path, emulator, [root], rate_limits={"cooldown_initial_s": 5, "cooldown_max_s": 20}
+    )
+    emulator.add_faults({"endpoint": "upload", "throttle_for_s": 60})
+    drop(root, 2)
+    async with running(cfg, emulator.key) as d:
+        await wait_for(lambda: d.pacer.cooldown_remaining_s("upload") > 0, 20, what="cool-down")
+    # A restart during the storm does not hammer the API: the cool-down is still in force.
+    async with running(cfg, emulator.key) as d:
+        assert d.pacer.cooldown_remaining_s("upload") > 1.0
