@@ -74,6 +74,7 @@ from syncd.errors import (
     SignedUrlExpired,
     SyncdError,
 )
+from syncd.fingerprint import Fingerprint
 from syncd.media import FORMATS, extension_of
 
 log = logging.getLogger(__name__)
@@ -211,16 +212,24 @@ def _read_and_hash(fd: int, size: int, offset: int, sha: Any) -> bytes:
     return data
 
 
-def _open_regular(path: str) -> tuple[int, int]:
-    """Runs in a worker thread: open ``path`` for reading; returns (fd, size)."""
+def _open_regular(path: str, expected: Fingerprint | None) -> tuple[int, int]:
+    """Runs in a worker thread: open ``path`` for reading; returns (fd, size).
+
+    ``expected``, when given, is the fingerprint the caller checked: the file opened must be
+    exactly that file (a symlink or another file swapped in since is refused, unsent).
+    """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO in the file's place opens at once (and is refused below) instead
+        # of blocking this thread until a writer comes; reads of a regular file ignore it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
         raise LocalFileError(path, exc.strerror or str(exc), exc.errno) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise LocalFileError(path, "not a regular file")
+        if expected is not None and Fingerprint.of(st) != expected:
+            raise LocalFileError(path, "changed since it was checked; nothing was sent")
     except BaseException:
         os.close(fd)
         raise
@@ -417,17 +426,19 @@ class MaviClient:
         *,
         filename: str,
         on_headers_sent: Callable[[], None] | None = None,
+        expected: Fingerprint | None = None,
     ) -> UploadResult:
         """Upload the file at ``path`` with ``POST /upload`` as the multipart ``file`` part.
 
         Given the path to open (a ``str``, possibly with surrogate-escaped bytes), the file
-        name to send, and an optional callback run once, just before the first byte of the
-        body goes out (from then on the service may create an asset). Returns the asset id,
+        name to send, an optional callback run once, just before the first byte of the
+        body goes out (from then on the service may create an asset), and optionally the
+        fingerprint the opened file must have (else nothing is sent). Returns the asset id,
         the SHA-256 and count of the bytes sent, and the HTTP status. Raises an
         :class:`~syncd.errors.ApiError` subclass, or :class:`LocalFileError`.
         """
         answer, payload = await self._send_file(
-            "upload", self._base / "upload", path, filename, True, on_headers_sent
+            "upload", self._base / "upload", path, filename, True, on_headers_sent, expected
         )
         data = self._success_data("upload", answer)
         if not answer.body_sent:
@@ -472,10 +483,12 @@ class MaviClient:
         *,
         filename: str,
         on_headers_sent: Callable[[], None] | None = None,
+        expected: Fingerprint | None = None,
     ) -> UploadResult:
         """Upload the file at ``path`` to a signed URL, without the ``Authorization`` header.
 
-        Given the URL from :meth:`allocate_signed_url`, the path and the file name to send.
+        Given the URL from :meth:`allocate_signed_url`, the path and the file name to send
+        (``on_headers_sent`` and ``expected`` as for :meth:`upload`).
         Any 2xx means the bytes were accepted (the answer is not an envelope). Returns an
         :class:`UploadResult` whose ``asset_id`` is ``None``. Raises
         :class:`~syncd.errors.SignedUrlExpired` when the storage host refuses the URL (401,
@@ -485,7 +498,7 @@ class MaviClient:
         if not _is_http_url(url):
             raise ValueError("the signed URL is not an http(s) URL")
         answer, payload = await self._send_file(
-            "storage", URL(url, encoded=True), path, filename, False, on_headers_sent
+            "storage", URL(url, encoded=True), path, filename, False, on_headers_sent, expected
         )
         if not 200 <= answer.status < 300:
             raise self._status_error("storage", answer)
@@ -559,8 +572,9 @@ class MaviClient:
         filename: str,
         auth: bool,
         on_headers_sent: Callable[[], None] | None,
+        expected: Fingerprint | None,
     ) -> tuple[_Answer, _FilePayload]:
-        fd, size = await asyncio.to_thread(_open_regular, path)
+        fd, size = await asyncio.to_thread(_open_regular, path, expected)
         try:
             payload = _FilePayload(
                 fd,
