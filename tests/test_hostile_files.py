@@ -33,8 +33,10 @@ from pipeline_support import (
 )
 from samples import media_bytes, write_media
 
+from syncd.client import LocalFileError, MaviClient
 from syncd.daemon import Daemon
 from syncd.emulator import EmulatorServer
+from syncd.fingerprint import Fingerprint
 
 
 class Records(logging.Handler):
@@ -390,3 +392,41 @@ async def test_fifos_sockets_and_devices_are_never_opened(
     assert sorted(received(emulator).values()) == sorted(
         [sha256_of(root / "before.mp4"), sha256_of(root / "after.mp4")]
     )
+
+
+async def test_the_client_refuses_a_fifo_or_a_swapped_file_before_sending_a_byte(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    """The uploader checks a file's fingerprint, then the client opens it: whatever takes its
+    place in between (a FIFO, a symlink to a file outside the roots, another file) is refused
+    before the request starts, and opening a FIFO does not block."""
+    path = tmp_path / "clip.mp4"
+    write_media(path, seed=1)
+    checked = Fingerprint.stat(str(path))
+    secret = tmp_path / "elsewhere" / "private.mp4"
+    secret.parent.mkdir()
+    write_media(secret, seed=2)
+    swaps = {
+        "fifo": lambda: os.mkfifo(path),
+        "symlink": lambda: path.symlink_to(secret),
+        "other file": lambda: write_media(path, seed=3),
+    }
+    async with MaviClient(emulator.base_url, emulator.key) as client:
+        for what, swap in swaps.items():
+            path.unlink()
+            swap()
+            try:
+                with pytest.raises(LocalFileError):
+                    await asyncio.wait_for(
+                        client.upload(str(path), filename=path.name, expected=checked), 10
+                    )
+            finally:
+                if stat.S_ISFIFO(os.lstat(path).st_mode):
+                    fifo_has_reader(path)  # its open for writing frees a reader stuck in open()
+            assert emulator.requests() == [], what
+        # A FIFO is refused at once even without a fingerprint to compare with.
+        path.unlink()
+        os.mkfifo(path)
+        with pytest.raises(LocalFileError, match="not a regular file"):
+            await asyncio.wait_for(client.upload(str(path), filename=path.name), 10)
+    assert emulator.requests() == []
