@@ -319,7 +319,9 @@ class Uploader:
         failpoint("attempt_started")
         t0 = time.monotonic()
         try:
-            result = await self.client.upload(path, filename=os.path.basename(path))
+            result = await self.client.upload(
+                path, filename=os.path.basename(path), expected=before
+            )
         except asyncio.CancelledError:
             # The body may have been complete and the answer lost: the honest bound.
             await self._interrupted(
@@ -414,7 +416,7 @@ class Uploader:
         t0 = time.monotonic()
         try:
             result = await self.client.upload_to_signed_url(
-                url, path, filename=os.path.basename(path)
+                url, path, filename=os.path.basename(path), expected=before
             )
         except asyncio.CancelledError:
             await self._interrupted(
