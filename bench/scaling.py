@@ -1,0 +1,197 @@
+"""Figure 7: figures 2 and 4 at 10x smaller and 10x larger sizes; how cost grows.
+
+Restart over an already-synced library: 10,000 files in 100 folders, 100,000 in 1,000 and
+(``--full``) 1,000,000 in 10,000, 100 files per folder throughout. Many small files: bursts of
+200, 2,000 and (``--full``) 20,000. The middle points come from ``restart.json`` and
+``smallfiles.json`` in the results folder when those were measured at their default sizes
+(as in a whole-suite run); otherwise they are measured here. A straight line
+``time = fixed + per_item * n`` through the points says how the cost grows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from bench import restart, smallfiles
+from bench.harness import Emulator, Figure, Result, Stat, log, ratios, rmtree, workdir
+
+NAME = "scaling"
+TITLE = "7. Scaling"
+DESCRIPTION = (
+    "Figures 2 and 4 repeated at 10x smaller sizes (and, with `--full`, 10x larger ones: "
+    "1,000,000 files on disk; bursts of 20,000 files), with a straight line "
+    "`time = fixed + per_item * n` fitted through the medians."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add this benchmark's flags (none: sizes follow --quick and --full)."""
+
+
+def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares line through ``(n, seconds)`` points; returns (fixed_s, per_item_s)."""
+    if len(points) < 2:
+        return float("nan"), float("nan")
+    mean_n = statistics.fmean(n for n, _ in points)
+    mean_t = statistics.fmean(t for _, t in points)
+    var = sum((n - mean_n) ** 2 for n, _ in points)
+    slope = sum((n - mean_n) * (t - mean_t) for n, t in points) / var
+    return mean_t - slope * mean_n, slope
+
+
+def _sibling(results_dir: Path, name: str, key: str, size: int) -> dict[str, Any] | None:
+    path = results_dir / f"{name}.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get("quick") or data.get("params", {}).get(key) != size:
+        return None
+    result: dict[str, Any] = data
+    return result
+
+
+def _restart_point(series: restart.RestartSeries) -> dict[str, Any]:
+    ready = [r.ready_s for r in series.runs]
+    return {
+        "files": series.files,
+        "folders": series.folders,
+        "ready_s": ready,
+        "find_s": series.find_s,
+        "rss_mb": [r.rss_kib * 1024 / 1e6 for r in series.runs],
+    }
+
+
+def _small_point(series: smallfiles.Series) -> dict[str, Any]:
+    return {
+        "files": series.count,
+        "e2e_s": [r.e2e_s for r in series.ours],
+        "bare_s": series.bare_s,
+        "files_per_s": series.files_per_s(),
+        "bare_files_per_s": series.bare_files_per_s(),
+        "rss_mb": [r.rss_kib * 1024 / 1e6 for r in series.ours],
+    }
+
+
+def run(args: argparse.Namespace) -> Result:
+    """Run the benchmark; returns its result."""
+    repeat = args.repeat or (1 if args.quick else 3)
+    if args.quick:
+        restart_sizes = [(50, 1), (200, 2)]
+        small_sizes = [4, 12]
+        middle_restart, middle_small = -1, -1
+    else:
+        restart_sizes = [(10_000, 100), (100_000, 1000)]
+        small_sizes = [200, 2000]
+        middle_restart, middle_small = 100_000, 2000
+        if args.full:
+            restart_sizes.append((1_000_000, 10_000))
+            small_sizes.append(20_000)
+    restart_points: list[dict[str, Any]] = []
+    small_points: list[dict[str, Any]] = []
+    with workdir(args.work_dir, NAME) as folder:
+        with Emulator(folder / "emulator") as emulator:
+            for files, folders in restart_sizes:
+                sibling = (
+                    _sibling(args.results_dir, restart.NAME, "files", files)
+                    if files == middle_restart
+                    else None
+                )
+                if sibling is not None:
+                    fig = sibling["figures"][0]
+                    restart_points.append(
+                        {
+                            "files": files,
+                            "folders": folders,
+                            "ready_s": fig["value"]["values"],
+                            "find_s": fig["reference"]["values"],
+                            "rss_mb": sibling["extra"]["rss_mb"],
+                            "from": "restart.json",
+                        }
+                    )
+                    continue
+                n_repeat = 1 if files >= 1_000_000 else repeat
+                log(f"{NAME}: restart at {files} files")
+                series, _tree = restart.measure(
+                    folder / f"restart-{files}",
+                    emulator,
+                    files,
+                    folders,
+                    n_repeat,
+                    warm_up=not args.quick,
+                )
+                restart_points.append(_restart_point(series))
+                rmtree(folder / f"restart-{files}")
+        for count in small_sizes:
+            sibling = (
+                _sibling(args.results_dir, smallfiles.NAME, "files", count)
+                if count == middle_small
+                else None
+            )
+            if sibling is not None:
+                fig = sibling["figures"][0]
+                small_points.append(
+                    {
+                        "files": count,
+                        "e2e_s": sibling["extra"]["e2e_s"],
+                        "bare_s": sibling["extra"]["bare_s"],
+                        "files_per_s": fig["value"]["values"],
+                        "bare_files_per_s": fig["reference"]["values"],
+                        "rss_mb": sibling["extra"]["rss_mb"],
+                        "from": "smallfiles.json",
+                    }
+                )
+                continue
+            n_repeat = 1 if count >= 20_000 else repeat
+            log(f"{NAME}: many small files at {count}")
+            small_points.append(
+                _small_point(smallfiles.measure(folder / f"small-{count}", count, n_repeat))
+            )
+    result = Result(
+        NAME,
+        {
+            "restart_sizes": [s[0] for s in restart_sizes],
+            "small_sizes": small_sizes,
+            "repeat": repeat,
+            "full": bool(args.full),
+        },
+    )
+    for point in restart_points:
+        result.figures.append(
+            Figure(
+                key=f"restart_{point['files']}",
+                label=f"Restart, {point['files']:,} files",
+                value=Stat(point["ready_s"], "s"),
+                reference=Stat(point["find_s"], "s"),
+                reference_label="find",
+                ratio=Stat(ratios(point["ready_s"], point["find_s"]), "x"),
+            )
+        )
+    for point in small_points:
+        result.figures.append(
+            Figure(
+                key=f"small_{point['files']}",
+                label=f"Many small files, {point['files']:,}",
+                value=Stat(point["files_per_s"], "files/s"),
+                reference=Stat(point["bare_files_per_s"], "files/s"),
+                reference_label="bare aiohttp",
+                ratio=Stat(ratios(point["files_per_s"], point["bare_files_per_s"]), "x"),
+            )
+        )
+    fixed_r, per_r = fit([(p["files"], statistics.median(p["ready_s"])) for p in restart_points])
+    fixed_f, per_f = fit([(p["files"], statistics.median(p["find_s"])) for p in restart_points])
+    fixed_s, per_s = fit([(p["files"], statistics.median(p["e2e_s"])) for p in small_points])
+    fixed_b, per_b = fit([(p["files"], statistics.median(p["bare_s"])) for p in small_points])
+    result.extra = {
+        "restart_points": restart_points,
+        "small_points": small_points,
+        "restart_fit": {"fixed_s": fixed_r, "per_file_us": per_r * 1e6},
+        "find_fit": {"fixed_s": fixed_f, "per_file_us": per_f * 1e6},
+        "small_fit": {"fixed_s": fixed_s, "per_file_ms": per_s * 1e3},
+        "bare_fit": {"fixed_s": fixed_b, "per_file_ms": per_b * 1e3},
+    }
+    return result
