@@ -31,7 +31,7 @@ from pipeline_support import (
     wait_done,
     wait_for,
 )
-from samples import media_bytes, write_media
+from samples import HEADERS, media_bytes, write_media
 
 from syncd.client import LocalFileError, MaviClient
 from syncd.daemon import Daemon
@@ -430,3 +430,146 @@ async def test_the_client_refuses_a_fifo_or_a_swapped_file_before_sending_a_byte
         with pytest.raises(LocalFileError, match="not a regular file"):
             await asyncio.wait_for(client.upload(str(path), filename=path.name), 10)
     assert emulator.requests() == []
+
+
+# ------------------------------------------------------------------------------------------
+# What a file holds: sizes, limits, content
+
+
+GIB = 1 << 30
+
+
+def sparse(path: Path, size: int, ext: str = "mkv") -> None:
+    """A file of ``size`` bytes that starts like real media and is a hole after that."""
+    with open(path, "wb") as f:
+        f.write(HEADERS[ext])
+        f.truncate(size)
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "reason"),
+    [
+        ("empty.mp4", lambda p: p.write_bytes(b""), "empty file"),
+        ("one-byte.mp4", lambda p: p.write_bytes(b"\x00"), "content is not media"),
+        ("one-byte.jpg", lambda p: p.write_bytes(b"\xff"), "content is not media"),
+        ("text.mp4", lambda p: p.write_text("not a video\n" * 50), "starts with text"),
+        ("over-limit.mp4", lambda p: write_media(p, size=20_001), "larger than upload.max"),
+        ("ten-gib-sparse.mkv", lambda p: sparse(p, 10 * GIB), "larger than upload.max"),
+    ],
+    ids=["zero-byte", "one-byte", "one-byte-jpg", "text-as-mp4", "over-limit", "10GiB-sparse"],
+)
+async def test_files_that_must_not_cost_a_request_are_skipped_with_a_reason(
+    tmp_path: Path,
+    root: Path,
+    emulator: EmulatorServer,
+    logs: Records,
+    name: str,
+    make: object,
+    reason: str,
+) -> None:
+    """Pre-flight decides from the size and the first KiB, before any hash or request: the
+    10 GiB sparse file (over the 20,000-byte limit here) is never read past its head. A
+    10 GiB file under the limit would be hashed and streamed like any other (the 1 GiB
+    sparse upload in ``test_upload.py`` shows the daemon's memory stays flat)."""
+    cfg = make_config(tmp_path, emulator, [root], upload={"max_file_bytes": 20_000})
+    async with running(cfg, emulator.key) as d:
+        await asyncio.to_thread(make, root / name)  # type: ignore[arg-type]
+        write_media(root / "fine.mp4", seed=7)
+        await wait_path_state(d, root / name, "skipped")
+        rec = await d.ledger.get_path(str(root / name))
+        assert rec is not None and rec.reason is not None and reason in rec.reason
+        await wait_done(d, root / "fine.mp4")
+        assert d.hasher.bytes_hashed == (root / "fine.mp4").stat().st_size
+        assert_alive(d, logs)
+    assert [r.filename for r in emulator.requests("upload")] == ["fine.mp4"]
+    assert len(logs.matching(f"skipping {root / name}", logging.INFO)) == 1
+
+
+# ------------------------------------------------------------------------------------------
+# Files that change under the daemon
+
+
+@pytest.mark.parametrize("change", ["truncated", "replaced", "deleted"])
+async def test_file_changed_while_being_hashed(
+    tmp_path: Path, root: Path, emulator: EmulatorServer, logs: Records, change: str
+) -> None:
+    """A 2 GiB sparse file takes the hasher about a second and a half; the change lands
+    while it reads. Truncated or replaced: the digest is thrown away and what the path holds
+    in the end is uploaded, once. Deleted: the path is gone and nothing is sent."""
+    path = root / "big.mkv"
+    sparse(path, 2 * GIB)
+    replacement = tmp_path / "replacement.mkv"
+    new_sha = write_media(replacement, size=50_000, seed=9)
+    cfg = make_config(tmp_path, emulator, [root])
+    async with running(cfg, emulator.key) as d:
+        await wait_for(lambda: str(path) in d._hashing, 30, 0.005, what="hashing started")
+        if change == "truncated":
+            os.truncate(path, 10_000)
+            new_sha = sha256_of(path)
+        elif change == "replaced":
+            os.replace(replacement, path)  # a new inode under the same name
+        else:
+            path.unlink()
+        if change == "deleted":
+            await wait_for(lambda: not d._hashing, 30, what="hashing over")
+            await asyncio.sleep(0.5)
+            # Never recorded (it was found by the startup scan and never hashed whole).
+            assert await path_state(d, path) in (None, "gone")
+        else:
+            asset = await wait_done(d, path)
+            assert received(emulator)[asset] == new_sha
+        assert_alive(d, logs)
+    expected = [] if change == "deleted" else [new_sha]
+    assert sorted(received(emulator).values()) == expected
+    assert len(emulator.requests("upload")) == len(expected)
+
+
+@pytest.mark.parametrize("change", ["truncated", "replaced", "deleted"])
+async def test_file_changed_while_being_uploaded(
+    tmp_path: Path, root: Path, emulator: EmulatorServer, logs: Records, change: str
+) -> None:
+    """The emulator holds the request for two seconds before reading the 32 MB body, so the
+    client is mid-body when the file changes. Truncated: the body is cut short (no asset is
+    created from it) and the new content is uploaded. Replaced or deleted: the open file
+    still delivers the old bytes whole; that asset is kept in the ledger as superseded (never
+    as the content's, never lost), and a replacement is uploaded in its own right."""
+    emulator.add_faults({"endpoint": "upload", "latency_s": 2.0, "count": 1})
+    path = root / "clip.mp4"
+    old_sha = write_media(path, size=32_000_000, seed=1)
+    replacement = tmp_path / "replacement.mp4"
+    new_sha = write_media(replacement, size=60_000, seed=2)
+    cfg = make_config(tmp_path, emulator, [root])
+    async with running(cfg, emulator.key) as d:
+        await wait_for(lambda: emulator.requests("upload"), 30, what="upload started")
+        if change == "truncated":
+            os.truncate(path, 20_000)
+            new_sha = sha256_of(path)
+        elif change == "replaced":
+            os.replace(replacement, path)
+        else:
+            path.unlink()
+        if change == "deleted":
+            await wait_path_state(d, path, "gone")
+            await wait_for(lambda: not d.uploader.state.in_flight, 30, what="upload over")
+            await asyncio.sleep(0.5)
+        else:
+            asset = await wait_done(d, path)
+            assert received(emulator)[asset] == new_sha
+        # A replacement may be sent and done before the old upload's answer comes.
+        await wait_for(lambda: not d.uploader.state.in_flight, 30, what="uploads over")
+        old = await d.ledger.get_content(old_sha)
+        assert old is not None and old.asset_id is None and old.state != "done"
+        superseded = {a for a, *_ in await d.ledger.superseded_of(old_sha)}
+        assert_alive(d, logs)
+    first = emulator.requests("upload")[0]
+    if change == "truncated":
+        assert first.asset_id is None and not first.body_complete
+        assert superseded == set()
+    else:
+        # The old bytes arrived whole: their asset exists and the ledger keeps its id.
+        assert first.asset_id is not None and received(emulator)[first.asset_id] == old_sha
+        assert superseded == {first.asset_id}
+    # Every asset the emulator holds is known to the ledger, and holds what the ledger says.
+    for asset_id, sha in received(emulator).items():
+        assert sha in (old_sha, new_sha)
+        assert (asset_id in superseded) == (sha == old_sha)
