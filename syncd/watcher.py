@@ -515,6 +515,18 @@ class _CountingInotifyFD(InotifyFD):
                 self._hooks.watch_limit(os.fsdecode(path))
             raise
 
+    def _add_callback(
+        self, path: bytes, mask: Mask, callback: WatchCallback, id_: CallbackId
+    ) -> WatchDescriptor:
+        # watchdog warns (RuntimeWarning, on stderr) whenever a group's callback is added to
+        # a folder it watches already. That is routine: a tree created at once (mkdir -p, a
+        # folder moved in) is walked when its top appears, and then each sub-folder's own
+        # creation event adds it again. Putting the same callback back changes nothing.
+        watch = self._get_or_create_watch(path, mask)
+        watch.callbacks[id_] = callback
+        wd: WatchDescriptor = watch.wd
+        return wd
+
 
 @dataclass
 class _WatchGroup(InotifyWatchGroup):
