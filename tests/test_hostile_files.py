@@ -14,8 +14,10 @@ import contextlib
 import errno
 import logging
 import os
+import shutil
 import socket
 import stat
+import subprocess
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -573,3 +575,151 @@ async def test_file_changed_while_being_uploaded(
     for asset_id, sha in received(emulator).items():
         assert sha in (old_sha, new_sha)
         assert (asset_id in superseded) == (sha == old_sha)
+
+
+# ------------------------------------------------------------------------------------------
+# Deep trees and roots that misbehave
+
+
+async def test_a_folder_200_levels_deep(
+    tmp_path: Path, root: Path, emulator: EmulatorServer, logs: Records
+) -> None:
+    """200 nested folders: one file at the bottom found by the startup scan, one written
+    into the existing bottom folder while the daemon runs (inotify watches all 200 levels),
+    and a second 200-level chain created at once with a file at its bottom (a new folder
+    event, then a scan of that folder)."""
+    deep = root.joinpath(*(["d"] * 200))
+    deep.mkdir(parents=True)
+    scanned = write_media(deep / "scanned.mp4", seed=1)
+    cfg = make_config(tmp_path, emulator, [root])
+    async with running(cfg, emulator.key) as d:
+        evented = write_media(deep / "evented.mp4", seed=2)
+        chain = root.joinpath(*(["e"] * 200))
+        await asyncio.to_thread(chain.mkdir, parents=True)
+        chained = write_media(chain / "chained.mp4", seed=3)
+        for path in (deep / "scanned.mp4", deep / "evented.mp4", chain / "chained.mp4"):
+            await wait_done(d, path)
+        assert_alive(d, logs)
+    assert sorted(received(emulator).values()) == sorted([scanned, evented, chained])
+
+
+@pytest.fixture
+def quick_root_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon looks at unavailable roots every 0.5 s instead of every 10 s."""
+    import syncd.daemon
+
+    monkeypatch.setattr(syncd.daemon, "ROOT_CHECK_S", 0.5)
+
+
+async def test_a_root_that_is_a_file_is_reported_once_and_used_once_it_is_a_folder(
+    tmp_path: Path, root: Path, emulator: EmulatorServer, logs: Records, quick_root_checks: None
+) -> None:
+    odd = tmp_path / "not-a-folder"
+    odd.write_bytes(b"I am a file")
+    cfg = make_config(tmp_path, emulator, [odd, root])
+    async with running(cfg, emulator.key) as d:
+        write_media(root / "fine.mp4", seed=1)
+        await wait_done(d, root / "fine.mp4")
+        assert str(odd) in d.health().reason
+        await asyncio.sleep(1.5)  # three checks of the odd root
+        errors = logs.matching(str(odd), logging.ERROR)
+        assert len(errors) == 1 and "not a folder" in errors[0], errors
+        odd.unlink()
+        odd.mkdir()
+        write_media(odd / "late.mp4", seed=2)
+        await wait_done(d, odd / "late.mp4")
+        assert str(odd) not in d.health().reason
+        assert_alive(d, logs)
+    assert len(emulator.requests("upload")) == 2
+
+
+@pytest.mark.parametrize("how", ["deleted", "moved_away"])
+async def test_a_root_deleted_or_moved_away_and_recreated(
+    tmp_path: Path,
+    root: Path,
+    emulator: EmulatorServer,
+    logs: Records,
+    quick_root_checks: None,
+    how: str,
+) -> None:
+    """``rm -rf``: the files really are deleted (inotify reports each), the root is reported
+    missing and the other root carries on. Moved away: the root is reported, and its files
+    are *not* marked gone while it is missing. Either way, a folder created at the same path
+    is watched and scanned, and what is not in it is gone."""
+    other = tmp_path / "other"
+    other.mkdir()
+    write_media(root / "before.mp4", seed=1)
+    cfg = make_config(tmp_path, emulator, [root, other])
+    async with running(cfg, emulator.key) as d:
+        await wait_done(d, root / "before.mp4")
+        if how == "deleted":
+            await asyncio.to_thread(shutil.rmtree, root)
+        else:
+            root.rename(tmp_path / "moved")
+        await wait_for(lambda: str(root) in d.health().reason, 30, what="root reported")
+        write_media(other / "meanwhile.mp4", seed=2)
+        await wait_done(d, other / "meanwhile.mp4")
+        await asyncio.sleep(1.0)  # two root checks
+        expected = "gone" if how == "deleted" else "present"
+        assert await path_state(d, root / "before.mp4") == expected
+        root.mkdir()
+        write_media(root / "after.mp4", seed=3)
+        await wait_done(d, root / "after.mp4")
+        await wait_path_state(d, root / "before.mp4", "gone")
+        assert str(root) not in d.health().reason
+        assert_alive(d, logs)
+    # Reported once, with what happened and what the daemon does about it.
+    (reported,) = logs.matching(f"watched folder {root} ", logging.WARNING)
+    assert "is gone" in reported and "not taken as deleted" in reported
+    assert len(emulator.requests("upload")) == 3
+
+
+@pytest.fixture
+def mount_point(tmp_path: Path) -> Iterator[Path]:
+    """An empty folder to mount tmpfs file systems on; unmounted whatever happens."""
+    path = tmp_path / "mnt"
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        while os.path.ismount(path):
+            subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def mount_tmpfs(path: Path) -> None:
+    subprocess.run(["mount", "-t", "tmpfs", "syncd-hostile", str(path)], check=True)
+
+
+async def test_a_root_whose_mount_disappears_and_comes_back(
+    tmp_path: Path,
+    mount_point: Path,
+    emulator: EmulatorServer,
+    logs: Records,
+    quick_root_checks: None,
+) -> None:
+    """A real tmpfs is unmounted under the daemon: the empty mount point left behind is not
+    the root, so no file is marked gone and the daemon stays up; mounted again (a new file
+    system with the same files and one more), the root is rescanned, the same contents cost
+    no upload, the new file is uploaded."""
+    mount_tmpfs(mount_point)
+    shas = [write_media(mount_point / f"{i}.mp4", seed=i) for i in range(3)]
+    cfg = make_config(tmp_path, emulator, [mount_point])
+    async with running(cfg, emulator.key) as d:
+        for i in range(3):
+            await wait_done(d, mount_point / f"{i}.mp4")
+        await asyncio.to_thread(subprocess.run, ["umount", str(mount_point)], check=True)
+        await wait_for(lambda: str(mount_point) in d.health().reason, 30, what="reported")
+        await asyncio.sleep(1.5)  # several root checks and a would-be sweep
+        for i in range(3):
+            assert await path_state(d, mount_point / f"{i}.mp4") == "present"
+        assert_alive(d)
+        mount_tmpfs(mount_point)
+        for i in range(3):
+            write_media(mount_point / f"{i}.mp4", seed=i)
+        new = write_media(mount_point / "new.mp4", seed=9)
+        await wait_done(d, mount_point / "new.mp4")
+        for i in range(3):
+            await wait_done(d, mount_point / f"{i}.mp4")
+        assert str(mount_point) not in d.health().reason
+        assert_alive(d, logs)
+    assert sorted(received(emulator).values()) == sorted([*shas, new])
