@@ -672,6 +672,11 @@ class Uploader:
             await self._give_up(sha, attempt, "failed", reason, exc.status)
             return
         delay = backoff_s(attempts, cfg.backoff_initial_s, cfg.backoff_max_s, self.rng)
+        # A 2xx that names no usable asset (malformed, no or a wrong asset id, too long) came
+        # from a service that took the body: it may hold an asset nobody can name.
+        duplicate = mode == "direct" and exc.status is not None and 200 <= exc.status < 300
+        if duplicate:
+            self.metrics.inc("syncd_possible_duplicates_total")
         await self.ledger.retry_later(
             sha,
             attempt,
@@ -680,6 +685,7 @@ class Uploader:
             http_status=exc.status,
             next_attempt_at=now + delay,
             keep_allocation=keep_allocation,
+            possible_duplicate=duplicate,
         )
         self.stats.retried += 1
         log.info("retry %s in %.1fs (attempt %d): %s", _short(sha), delay, attempts, exc)
