@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
+import re
 import stat
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,6 +242,7 @@ class _Problems:
 
 
 _MISSING = object()
+_LARGEST = 10**15  # bytes: about a petabyte; seconds: 30 million years
 
 
 def _type_name(tp: Any) -> str:
@@ -296,6 +300,16 @@ def _convert(value: Any, tp: Any, path: str, meta: Mapping[str, Any], problems: 
             ok = ok or isinstance(value, float)
         if not ok:
             problems.add(path, f"expected {_type_name(tp)}, got {_yaml_kind(value)}")
+            return _MISSING
+        if isinstance(value, float) and not math.isfinite(value):
+            # YAML's .nan and .inf: every comparison with NaN is false, so it would pass any
+            # minimum and then stall or spin whatever paces or waits by it.
+            problems.add(path, f"must be a finite number, got {value}")
+            return _MISSING
+        if abs(value) > _LARGEST:
+            # No setting means anything this large; it also keeps float() of a 400-digit
+            # integer from raising OverflowError.
+            problems.add(path, "is far too large (at most 10^15)")
             return _MISSING
         minimum = meta.get("minimum")
         if minimum is not None:
@@ -367,20 +381,16 @@ def _join(path: str, key: str) -> str:
 
 def _check_semantics(cfg: Config, problems: _Problems) -> None:
     """Cross-field rules the types cannot express."""
-    if not cfg.api.base_url.startswith(("http://", "https://")):
-        problems.add("api.base_url", "must start with http:// or https://")
+    url_problem = _base_url_problem(cfg.api.base_url)
+    if url_problem is not None:
+        problems.add("api.base_url", url_problem)
     if cfg.upload.backoff_initial_s > cfg.upload.backoff_max_s:
         problems.add("upload.backoff_initial_s", "must not exceed upload.backoff_max_s")
     if cfg.rate_limits.cooldown_initial_s > cfg.rate_limits.cooldown_max_s:
         problems.add("rate_limits.cooldown_initial_s", "must not exceed rate_limits.cooldown_max_s")
     if cfg.poll.initial_s > cfg.poll.max_s:
         problems.add("poll.initial_s", "must not exceed poll.max_s")
-    seen: dict[str, int] = {}
-    for i, root in enumerate(cfg.watch):
-        norm = os.path.normpath(root.path)
-        if norm in seen:
-            problems.add(f"watch[{i}].path", f"same folder as watch[{seen[norm]}].path")
-        seen.setdefault(norm, i)
+    _check_roots(cfg.watch, problems)
     if cfg.http.listen is not None:
         listen = cfg.http.listen
         if listen.startswith("unix:"):
@@ -390,6 +400,55 @@ def _check_semantics(cfg: Config, problems: _Problems) -> None:
             host, sep, port = listen.rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
                 problems.add("http.listen", f"expected HOST:PORT or unix:/path, got {listen!r}")
+
+
+def _base_url_problem(url: str) -> str | None:
+    """Return what makes ``url`` unusable as the API base URL, or ``None``."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        return f"not a valid URL ({exc})"
+    if parts.scheme not in ("http", "https"):
+        return "must start with http:// or https://"
+    if not parts.hostname:
+        return "has no host name"
+    if any(c.isspace() for c in url):
+        return "must not contain spaces"
+    if parts.username is not None or parts.password is not None:
+        # Credentials in the URL would become a second Authorization header.
+        return "must not contain a user name or password (the API key goes in MAVI_API_KEY)"
+    if parts.query or parts.fragment:
+        return "must not have a query (?...) or a fragment (#...)"
+    return None
+
+
+def _check_roots(roots: tuple[WatchRoot, ...], problems: _Problems) -> None:
+    """Watch roots: the same folder twice is an error. A root inside another is allowed (its
+    files belong to the deepest root), but only when the configured paths show it: files are
+    told apart by path, and a root that lies inside another only through a symbolic link
+    would give each of its files two paths."""
+    named = [os.path.normpath(r.path) for r in roots]
+    real = [os.path.realpath(p) for p in named]
+    for i in range(len(roots)):
+        for j in range(i):
+            where = f"watch[{i}].path"
+            if named[i] == named[j]:
+                problems.add(where, f"same folder as watch[{j}].path")
+            elif real[i] == real[j]:
+                problems.add(where, f"same folder as watch[{j}].path (both are {real[i]})")
+            elif (_inside(real[i], real[j]) and not _inside(named[i], named[j])) or (
+                _inside(real[j], real[i]) and not _inside(named[j], named[i])
+            ):
+                problems.add(
+                    where,
+                    f"overlaps watch[{j}].path through a symbolic link ({real[i]} and "
+                    f"{real[j]}); name both by their real paths",
+                )
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path.startswith(folder.rstrip("/") + "/")
 
 
 def parse_config(data: Any, source: str) -> Config:
@@ -408,6 +467,34 @@ def parse_config(data: Any, source: str) -> Config:
     return result
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping.
+
+    PyYAML keeps the last of two equal keys without a word, so a second ``watch:`` section
+    would silently drop the folders of the first. Keys merged in with ``<<`` may still be
+    overridden, as YAML intends.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, yaml.Mark] = {}
+        for key_node, _value in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                earlier = first.setdefault(key, key_node.start_mark)
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+            if earlier is not key_node.start_mark:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first given at line {earlier.line + 1})",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a YAML config file.
 
@@ -422,11 +509,15 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError(name, [f"<file>: not UTF-8 text ({exc.reason})"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context, started = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and started and mark and started.line != mark.line:
+            # Where an unclosed bracket or quote began is where the mistake usually is.
+            what += f" ({context} at line {started.line + 1}, column {started.column + 1})"
         raise ConfigError(name, [f"<yaml>: invalid YAML at {where}: {what}"]) from None
     return parse_config(data, name)
 
@@ -440,11 +531,38 @@ def config_path_from(cli_value: str | None) -> str:
 # The API key: never in the YAML, never logged.
 
 
+_BEARER_RE = re.compile(r"bearer\s+", re.IGNORECASE)
+
+
 def _clean_key(raw: str, origin: str) -> str:
-    key = raw.strip()
-    if key.lower().startswith("bearer "):
+    """Return the key without surrounding whitespace, byte order mark, quotes or ``Bearer``
+    prefix (each a common copy-and-paste slip); raises :class:`ConfigError` for a key that
+    cannot go in an HTTP header. Never puts the key in a message."""
+    key = raw.lstrip("\ufeff").strip()
+    if len(key) >= 2 and key[0] == key[-1] and key[0] in "'\"":
+        # Docker's --env-file and some secret stores keep the quotes of KEY="value".
+        log.warning("the API key from %s is in quotes; syncd strips them", origin)
+        key = key[1:-1].strip()
+    bearer = _BEARER_RE.match(key)
+    if bearer:
         log.warning("the API key from %s starts with 'Bearer '; syncd strips it", origin)
-        key = key[7:].strip()
+        key = key[bearer.end() :]
+    for i, char in enumerate(key, 1):
+        if not "!" <= char <= "~":
+            what = (
+                "a space or a line break"
+                if char.isspace()
+                else "a control character"
+                if not char.isprintable()
+                else "a non-ASCII character"
+            )
+            raise ConfigError(
+                origin,
+                [
+                    f"the API key contains {what} (character {i} of {len(key)}); API keys are "
+                    "one line of printable ASCII"
+                ],
+            )
     return key
 
 
