@@ -465,6 +465,11 @@ async def test_a_bad_answer_is_retried_and_never_becomes_an_asset_id(
         assert d.ready  # still running, not stopping
         content = await d.ledger.get_content(sha)
         assert content is not None and content.attempts <= fault.count + 1
+        # A direct upload answered 2xx without a usable asset id may have left an asset
+        # behind at the service: each one is counted as a possible duplicate.
+        maybe_stored = case.mode == "direct" and case.endpoint == "upload" and case.forward
+        answered_2xx = maybe_stored and case.spoil is not trickle
+        assert content.possible_duplicates == (case.served if answered_2xx else 0)
     # The asset id recorded came from a good answer and names exactly this file's bytes.
     assert ASSET_ID_RE.fullmatch(asset)
     assert received(emulator)[asset] == sha
@@ -522,6 +527,11 @@ async def test_a_file_whose_answers_stay_bad_is_given_up_while_others_go_through
     ids = set(ledger_asset_ids(Path(cfg.ledger.path)))
     orphans = {a.asset_id for a in emulator.assets() if a.sha256 == bad_sha}
     assert len(orphans) == 3 and not orphans & ids
+    # Each attempt answered 2xx after the body went out: a possible duplicate. (The ledger's
+    # give_up cannot count one yet, so the attempt that gave up is not among them.)
+    sql = "SELECT possible_duplicates FROM contents WHERE sha256 = ?"
+    [(counted,)] = await asyncio.to_thread(query, Path(cfg.ledger.path), sql, (bad_sha,))
+    assert 2 <= counted <= 3
     assert not set(api.spoiled_ids) & ids
     assert_clean_log(logs, emulator.key)
     gave_up = lines_with(logs, "gave up on")
