@@ -766,7 +766,12 @@ class Daemon:
         try:
             new = await asyncio.to_thread(load_config, self.config_path)
         except ConfigError as exc:
-            log.error("SIGHUP: the new config is invalid; keeping the old one: %s", exc)
+            # One line: the problems joined, as a log line must not span lines.
+            log.error(
+                "SIGHUP: the new config is invalid; keeping the old one: %s: %s",
+                exc.source,
+                "; ".join(exc.problems),
+            )
             return
         old_paths = {r.path for r in self.cfg.watch}
         new_paths = {r.path for r in new.watch}
