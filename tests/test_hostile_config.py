@@ -12,7 +12,9 @@ path record, owned by the deepest root, whose settings apply to it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -459,3 +461,29 @@ async def test_a_key_with_paste_slips_is_cleaned_and_works(
         assert len(about_key) == 1 and warning in about_key[0], err
         if "chmod" in warning:
             assert about_key[0].endswith(f"chmod 600 {env['MAVI_API_KEY_FILE']}")
+
+
+async def test_sighup_with_a_broken_config_keeps_the_old_one_and_says_why_in_one_line(
+    tmp_path: Path, emulator: EmulatorServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="syncd")
+    root = tmp_path / "media"
+    root.mkdir()
+    cfg_file = tmp_path / "syncd.yaml"
+    data = config_data(tmp_path, emulator, [root])
+    cfg_file.write_text(yaml.safe_dump(data))
+    cfg = parse_config(data, str(cfg_file))
+    async with running(cfg, emulator.key, config_path=str(cfg_file)) as d:
+        cfg_file.write_text("watch: [{path: media}]\nupload: {workers: 0}\n")
+        os.kill(os.getpid(), signal.SIGHUP)  # the daemon's own handler, in this loop
+
+        def rejected() -> list[str]:
+            return [r.getMessage() for r in caplog.records if "config is invalid" in r.getMessage()]
+
+        await wait_for(lambda: rejected(), 10, what="the reload refused")
+        (line,) = rejected()
+        assert "\n" not in line
+        assert "watch[0].path: must be an absolute path" in line
+        assert "upload.workers: must be at least 1" in line
+        write_media(root / "a.mp4", size=10_000)
+        await wait_done(d, root / "a.mp4", 30)  # the old config still runs
