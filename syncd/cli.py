@@ -61,11 +61,17 @@ def _load(args: argparse.Namespace) -> Config:
 # ------------------------------------------------------------------------------ daemon commands
 
 
+def _require_roots(cfg: Config) -> None:
+    if not cfg.watch:
+        raise ConfigError(cfg.source, ["watch: at least one folder to watch is needed"])
+
+
 async def _cmd_run(args: argparse.Namespace) -> int:
     from syncd.daemon import Daemon
 
     path = config_path_from(args.config)
     cfg = load_config(path)
+    _require_roots(cfg)
     _configure_logging(args, cfg)
     key = resolve_api_key(cfg)
     add_secret(key)
@@ -79,6 +85,7 @@ async def _cmd_sync(args: argparse.Namespace) -> int:
         raise ConfigError("syncd sync", ["only --once is supported; use `syncd run` to keep going"])
     path = config_path_from(args.config)
     cfg = load_config(path)
+    _require_roots(cfg)
     _configure_logging(args, cfg)
     key = resolve_api_key(cfg)
     add_secret(key)
@@ -139,13 +146,13 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     data = effective_config(cfg)
     try:
         resolve_api_key(cfg)
-        key_state = "found"
+        key_state = "found (never shown)"
     except ConfigError as exc:
-        key_state = f"missing ({exc.problems[0]})"
+        key_state = f"not usable: {exc.problems[0]}"
     if args.json:
         print(json.dumps({"ok": True, "file": path, "api_key": key_state, "config": data}))
     else:
-        print(f"# {path}: valid; API key: {key_state} (never shown)")
+        print(f"# {path}: valid; API key {key_state}")
         print(yaml.safe_dump(data, sort_keys=False).rstrip())
     return EXIT_OK
 
@@ -417,6 +424,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `syncd ... | head`: the reader left. Not an error; silence the final flush too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except Exception as exc:
         if args.debug:
             log.exception("internal error")

@@ -102,7 +102,7 @@ class Poller:
             elif isinstance(exc, ApiAuthError):
                 delay = max(delay, 60.0)
             log.info(
-                "status of %s unknown for now (%s); asking again in %.0f s", asset_id, exc, delay
+                "status of %s unknown for now (%s); asking again in %.1f s", asset_id, exc, delay
             )
             await self.ledger.record_status(
                 content.sha256,

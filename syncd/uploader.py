@@ -668,7 +668,7 @@ class Uploader:
         # Retryable (5xx, transport, timeouts, malformed answers) and anything unforeseen.
         attempts = content.attempts + 1
         if attempts >= cfg.max_attempts:
-            reason = f"gave up after {attempts} attempts; last error: {exc}"
+            reason = f"{attempts} attempts failed; the last: {exc}"
             await self._give_up(sha, attempt, "failed", reason, exc.status)
             return
         delay = backoff_s(attempts, cfg.backoff_initial_s, cfg.backoff_max_s, self.rng)

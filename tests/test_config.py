@@ -163,3 +163,12 @@ def test_config_check_command(tmp_path: Path) -> None:
     assert "3 problems" in res.stderr and "Traceback" not in res.stderr
     for key in ("upload.workers", "upload.wrkers", "watch"):
         assert f"- {key}:" in res.stderr
+
+
+def test_run_refuses_a_config_that_watches_nothing(tmp_path: Path) -> None:
+    cfg = tmp_path / "nothing.yaml"
+    cfg.write_text(f"ledger: {{path: {tmp_path}/ledger.db}}\n")
+    res = syncd("run", "-c", str(cfg), env={"MAVI_API_KEY": "sk-mavi-x"})
+    assert res.returncode == EXIT_CONFIG
+    assert "watch: at least one folder" in res.stderr
+    assert not (tmp_path / "ledger.db").exists()  # nothing was started
