@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import re
+import sqlite3
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ from bench.harness import (
     Stat,
     daemon_config,
     log,
+    percentile,
     rmtree,
     workdir,
 )
@@ -52,6 +56,25 @@ FILE_BYTES = 16 * KiB
 QUIET_S = 0.2
 SUCCESS_RE = re.compile(r"^asset re_\d+ is SUCCESS")
 API_ENDPOINTS = ("upload", "metadata", "signed_url", "download", "delete")
+
+# What the request log showed (shown in the report next to a figure that misses its target).
+FINDINGS = {
+    "uploads_per_s": (
+        "The pacer spaces upload starts 1.04 s apart (1/s plus its 4 % margin), so the best "
+        "possible is 0.96/s, and one throttle (a 2 s cool-down: about two lost slots) in 120 "
+        "uploads costs ~1.5 %, enough to miss 0.95. Throttles happen because the spacing is "
+        "kept at the pacer's grant while the API counts arrivals: between `pacer.acquire` and "
+        "the request going out, the worker commits `begin_attempt` through the shared ledger "
+        "and opens the file in a thread, which takes a few ms, or tens of ms while the ledger "
+        "is busy (figure 4). When the previous request was delayed 40 ms more than this one, "
+        "this one arrives less than 1 s after it and is throttled (the delays measured in "
+        "this run are given above). **Proposed fix** (`syncd/pacer.py`, "
+        "`syncd/uploader.py`): tell the pacer when the request actually goes out (the "
+        "client's `on_headers_sent` callback exists for this) and push the endpoint's next "
+        "start to at least one interval after that moment (`tat = max(tat, sent + "
+        "interval)`); the spacing then holds at arrival whatever the ledger's latency."
+    ),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,6 +117,52 @@ def analyse(requests: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def send_delays(ledger_path: Path, requests: list[dict[str, Any]]) -> dict[str, Any]:
+    """How long after the pacer's grant each upload request reached the emulator.
+
+    The ledger's ``attempts.started_at`` is taken right after the upload pacer granted the
+    start (at the beginning of ``begin_attempt``); the emulator logs each request's arrival.
+    Matched by file name, in order. Returns the delays (ms) and, for every throttled upload,
+    the gap between the grants and between the arrivals of it and the request before it.
+    """
+    db = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True)
+    try:
+        attempts = db.execute(
+            "SELECT path, started_at FROM attempts WHERE mode = 'direct' ORDER BY id"
+        ).fetchall()
+    finally:
+        db.close()
+    uploads = [r for r in requests if r["endpoint"] == "upload"]
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for r in uploads:
+        by_name.setdefault(str(r["filename"]), []).append(r)
+    pairs: list[tuple[float, dict[str, Any]]] = []
+    for path, started_at in attempts:
+        queue = by_name.get(os.path.basename(os.fsdecode(path)))
+        if queue:
+            pairs.append((float(started_at), queue.pop(0)))
+    pairs.sort(key=lambda p: p[1]["time_s"])
+    delays = [(r["time_s"] - started) * 1000 for started, r in pairs]
+    throttled = []
+    for (g0, r0), (g1, r1) in itertools.pairwise(pairs):
+        if r1["throttled"]:
+            throttled.append(
+                {
+                    "grant_gap_s": g1 - g0,
+                    "arrival_gap_s": r1["time_s"] - r0["time_s"],
+                    "delay_before_ms": (r0["time_s"] - g0) * 1000,
+                    "delay_ms": (r1["time_s"] - g1) * 1000,
+                }
+            )
+    return {
+        "matched": len(pairs),
+        "delay_ms_median": statistics.median(delays) if delays else float("nan"),
+        "delay_ms_p99": percentile(delays, 0.99) if delays else float("nan"),
+        "delay_ms_max": max(delays) if delays else float("nan"),
+        "throttled_uploads": throttled,
+    }
+
+
 def run_once(folder: Path, count: int, quick: bool) -> tuple[dict[str, Any], float]:
     """One run; returns the request-log summary and the seconds from drop to all SUCCESS."""
     inbox = folder / "inbox"
@@ -130,7 +199,9 @@ def run_once(folder: Path, count: int, quick: bool) -> tuple[dict[str, Any], flo
             code, _rss = daemon.stop()
         if code != 0:
             raise BenchError(f"ratelimit: the daemon exited {code}: {daemon.tail()}")
-        summary = analyse(emulator.requests())
+        requests = emulator.requests()
+        summary = analyse(requests)
+        summary["send_delay"] = send_delays(folder / "state" / "ledger.db", requests)
     rmtree(folder)
     if summary["uploads_ok"] != count:
         raise BenchError(f"ratelimit: {summary['uploads_ok']} uploads succeeded, not {count}")

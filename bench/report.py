@@ -41,8 +41,25 @@ Other flags: `--repeat N` (repetitions per figure), `--work-dir DIR` (scratch fi
 the system temp folder), `--results-dir DIR`, `--docs PATH`, `--no-docs`, and per-benchmark
 sizes (`python -m bench --help`). Values are medians over repeated runs with the min-max
 range; a ratio is syncd / reference per paired run (runs alternate between the two). These
-machines are noisy (other work shares the two cores), so read ratios, not absolute numbers,
-and compare runs from the same machine only.
+machines are noisy (other work shares the two cores; each section gives the load average when
+it started), so read ratios, not absolute numbers, and compare runs from the same machine only.
+
+How things are measured:
+
+- **Times** of daemon events come from its own JSON log lines (`log.format: json`, the `ts` of
+  each record, millisecond resolution): `scan of ROOT done ...`, `queued ...` (hashed and
+  recorded), `uploaded ... asset=...` (logged right after the asset id is committed to the
+  ledger), `asset ... is SUCCESS`. Request arrival times and statuses come from the emulator's
+  request log (`GET /_emulator/requests`), on the same clock as the benchmark's own
+  `time.time()`.
+- **Peak RSS** of the daemon is its `VmHWM` (`/proc/PID/status`), read every 20 ms until it
+  exits. `os.wait4`'s `ru_maxrss` is not used: Linux carries the high-water mark across
+  `exec`, so a child forked from a large parent (the benchmark holds its test files in memory)
+  reports the parent's size. **CPU seconds** are the child's user + system time from
+  `os.wait4`.
+- Every daemon runs with `settle.quiet_s: 0.2`, no periodic rescan, no HTTP endpoint and, unless
+  the figure is about the rate limit, rates of 1,000,000/s (effectively off) in both the
+  daemon and the emulator (`--rate-limit 0`).
 """
 
 
@@ -200,7 +217,7 @@ def _extra_text(data: dict[str, Any]) -> str:
             f"{_fmt(r['upload_gap_min_s'])}-{_fmt(r['upload_gap_max_s'])} s apart; "
             f"{r['metadata_requests']} status polls at {_fmt(r['metadata_rate_per_s'])}/s, "
             f"{r['metadata_throttled']} throttled. From the drop to the last asset SUCCESS: "
-            f"{_fmt(_median(extra['drop_to_all_success_s']))} s."
+            f"{_fmt(_median(extra['drop_to_all_success_s']))} s." + _delay_text(r.get("send_delay"))
         )
     if name == "latency" and extra:
         return (
@@ -208,6 +225,23 @@ def _extra_text(data: dict[str, Any]) -> str:
             f"{_fmt(max(extra['max_ms']))} ms (after the quiet time)."
         )
     return ""
+
+
+def _delay_text(delay: dict[str, Any] | None) -> str:
+    if not delay:
+        return ""
+    text = (
+        " From the upload pacer's grant to the request's arrival at the emulator: median "
+        f"{_fmt(delay['delay_ms_median'])} ms, p99 {_fmt(delay['delay_ms_p99'])} ms, max "
+        f"{_fmt(delay['delay_ms_max'])} ms."
+    )
+    for t in delay["throttled_uploads"]:
+        text += (
+            f" A throttled upload was granted {_fmt(t['grant_gap_s'])} s after the previous "
+            f"one but arrived {_fmt(t['arrival_gap_s'])} s after it (its send delay "
+            f"{_fmt(t['delay_ms'])} ms, the previous one's {_fmt(t['delay_before_ms'])} ms)."
+        )
+    return text
 
 
 def _median(values: list[float]) -> float:
