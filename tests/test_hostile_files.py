@@ -778,11 +778,13 @@ async def test_a_burst_that_overflows_the_inotify_queue_is_recovered_by_the_resc
 ) -> None:
     """12,000 files land in one folder while the daemon is stopped (SIGSTOP, as a daemon
     starved of CPU would be): at least three events each (created, modified, closed) against
-    the kernel's queue of 16,384, so the queue overflows for certain. The daemon says so in one line, rescans, and every file is
-    recorded with its content; each distinct content is uploaded once. A real subprocess
-    daemon at info level, on a tmpfs root. Size: 20,000 files take about 60 s end to end on
-    a 2-core machine (about 250 new files a second, each hashed and recorded), so the test
-    uses the most that fits in about 40 s."""
+    the kernel's queue of 16,384, so the queue overflows for certain. The daemon says so in
+    one line, rescans, and every file is recorded with its content; each distinct content is
+    uploaded once. A real subprocess daemon at info level, on a tmpfs root.
+
+    Size: 20,000 files take about 60 s end to end on a 2-core machine (some 300 new files a
+    second, each settled, hashed and recorded), so the test uses the most that fits in
+    about 40 s."""
     n, distinct = 12_000, 120
     queue = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
     assert 3 * n > queue, f"fs.inotify.max_queued_events={queue}: {n} files cannot overflow it"
