@@ -47,6 +47,12 @@ FLUSH_AFTER_S: Final = 0.5
 # How long closing the iterator waits for the walker thread (stuck in a hung NFS call, say).
 STOP_WAIT_S: Final = 10.0
 
+# Folders whose problem was logged, with the problem: a later walk that meets the same problem
+# says so at debug level only, so a folder that stays unreadable costs one warning, not one
+# per rescan. A folder walked cleanly again is dropped (a new problem is logged again).
+# Shared by every walk of the process; only folders with a problem are kept.
+_reported: dict[str, str] = {}
+
 
 @dataclass(frozen=True, slots=True)
 class ScanEntry:
@@ -396,9 +402,12 @@ class _Walker:
                             batch = []
                             flushed_at = time.monotonic()
             except OSError as exc:
+                warned = True
                 self._warn_dir(dir_path, exc)
             finally:
                 os.close(fd)
+            if not warned and _reported:
+                _reported.pop(dir_path, None)  # readable again: a new problem is news
             if batch and time.monotonic() - flushed_at >= FLUSH_AFTER_S:
                 if not post(batch):
                     return
@@ -467,6 +476,13 @@ class _Walker:
         if exc.errno == errno.ENOENT:
             log.debug("folder %s vanished during the scan", display_path(path))
             return
+        problem = exc.strerror or str(exc)
+        if _reported.get(path) == problem:
+            log.debug("still cannot read folder %s: %s", display_path(path), problem)
+            return
+        _reported[path] = problem
         log.warning(
-            "cannot read folder %s: %s; skipping it", display_path(path), exc.strerror or exc
+            "cannot read folder %s: %s; skipping it (retried at every rescan)",
+            display_path(path),
+            problem,
         )
