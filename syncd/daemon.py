@@ -716,7 +716,12 @@ class Daemon:
     async def _file_error(self, path: str, root: str, fp: Fingerprint, exc: OSError) -> None:
         self.counters.file_errors += 1
         reason = f"cannot read: {exc.strerror or exc}"
-        log.warning("%s: %s; retried at the next rescan", _display(path), reason)
+        prev = await self.ledger.get_path(path)
+        if prev is not None and prev.state == "error" and prev.reason == reason:
+            # Met again by a rescan: said once already, the ledger shows it meanwhile.
+            log.debug("%s: still %s", _display(path), reason)
+        else:
+            log.warning("%s: %s; retried at the next rescan", _display(path), reason)
         await self.ledger.record_path_state(path, root, "error", reason, None)
 
     # ---------------------------------------------------------------- housekeeping
