@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import logging
 import os
 import shutil
@@ -33,6 +34,8 @@ from pipeline_support import (
     received,
     running,
     sha256_of,
+    subprocess_env,
+    syncd_cmd,
     wait_done,
     wait_for,
 )
@@ -830,3 +833,103 @@ async def test_a_burst_that_overflows_the_inotify_queue_is_recovered_by_the_resc
         assert sha == expected[i % distinct]
     assert len(emulator.requests("upload")) == distinct
     assert sorted(received(emulator).values()) == sorted(expected.values())
+
+
+# ------------------------------------------------------------------------------------------
+# Permission denied
+
+# Runs what follows without the two capabilities that let root read anything, so that file
+# modes apply to it as to any other user; its interpreter and the venv stay readable (they
+# belong to root, and their owner bits allow it).
+WITHOUT_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+
+
+class UnprivilegedDaemon(DaemonProcess):
+    """``syncd run`` that file permissions apply to, even though the tests run as root."""
+
+    async def start(self, *, may_die: bool = False, **env: str) -> None:
+        start_at = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with open(self.log_path, "ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                *WITHOUT_DAC,
+                *syncd_cmd("run", "-c", str(self.cfg_file)),
+                env=subprocess_env(MAVI_API_KEY=self.key, **env),
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        await wait_for(
+            lambda: (
+                self.proc is not None
+                and (
+                    self.proc.returncode is not None
+                    or any("syncd ready" in m for m in self.messages(start_at))
+                )
+            ),
+            30,
+            what="daemon ready",
+        )
+        assert self.proc.returncode is None, self.tail()
+
+
+def json_log(path: Path) -> list[tuple[str, str]]:
+    """``(level, msg)`` of every JSON line a subprocess daemon logged."""
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            record = json.loads(line)
+            out.append((str(record["level"]), str(record["msg"])))
+    return out
+
+
+def ledger_row(ledger: Path, path: Path) -> tuple[str, str | None, str | None] | None:
+    rows = query(
+        ledger, "SELECT state, sha256, reason FROM paths WHERE path = ?", (os.fsencode(path),)
+    )
+    return None if not rows else (rows[0][0], rows[0][1], rows[0][2])
+
+
+async def test_permission_denied_on_a_file_and_a_folder_is_logged_once_and_retried(
+    tmp_path: Path, root: Path, emulator: EmulatorServer
+) -> None:
+    """A file and a folder the daemon may not read: one warning each, the file recorded as
+    ``error`` with the reason, everything else uploaded; once they are made readable, the
+    periodic rescan (every second here) picks both up. The daemon runs as root without
+    ``CAP_DAC_OVERRIDE``/``CAP_DAC_READ_SEARCH``, so the kernel applies the modes to it."""
+    write_media(root / "fine.mp4", seed=1)
+    locked = root / "locked.mp4"
+    write_media(locked, seed=2)
+    locked.chmod(0)
+    closed = root / "closed"
+    closed.mkdir()
+    inside = [write_media(closed / f"{i}.mp4", seed=10 + i) for i in range(2)]
+    closed.chmod(0)
+    data = config_data(tmp_path, emulator, [root], scan={"rescan_interval_s": 1})
+    daemon = UnprivilegedDaemon(data, tmp_path, emulator.key)
+    ledger = tmp_path / "state" / "ledger.db"
+    await daemon.start()
+    try:
+
+        def state(path: Path) -> str | None:
+            row = ledger_row(ledger, path)
+            return None if row is None else row[0]
+
+        await wait_for(lambda: state(locked) == "error", 30, what="locked.mp4 recorded")
+        row = ledger_row(ledger, locked)
+        assert row is not None and row[2] is not None and "Permission denied" in row[2]
+        await wait_for(lambda: len(emulator.requests("upload")) == 1, 30, what="fine.mp4")
+        await asyncio.sleep(3.5)  # three more rescans meet both again
+        assert daemon.alive
+        warnings = [m for lvl, m in json_log(daemon.log_path) if lvl == "warning"]
+        warnings = [m for m in warnings if "Permission denied" in m]
+        assert len([m for m in warnings if "locked.mp4" in m]) == 1, warnings
+        assert len([m for m in warnings if str(closed) in m]) == 1, warnings
+        locked.chmod(0o644)
+        closed.chmod(0o755)
+        await wait_for(lambda: len(emulator.requests("upload")) == 4, 30, what="retried")
+        assert state(locked) == "present"
+    finally:
+        closed.chmod(0o755)
+        assert await daemon.stop() == 0
+    assert sorted(received(emulator).values()) == sorted(
+        [sha256_of(root / "fine.mp4"), sha256_of(locked), *inside]
+    )
