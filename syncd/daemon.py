@@ -487,8 +487,9 @@ class Daemon:
         t0 = time.monotonic()
         seen = unchanged = 0
         all_roots = [r.cfg.path for r in self._roots.values()]
+        unreadable: list[str] = []
         walker = (
-            scan_root(root, state.filt, all_roots=all_roots)
+            scan_root(root, state.filt, all_roots=all_roots, unreadable=unreadable)
             if subdir is None
             else scan_dir(root, state.filt, subdir, all_roots=all_roots)
         )
@@ -506,7 +507,14 @@ class Daemon:
             self._scans_running -= 1
         self.counters.scanned += seen
         self.counters.unchanged += unchanged
-        if subdir is None and await self._same_root(state):
+        if subdir is None and unreadable:
+            # Files under a folder the walk could not read were not seen, not deleted.
+            log.info(
+                "not looking for deleted files under %s: %d folder(s) could not be read",
+                _display(root.path),
+                len(unreadable),
+            )
+        elif subdir is None and await self._same_root(state):
             gone = await self.ledger.sweep_gone(root.path, started)
             if gone:
                 log.info("%d file(s) under %s are gone since the last scan", gone, root.path)

@@ -89,19 +89,25 @@ def scan_root(
     batch_size: int = 1000,
     follow_symlinks: bool | None = None,
     all_roots: Sequence[str] = (),
+    unreadable: list[str] | None = None,
 ) -> AsyncGenerator[list[ScanEntry], None]:
     """Walk a whole root.
 
     Given the root, its filter, the largest batch to yield, whether to follow symlinks
-    (``None``: the root's ``follow_symlinks``) and the paths of every watched root. Returns an
+    (``None``: the root's ``follow_symlinks``), the paths of every watched root, and
+    optionally a list that receives every folder that could not be read. Returns an
     async iterator of non-empty batches of :class:`ScanEntry`: each regular file the filter
     accepts, once. Raises :class:`RootUnavailable` (on the first ``__anext__``) when the root
     is missing, not a folder or unreadable. Folders that cannot be read are logged (one
-    warning each) and skipped. Close the iterator (``aclose``, or ``contextlib.aclosing``) to
-    stop early; closing waits for the walker thread to stop.
+    warning each, not repeated by later walks while the problem lasts), added to
+    ``unreadable`` and skipped: the files under them were not seen, which does not make them
+    deleted. Close the iterator (``aclose``, or ``contextlib.aclosing``) to stop early;
+    closing waits for the walker thread to stop.
     """
     follow = root.follow_symlinks if follow_symlinks is None else follow_symlinks
     walker = _Walker(root, filt, follow, all_roots, batch_size)
+    if unreadable is not None:
+        walker.unreadable = unreadable
     return _stream(walker, walker.walk_root)
 
 
@@ -213,6 +219,7 @@ class _Walker:
         self.other_roots: tuple[str, ...] = ()
         self.own_root: str | None = None  # this root, resolved (set when links are followed)
         self.visited: set[tuple[int, int]] = set()
+        self.unreadable: list[str] = []  # folders this walk could not read
 
     # -- entry points --------------------------------------------------------------------------
 
@@ -476,6 +483,7 @@ class _Walker:
         if exc.errno == errno.ENOENT:
             log.debug("folder %s vanished during the scan", display_path(path))
             return
+        self.unreadable.append(path)
         problem = exc.strerror or str(exc)
         if _reported.get(path) == problem:
             log.debug("still cannot read folder %s: %s", display_path(path), problem)
