@@ -268,12 +268,13 @@ class Uploader:
         try:
             now_fp = await asyncio.to_thread(Fingerprint.stat, path)
         except OSError as exc:
-            await self._file_unavailable(path, exc)
+            error = f"{_display(path)}: {exc.strerror or exc}"
+            await self._file_unavailable(path, exc, again=content.last_error == error)
             await self.ledger.retry_later(
                 content.sha256,
                 None,
                 outcome="file_error",
-                error=f"{_display(path)}: {exc.strerror or exc}",
+                error=error,
                 next_attempt_at=self.clock() + self.cfg.upload.backoff_initial_s,
                 count_attempt=False,
                 keep_allocation=content.state == "allocated",
@@ -726,10 +727,14 @@ class Uploader:
             self.metrics.inc("syncd_possible_duplicates_total")
         self.stats.interrupted += 1
 
-    async def _file_unavailable(self, path: str, exc: OSError) -> None:
+    async def _file_unavailable(self, path: str, exc: OSError, *, again: bool = False) -> None:
+        # ``again``: the content's last error is this very one, already reported; retries
+        # of an unreadable file (every backoff_initial_s) are not worth a warning each.
         if isinstance(exc, FileNotFoundError):
             await self.ledger.mark_gone(path)
             log.info("%s vanished before or during its upload", _display(path))
+        elif again:
+            log.debug("still cannot read %s: %s", _display(path), exc.strerror or exc)
         else:
             log.warning("cannot read %s: %s", _display(path), exc.strerror or exc)
 
