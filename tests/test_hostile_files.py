@@ -933,3 +933,51 @@ async def test_permission_denied_on_a_file_and_a_folder_is_logged_once_and_retri
     assert sorted(received(emulator).values()) == sorted(
         [sha256_of(root / "fine.mp4"), sha256_of(locked), *inside]
     )
+
+
+async def test_a_folder_that_becomes_unreadable_keeps_its_files_and_stays_quiet(
+    tmp_path: Path, root: Path, emulator: EmulatorServer
+) -> None:
+    """Files already recorded in a folder that then becomes unreadable are not deleted ones:
+    the rescan that cannot list the folder must not mark them gone, and a content waiting to
+    be uploaded from it is retried without a warning per retry. Readable again, it goes."""
+    later = root / "later"
+    later.mkdir()
+    write_media(later / "seen.mp4", seed=1)
+    pending = write_media(later / "pending.mp4", seed=2)
+    emulator.add_faults(
+        {"endpoint": "upload", "filename": "pending.mp4", "status": 500, "count": 10_000}
+    )
+    data = config_data(
+        tmp_path,
+        emulator,
+        [root],
+        scan={"rescan_interval_s": 1},
+        upload={"max_attempts": 1000, "backoff_max_s": 0.5},
+    )
+    daemon = UnprivilegedDaemon(data, tmp_path, emulator.key)
+    ledger = tmp_path / "state" / "ledger.db"
+    await daemon.start()
+    try:
+
+        def state(name: str) -> str | None:
+            row = ledger_row(ledger, later / name)
+            return None if row is None else row[0]
+
+        await wait_for(lambda: received(emulator), 30, what="seen.mp4 uploaded")
+        await wait_for(
+            lambda: len(emulator.requests("upload")) >= 3, 30, what="pending.mp4 refused"
+        )
+        later.chmod(0)
+        since = len(json_log(daemon.log_path))
+        await asyncio.sleep(3.5)  # three rescans, several upload retries
+        assert daemon.alive
+        assert (state("seen.mp4"), state("pending.mp4")) == ("present", "present")
+        news = [m for lvl, m in json_log(daemon.log_path)[since:] if lvl in ("warning", "error")]
+        assert len([m for m in news if "later" in m]) <= 2, news
+        emulator.clear_faults()
+        later.chmod(0o755)
+        await wait_for(lambda: pending in received(emulator).values(), 30, what="uploaded")
+    finally:
+        later.chmod(0o755)
+        assert await daemon.stop() == 0
