@@ -504,7 +504,7 @@ async def test_files_that_must_not_cost_a_request_are_skipped_with_a_reason(
 async def test_file_changed_while_being_hashed(
     tmp_path: Path, root: Path, emulator: EmulatorServer, logs: Records, change: str
 ) -> None:
-    """A 2 GiB sparse file takes the hasher about a second and a half; the change lands
+    """A 2 GiB sparse file keeps the hasher busy for a good half second; the change lands
     while it reads. Truncated or replaced: the digest is thrown away and what the path holds
     in the end is uploaded, once. Deleted: the path is gone and nothing is sent."""
     path = root / "big.mkv"
@@ -513,7 +513,7 @@ async def test_file_changed_while_being_hashed(
     new_sha = write_media(replacement, size=50_000, seed=9)
     cfg = make_config(tmp_path, emulator, [root])
     async with running(cfg, emulator.key) as d:
-        await wait_for(lambda: str(path) in d._hashing, 30, 0.005, what="hashing started")
+        await wait_for(lambda: d.hasher._jobs, 30, 0.005, what="hashing started")
         if change == "truncated":
             os.truncate(path, 10_000)
             new_sha = sha256_of(path)
