@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-docs", action="store_true", help="do not regenerate the report")
     parser.add_argument("--work-dir", help="where scratch files go (default: the temp folder)")
+    parser.add_argument("--debug", action="store_true", help="tracebacks for internal errors")
     for module in BENCHMARKS:
         module.add_arguments(parser)
     return parser
@@ -69,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{module.NAME}: FAILED: {exc}")
             failed.append(module.NAME)
             continue
+        except Exception as exc:
+            if args.debug:
+                raise
+            log(f"{module.NAME}: FAILED: internal error: {type(exc).__name__}: {exc} (--debug)")
+            failed.append(module.NAME)
+            continue
         duration_s = time.monotonic() - t0
         data = result.as_json(command.strip(), started_at, duration_s)
         data["quick"] = bool(args.quick)
@@ -86,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                 text += f" (target {figure['target_text']}: {'met' if figure['met'] else 'MISSED'})"
             log(text)
     log(f"suite finished in {time.monotonic() - suite_t0:.1f} s")
+    if failed:
+        log(f"failed: {', '.join(failed)}")
     if not args.no_docs:
         write_report(args.results_dir, args.docs)
         log(f"report written to {args.docs}")

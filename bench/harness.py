@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from syncd.emulator import DEMO_KEY
+from syncd.errors import SyncdError
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
@@ -43,7 +44,7 @@ MP4_HEAD = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"
 JPEG_HEAD = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"
 
 
-class BenchError(Exception):
+class BenchError(SyncdError):
     """A benchmark could not produce a valid figure (a process failed, a wait timed out).
 
     Given a one-line message; ``python -m bench`` prints it and moves on to the next benchmark.

@@ -255,19 +255,20 @@ def _median(values: list[float]) -> float:
 
 def _scaling_text(extra: dict[str, Any]) -> str:
     out = [
-        "| restart: files | syncd | find | ratio | syncd per file | peak RSS |",
+        "| restart: files | syncd | find | syncd per file | find per file | peak RSS |",
         "|---|---|---|---|---|---|",
     ]
     for p in extra.get("restart_points", []):
         ready = _median(p["ready_s"])
         find = _median(p["find_s"])
         out.append(
-            f"| {p['files']:,} | {_fmt(ready)} s | {_fmt(find)} s | {_fmt(ready / find)}x | "
-            f"{_fmt(ready / p['files'] * 1e6)} µs | {_fmt(_median(p['rss_mb']))} MB |"
+            f"| {p['files']:,} | {_fmt(ready)} s | {_fmt(find)} s | "
+            f"{_fmt(ready / p['files'] * 1e6)} µs | {_fmt(find / p['files'] * 1e6)} µs | "
+            f"{_fmt(_median(p['rss_mb']))} MB |"
         )
     out += [
         "",
-        "| small files: burst | syncd | bare aiohttp | ratio | syncd per file | peak RSS |",
+        "| small files: burst | syncd | bare aiohttp | syncd per file | bare per file | peak RSS |",
         "|---|---|---|---|---|---|",
     ]
     for p in extra.get("small_points", []):
@@ -275,9 +276,12 @@ def _scaling_text(extra: dict[str, Any]) -> str:
         bare = _median(p["bare_files_per_s"])
         out.append(
             f"| {p['files']:,} | {_fmt(ours)} files/s | {_fmt(bare)} files/s | "
-            f"{_fmt(ours / bare)}x | {_fmt(_median(p['e2e_s']) / p['files'] * 1e3)} ms | "
+            f"{_fmt(_median(p['e2e_s']) / p['files'] * 1e3)} ms | "
+            f"{_fmt(_median(p['bare_s']) / p['files'] * 1e3)} ms | "
             f"{_fmt(_median(p['rss_mb']))} MB |"
         )
+    for failure in extra.get("failures", []):
+        out += ["", f"**Did not finish: {failure['what']}.** {failure['error']}."]
     rf, ff = extra.get("restart_fit", {}), extra.get("find_fit", {})
     sf, bf = extra.get("small_fit", {}), extra.get("bare_fit", {})
     if rf and sf:

@@ -17,7 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from bench import restart, smallfiles
-from bench.harness import Emulator, Figure, Result, Stat, log, ratios, rmtree, workdir
+from bench.harness import (
+    BenchError,
+    Emulator,
+    Figure,
+    Result,
+    Stat,
+    log,
+    ratios,
+    rmtree,
+    workdir,
+)
 
 NAME = "scaling"
 TITLE = "7. Scaling"
@@ -43,8 +53,21 @@ FINDINGS = {
 }
 
 
+def _sizes(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 10000,100000, got {text}") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add this benchmark's flags (none: sizes follow --quick and --full)."""
+    """Add this benchmark's flags: the sizes (default: from --quick and --full)."""
+    parser.add_argument(
+        "--scaling-restart", type=_sizes, metavar="N,N", help="restart sizes (files)"
+    )
+    parser.add_argument(
+        "--scaling-small", type=_sizes, metavar="N,N", help="small-file burst sizes"
+    )
 
 
 def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
@@ -106,8 +129,13 @@ def run(args: argparse.Namespace) -> Result:
         if args.full:
             restart_sizes.append((1_000_000, 10_000))
             small_sizes.append(20_000)
+    if args.scaling_restart:
+        restart_sizes = [(n, max(1, n // 100)) for n in args.scaling_restart]
+    if args.scaling_small:
+        small_sizes = list(args.scaling_small)
     restart_points: list[dict[str, Any]] = []
     small_points: list[dict[str, Any]] = []
+    failures: list[dict[str, str]] = []
     with workdir(args.work_dir, NAME) as folder:
         with Emulator(folder / "emulator") as emulator:
             for files, folders in restart_sizes:
@@ -131,15 +159,20 @@ def run(args: argparse.Namespace) -> Result:
                     continue
                 n_repeat = 1 if files >= 1_000_000 else repeat
                 log(f"{NAME}: restart at {files} files")
-                series, _tree = restart.measure(
-                    folder / f"restart-{files}",
-                    emulator,
-                    files,
-                    folders,
-                    n_repeat,
-                    warm_up=not args.quick,
-                )
-                restart_points.append(_restart_point(series))
+                try:
+                    series, _tree = restart.measure(
+                        folder / f"restart-{files}",
+                        emulator,
+                        files,
+                        folders,
+                        n_repeat,
+                        warm_up=not args.quick,
+                    )
+                except BenchError as exc:
+                    log(f"{NAME}: restart at {files} files did not finish: {exc}")
+                    failures.append({"what": f"restart, {files:,} files", "error": str(exc)})
+                else:
+                    restart_points.append(_restart_point(series))
                 rmtree(folder / f"restart-{files}")
         for count in small_sizes:
             sibling = (
@@ -163,9 +196,14 @@ def run(args: argparse.Namespace) -> Result:
                 continue
             n_repeat = 1 if count >= 20_000 else repeat
             log(f"{NAME}: many small files at {count}")
-            small_points.append(
-                _small_point(smallfiles.measure(folder / f"small-{count}", count, n_repeat))
-            )
+            try:
+                series_small = smallfiles.measure(folder / f"small-{count}", count, n_repeat)
+            except BenchError as exc:
+                log(f"{NAME}: {count} small files did not finish: {exc}")
+                failures.append({"what": f"many small files, {count:,}", "error": str(exc)})
+            else:
+                small_points.append(_small_point(series_small))
+            rmtree(folder / f"small-{count}")
     result = Result(
         NAME,
         {
@@ -208,5 +246,6 @@ def run(args: argparse.Namespace) -> Result:
         "find_fit": {"fixed_s": fixed_f, "per_file_us": per_f * 1e6},
         "small_fit": {"fixed_s": fixed_s, "per_file_ms": per_s * 1e3},
         "bare_fit": {"fixed_s": fixed_b, "per_file_ms": per_b * 1e3},
+        "failures": failures,
     }
     return result

@@ -90,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--small-files", type=int, help="files per burst (default 2000)")
 
 
-def make_sources(folder: Path, count: int) -> list[tuple[str, bytes]]:
+def make_sources(count: int) -> list[tuple[str, bytes]]:
     """Return ``count`` (name, bytes) pairs of distinct 100 KiB JPEG-looking files."""
     body = os.urandom(FILE_BYTES - len(JPEG_HEAD) - 8)
     return [(f"img{n:06d}.jpg", JPEG_HEAD + n.to_bytes(8, "little") + body) for n in range(count)]
@@ -213,7 +213,7 @@ class Series:
 
 def measure(folder: Path, count: int, repeat: int) -> Series:
     """Run ``repeat`` paired bursts of ``count`` files."""
-    sources = make_sources(folder, count)
+    sources = make_sources(count)
     ours: list[SyncdRun] = []
     bare: list[float] = []
     for i in range(repeat):
