@@ -98,7 +98,7 @@ def run_once(folder: Path, count: int, gap_s: float) -> list[float]:
 
 def run(args: argparse.Namespace) -> Result:
     """Run the benchmark; returns its result."""
-    count = args.latency_files or (10 if args.quick else 200)
+    count = args.latency_files or (6 if args.quick else 200)
     repeat = args.repeat or (1 if args.quick else 3)
     p50: list[float] = []
     p99: list[float] = []

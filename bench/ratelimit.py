@@ -81,7 +81,7 @@ FINDINGS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add this benchmark's flags."""
-    parser.add_argument("--rate-files", type=int, help="files (default 120; --full 300; quick 3)")
+    parser.add_argument("--rate-files", type=int, help="files (default 120; --full 300; quick 2)")
 
 
 def rate_of(times: list[float]) -> float:
@@ -212,7 +212,7 @@ def run_once(folder: Path, count: int, quick: bool) -> tuple[dict[str, Any], flo
 
 def run(args: argparse.Namespace) -> Result:
     """Run the benchmark; returns its result."""
-    count = args.rate_files or (3 if args.quick else 300 if args.full else 120)
+    count = args.rate_files or (2 if args.quick else 300 if args.full else 120)
     repeat = args.repeat or 1
     runs: list[tuple[dict[str, Any], float]] = []
     with workdir(args.work_dir, NAME) as folder:

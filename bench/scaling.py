@@ -119,8 +119,8 @@ def run(args: argparse.Namespace) -> Result:
     """Run the benchmark; returns its result."""
     repeat = args.repeat or (1 if args.quick else 3)
     if args.quick:
-        restart_sizes = [(50, 1), (200, 2)]
-        small_sizes = [4, 12]
+        restart_sizes = [(20, 1), (50, 1)]
+        small_sizes = [3, 6]
         middle_restart, middle_small = -1, -1
     else:
         restart_sizes = [(10_000, 100), (100_000, 1000)]

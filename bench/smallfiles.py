@@ -229,7 +229,7 @@ def measure(folder: Path, count: int, repeat: int) -> Series:
 
 def run(args: argparse.Namespace) -> Result:
     """Run the benchmark; returns its result."""
-    count = args.small_files or (40 if args.quick else 2000)
+    count = args.small_files or (20 if args.quick else 2000)
     repeat = args.repeat or (1 if args.quick else 3)
     with workdir(args.work_dir, NAME) as folder:
         series = measure(folder, count, repeat)
