@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ import stat
 import subprocess
 import sys
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,8 +104,6 @@ def write_raw(path: str, data: bytes) -> None:
 
 
 def raw_sha(data: bytes) -> str:
-    import hashlib
-
     return hashlib.sha256(data).hexdigest()
 
 
@@ -475,7 +474,7 @@ async def test_files_that_must_not_cost_a_request_are_skipped_with_a_reason(
     emulator: EmulatorServer,
     logs: Records,
     name: str,
-    make: object,
+    make: Callable[[Path], object],
     reason: str,
 ) -> None:
     """Pre-flight decides from the size and the first KiB, before any hash or request: the
@@ -484,7 +483,7 @@ async def test_files_that_must_not_cost_a_request_are_skipped_with_a_reason(
     sparse upload in ``test_upload.py`` shows the daemon's memory stays flat)."""
     cfg = make_config(tmp_path, emulator, [root], upload={"max_file_bytes": 20_000})
     async with running(cfg, emulator.key) as d:
-        await asyncio.to_thread(make, root / name)  # type: ignore[arg-type]
+        await asyncio.to_thread(make, root / name)
         write_media(root / "fine.mp4", seed=7)
         await wait_path_state(d, root / name, "skipped")
         rec = await d.ledger.get_path(str(root / name))
