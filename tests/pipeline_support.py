@@ -141,22 +141,28 @@ def run_measured(
 ) -> tuple[int, int]:
     """Run a child to completion; returns (exit status, its own peak RSS in KiB).
 
-    ``os.wait4`` reports that one child's peak, not the maximum over every child this test
-    process ever had. Blocking: call it in a thread.
+    The peak is the child's ``VmHWM`` from ``/proc``, sampled until it exits: ``ru_maxrss``
+    would not do, since Linux carries the parent's RSS at fork over into the child's maxrss,
+    and this test process is large by the end of a suite. Blocking: call it in a thread.
     """
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + timeout_s
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not reap it again
-            return proc.returncode, usage.ru_maxrss
+    peak_kib = 0
+    while proc.poll() is None:
+        try:
+            with open(f"/proc/{proc.pid}/status", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        peak_kib = max(peak_kib, int(line.split()[1]))
+        except (OSError, ValueError):
+            pass  # exiting: the last sample stands
         if time.monotonic() > deadline:
             proc.kill()
             proc.wait()
             raise AssertionError(f"{argv} did not finish within {timeout_s} s")
-        time.sleep(0.1)
+        time.sleep(0.05)
+    return proc.returncode, peak_kib
 
 
 def received(emulator: EmulatorServer) -> dict[str, str | None]:

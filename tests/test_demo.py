@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -30,9 +31,10 @@ async def test_demo_uploads_the_sample_and_a_dropped_file_and_show_finds_them(
         assert "drop a file" in banner and "show inbox/" in banner
 
         def done() -> int:
-            if not ledger.exists():
-                return 0
-            return query(ledger, "SELECT COUNT(*) FROM contents WHERE state = 'done'")[0][0]
+            try:
+                return query(ledger, "SELECT COUNT(*) FROM contents WHERE state = 'done'")[0][0]
+            except sqlite3.Error:
+                return 0  # not created, or not migrated yet
 
         await wait_for(lambda: done() >= 1, 60, what="the sample uploaded")
         write_media(tmp_path / "inbox" / "clip.mp4", size=30_000)

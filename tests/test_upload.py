@@ -114,9 +114,11 @@ async def test_a_400_storm_slows_everyone_and_recovers(
         assert time.monotonic() - started >= 4.5  # nothing got through during the storm
         assert d.uploader.stats.throttled >= 1 and d.uploader.stats.rejected == 0
     storm = [r for r in emulator.requests("upload") if r.status == 400]
-    # The shared cool-down (doubling to 4 s) keeps a 5 s storm to a handful of requests,
-    # not 10 workers hammering.
-    assert 1 <= len(storm) <= 12
+    # The shared cool-down (0.5 s doubling to 4 s) leaves at most four rounds in a 5 s storm,
+    # each of at most one request per worker (rates are off in this test; at the real 1/s the
+    # pacer spaces them too): a handful, not 10 files retrying on their own clocks.
+    workers = cfg.upload.workers
+    assert 1 <= len(storm) <= 4 * workers
     assert {a.sha256 for a in emulator.assets()} == {sha256_of(p) for p in paths}
 
 
@@ -336,6 +338,7 @@ async def test_a_1_gib_sparse_file_uploads_with_flat_client_memory(
     assert code == 0, (tmp_path / "stderr.log").read_text()[-2000:]
     # The interpreter plus libraries is ~60 MiB; a buffered 1 GiB would be > 1 GiB. 150 MiB
     # leaves room for noise, not for holding the file.
+    print(f"1 GiB upload: daemon peak RSS {peak_kib} KiB")
     assert peak_kib < 150 * 1024, f"peak RSS {peak_kib} KiB"
     (asset,) = emulator.assets()
     assert asset.size == 1 << 30 and asset.sha256 == sha256_of(big)
