@@ -264,14 +264,30 @@ class Usage:
     cpu_s: float
 
 
+def exited(proc: subprocess.Popen[bytes]) -> bool:
+    """Whether ``proc`` has exited, without reaping it (so :func:`wait4` can, later)."""
+    if proc.returncode is not None:
+        return True
+    try:
+        info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return info is not None
+
+
 def wait4(proc: subprocess.Popen[bytes], timeout_s: float) -> Usage:
-    """Reap ``proc``; returns its exit code and its own user+system CPU time.
+    """Reap ``proc``; returns its exit code and its own user+system CPU time (NaN when
+    something else reaped it first).
 
     Kills it after ``timeout_s`` and raises :class:`BenchError`.
     """
     deadline = time.monotonic() + timeout_s
     while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        try:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        except ChildProcessError:
+            proc.wait()  # reaped elsewhere: Popen knows the code
+            return Usage(proc.returncode, float("nan"))
         if pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
             return Usage(proc.returncode, usage.ru_utime + usage.ru_stime)
@@ -343,7 +359,7 @@ class Emulator:
         port_file = self.folder / "port"
         deadline = time.monotonic() + 30
         while not port_file.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
+            if exited(self.proc) or time.monotonic() > deadline:
                 self.__exit__(None, None, None)
                 text = (self.folder / "emulator.log").read_text(errors="replace")[-500:]
                 raise BenchError(f"the emulator did not start: {text.strip()}")
@@ -470,7 +486,7 @@ class DaemonProcess:
     def _watch_rss(self) -> None:
         proc = self.proc
         assert proc is not None
-        while proc.returncode is None:
+        while not exited(proc):
             hwm = vm_hwm_kib(proc.pid)
             if hwm is None:
                 break
@@ -511,7 +527,7 @@ class DaemonProcess:
                     if match(self.lines[index]):
                         return index, self.lines[index]
                     index += 1
-                if self.proc is None or self.proc.poll() is not None:
+                if self.proc is None or exited(self.proc):
                     self._cond.wait(0.2)  # the reader may still hold unread lines
                     if index >= len(self.lines):
                         raise BenchError(f"the daemon exited before {what}: {self.tail()}")
@@ -552,7 +568,7 @@ class DaemonProcess:
         proc = self.proc
         if proc is None:
             return self.exit_code or 0, self.peak_rss_kib
-        if proc.poll() is None:
+        if not exited(proc):
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
         try:
