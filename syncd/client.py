@@ -51,7 +51,7 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, NamedTuple
@@ -254,6 +254,7 @@ class _FilePayload(aiohttp.Payload):
         chunk_bytes: int,
         stall_timeout_s: float,
         on_headers_sent: Callable[[], None] | None,
+        before_last_bytes: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         boundary = "syncd-" + secrets.token_hex(16)
         super().__init__(None, content_type=f"multipart/form-data; boundary={boundary}")
@@ -263,6 +264,7 @@ class _FilePayload(aiohttp.Payload):
         self._chunk_bytes = chunk_bytes
         self._stall_timeout_s = stall_timeout_s
         self._on_headers_sent = on_headers_sent
+        self._before_last_bytes = before_last_bytes
         self._head = (
             f"--{boundary}\r\n"
             f'Content-Disposition: form-data; name="file"; '
@@ -315,6 +317,10 @@ class _FilePayload(aiohttp.Payload):
             await self._send(writer, data)
             offset += len(data)
             self.bytes_sent = offset
+        if self._before_last_bytes is not None:
+            # Until the closing boundary arrives the service cannot have a complete file: the
+            # caller may hold the rest back (see the uploader's one-finisher rule).
+            await self._before_last_bytes()
         await self._send(writer, self._tail)
         self.complete = True
         if self.on_complete is not None:
@@ -427,18 +433,28 @@ class MaviClient:
         filename: str,
         on_headers_sent: Callable[[], None] | None = None,
         expected: Fingerprint | None = None,
+        before_last_bytes: Callable[[], Awaitable[None]] | None = None,
     ) -> UploadResult:
         """Upload the file at ``path`` with ``POST /upload`` as the multipart ``file`` part.
 
         Given the path to open (a ``str``, possibly with surrogate-escaped bytes), the file
         name to send, an optional callback run once, just before the first byte of the
         body goes out (from then on the service may create an asset), and optionally the
-        fingerprint the opened file must have (else nothing is sent). Returns the asset id,
+        fingerprint the opened file must have (else nothing is sent), and an optional
+        coroutine function awaited before the body's last bytes (the closing boundary) are
+        sent, after which the service may hold a complete file. Returns the asset id,
         the SHA-256 and count of the bytes sent, and the HTTP status. Raises an
         :class:`~syncd.errors.ApiError` subclass, or :class:`LocalFileError`.
         """
         answer, payload = await self._send_file(
-            "upload", self._base / "upload", path, filename, True, on_headers_sent, expected
+            "upload",
+            self._base / "upload",
+            path,
+            filename,
+            True,
+            on_headers_sent,
+            expected,
+            before_last_bytes,
         )
         data = self._success_data("upload", answer)
         if not answer.body_sent:
@@ -573,6 +589,7 @@ class MaviClient:
         auth: bool,
         on_headers_sent: Callable[[], None] | None,
         expected: Fingerprint | None,
+        before_last_bytes: Callable[[], Awaitable[None]] | None = None,
     ) -> tuple[_Answer, _FilePayload]:
         fd, size = await asyncio.to_thread(_open_regular, path, expected)
         try:
@@ -584,6 +601,7 @@ class MaviClient:
                 chunk_bytes=self._chunk_bytes,
                 stall_timeout_s=self._read_timeout_s,
                 on_headers_sent=on_headers_sent,
+                before_last_bytes=before_last_bytes,
             )
             answer = await self._exchange("POST", url, endpoint=endpoint, auth=auth, body=payload)
             return answer, payload

@@ -407,27 +407,30 @@ class Ledger:
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
+        # aiosqlite runs each statement in its own thread: a statement whose await is
+        # cancelled still runs. So every way out short of a completed COMMIT queues a ROLLBACK
+        # behind whatever was submitted (a no-op error if nothing is open), or the connection
+        # would be left inside a transaction.
         async with self._lock:
+            committed = False
             try:
                 await self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise classify_sqlite_error(exc, self.path) from None
-            try:
                 yield self._db
-            except sqlite3.Error as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    await self._db.execute("ROLLBACK")
-                raise classify_sqlite_error(exc, self.path) from None
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    await self._db.execute("ROLLBACK")
-                raise
-            try:
                 await self._db.execute("COMMIT")
+                committed = True
             except sqlite3.Error as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    await self._db.execute("ROLLBACK")
                 raise classify_sqlite_error(exc, self.path) from None
+            finally:
+                if not committed:
+                    await self._rollback()
+
+    async def _rollback(self) -> None:
+        try:
+            # Shielded: queued all the same if we are cancelled meanwhile, and it runs before
+            # anything submitted after it.
+            await asyncio.shield(self._db.execute("ROLLBACK"))
+        except sqlite3.Error:
+            pass  # nothing was open (BEGIN failed, or COMMIT went through after all)
 
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         async with self._lock:
@@ -770,6 +773,15 @@ class Ledger:
         return _must(attempt_id)
 
     @_retry_stalled
+    async def mark_finishing(self, attempt_id: int) -> None:
+        """A direct attempt is about to send its last bytes: from here on the API may hold a
+        complete file whose answer a crash would lose (recovery counts it)."""
+        await self._write(
+            "UPDATE attempts SET outcome = 'finishing' WHERE id = ? AND outcome IS NULL",
+            (attempt_id,),
+        )
+
+    @_retry_stalled
     async def allocate(
         self, sha256: str, asset_id: str, url: str, expires_at: float, attempt_id: int
     ) -> None:
@@ -1061,16 +1073,20 @@ class Ledger:
     async def recover(self) -> RecoveryReport:
         """Startup recovery after any stop, clean or not.
 
-        Direct uploads left ``uploading`` go back to ``pending`` and count one possible remote
-        duplicate (the API has no idempotency key); signed-URL uploads go back to ``allocated``
-        on the same asset id; open attempts are closed as interrupted; polls are due now.
+        Direct uploads left ``uploading`` go back to ``pending``; the one whose last bytes were
+        being sent when the daemon stopped (see :meth:`mark_finishing`) counts one possible
+        remote duplicate, since the API has no idempotency key. Signed-URL uploads go back to
+        ``allocated`` on the same asset id; open attempts are closed as interrupted; polls are
+        due now.
         """
         now = self._clock()
         async with self._tx() as db:
             cur = await db.execute(
                 "UPDATE contents SET state = 'pending', possible_duplicates = "
-                "possible_duplicates + 1, next_attempt_at = ?, updated_at = ?, last_error = "
-                "'interrupted during a direct upload (possible remote duplicate)' "
+                "possible_duplicates + EXISTS (SELECT 1 FROM attempts a WHERE "
+                "a.sha256 = contents.sha256 AND a.outcome = 'finishing'), "
+                "next_attempt_at = ?, updated_at = ?, last_error = "
+                "'interrupted during a direct upload' "
                 "WHERE state = 'uploading' AND upload_mode = 'direct'",
                 (now, now),
             )
@@ -1083,9 +1099,9 @@ class Ledger:
             )
             signed = cur.rowcount
             await db.execute(
-                "UPDATE attempts SET ended_at = ?, outcome = CASE WHEN mode = 'direct' "
+                "UPDATE attempts SET ended_at = ?, outcome = CASE WHEN outcome = 'finishing' "
                 "THEN 'interrupted_possible_duplicate' ELSE 'interrupted' END "
-                "WHERE outcome IS NULL",
+                "WHERE outcome IS NULL OR outcome = 'finishing'",
                 (now,),
             )
             cur = await db.execute(

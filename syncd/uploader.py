@@ -80,6 +80,26 @@ class UploaderState:
     reason: str = ""
 
 
+class _Finisher:
+    """Holds the uploader's finish lock from an upload's last bytes until its commit."""
+
+    def __init__(self, lock: asyncio.Lock, ledger: Ledger, attempt_id: int) -> None:
+        self._lock = lock
+        self._ledger = ledger
+        self._attempt_id = attempt_id
+        self.entered = False
+
+    async def enter(self) -> None:
+        await self._lock.acquire()
+        self.entered = True
+        await self._ledger.mark_finishing(self._attempt_id)
+
+    def leave(self) -> None:
+        if self.entered:
+            self.entered = False
+            self._lock.release()
+
+
 def backoff_s(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
     """Exponential backoff with full jitter in its upper half: attempt 1 waits ~initial_s."""
     base = min(max_s, initial_s * 2.0 ** max(0, attempt - 1))
@@ -124,6 +144,7 @@ class Uploader:
         self._active: set[asyncio.Task[object]] = set()
         self._idle = asyncio.Event()  # set whenever no upload is in flight
         self._idle.set()
+        self._finish_lock = asyncio.Lock()  # see _upload_direct: one finisher at a time
         # Called after an asset id is committed (the daemon points it at the poller).
         self.on_uploaded: Callable[[], None] = lambda: None
 
@@ -319,37 +340,53 @@ class Uploader:
         attempt = await self.ledger.begin_attempt(content.sha256, path, "direct")
         failpoint("attempt_started")
         t0 = time.monotonic()
+        # One finisher at a time: bodies stream concurrently, but only one upload at a time
+        # sends its last bytes and holds the window until its outcome is committed. A crash
+        # can then leave at most one complete body without a recorded answer: at most one
+        # remote duplicate per crash, the bound the API's lack of idempotency allows.
+        finisher = _Finisher(self._finish_lock, self.ledger, attempt)
         try:
-            result = await self.client.upload(
-                path, filename=os.path.basename(path), expected=before
+            try:
+                result = await self.client.upload(
+                    path,
+                    filename=os.path.basename(path),
+                    expected=before,
+                    before_last_bytes=finisher.enter,
+                )
+            except asyncio.CancelledError:
+                # A body that was complete may have reached the API and its answer been lost.
+                await self._interrupted(
+                    content.sha256,
+                    attempt,
+                    keep_allocation=False,
+                    possible_duplicate=finisher.entered,
+                )
+                raise
+            except ApiError as exc:
+                self.metrics.inc("syncd_requests_total", endpoint="upload", status=_status(exc))
+                await self._api_failure(content, attempt, "upload", "direct", exc, started)
+                return
+            except OSError as exc:
+                await self.ledger.retry_later(
+                    content.sha256,
+                    attempt,
+                    outcome="file_error",
+                    error=f"cannot read {_display(path)}: {exc.strerror or exc}",
+                    next_attempt_at=self.clock() + self.cfg.upload.backoff_initial_s,
+                    count_attempt=False,
+                )
+                await self._file_unavailable(path, exc)
+                return
+            failpoint("answered")
+            self.metrics.inc(
+                "syncd_requests_total", endpoint="upload", status=str(result.http_status)
             )
-        except asyncio.CancelledError:
-            # The body may have been complete and the answer lost: the honest bound.
-            await self._interrupted(
-                content.sha256, attempt, keep_allocation=False, possible_duplicate=True
+            self.pacer.succeeded("upload")
+            await self._uploaded(
+                content, attempt, path, before, result, time.monotonic() - t0, "upload"
             )
-            raise
-        except ApiError as exc:
-            self.metrics.inc("syncd_requests_total", endpoint="upload", status=_status(exc))
-            await self._api_failure(content, attempt, "upload", "direct", exc, started)
-            return
-        except OSError as exc:
-            await self.ledger.retry_later(
-                content.sha256,
-                attempt,
-                outcome="file_error",
-                error=f"cannot read {_display(path)}: {exc.strerror or exc}",
-                next_attempt_at=self.clock() + self.cfg.upload.backoff_initial_s,
-                count_attempt=False,
-            )
-            await self._file_unavailable(path, exc)
-            return
-        failpoint("answered")
-        self.metrics.inc("syncd_requests_total", endpoint="upload", status=str(result.http_status))
-        self.pacer.succeeded("upload")
-        await self._uploaded(
-            content, attempt, path, before, result, time.monotonic() - t0, "upload"
-        )
+        finally:
+            finisher.leave()
 
     async def _upload_signed(self, content: Content, path: str, before: Fingerprint) -> None:
         now = self.clock()

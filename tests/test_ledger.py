@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import sqlite3
 import stat
@@ -87,10 +89,12 @@ async def test_upload_lifecycle_to_done(ledger: Ledger) -> None:
 async def test_recovery_counts_possible_duplicates_and_resumes_allocations(
     ledger: Ledger,
 ) -> None:
-    direct, signed, polled = "01" * 32, "02" * 32, "03" * 32
-    for i, sha in enumerate((direct, signed, polled)):
+    direct, signed, polled, early = "01" * 32, "02" * 32, "03" * 32, "04" * 32
+    for i, sha in enumerate((direct, signed, polled, early)):
         await ledger.record_content(f"/r/{i}.mp4", "/r", fp(ino=i), sha, "mp4")
-    await ledger.begin_attempt(direct, "/r/0.mp4", "direct")
+    finishing = await ledger.begin_attempt(direct, "/r/0.mp4", "direct")
+    await ledger.mark_finishing(finishing)  # its last bytes were on their way
+    await ledger.begin_attempt(early, "/r/3.mp4", "direct")  # still mid-body: no duplicate
     a = await ledger.begin_attempt(signed, "/r/1.mp4", "signed_url")
     await ledger.allocate(signed, "re_9", "http://x/u", 10**10, a)
     await ledger.mark_sending(signed)
@@ -98,7 +102,7 @@ async def test_recovery_counts_possible_duplicates_and_resumes_allocations(
     await ledger.finish_upload(polled, b, "re_3", bytes_sent=1, http_status=200, next_poll_at=1e12)
 
     report = await ledger.recover()
-    assert (report.interrupted_direct, report.resumed_signed_url) == (1, 1)
+    assert (report.interrupted_direct, report.resumed_signed_url) == (2, 1)
     d = await ledger.get_content(direct)
     s = await ledger.get_content(signed)
     p = await ledger.get_content(polled)
@@ -109,6 +113,9 @@ async def test_recovery_counts_possible_duplicates_and_resumes_allocations(
     assert await ledger.possible_duplicates() == 1
     outcomes = {a.outcome for a in await ledger.attempts_of(direct)}
     assert outcomes == {"interrupted_possible_duplicate"}
+    e = await ledger.get_content(early)
+    assert e is not None and (e.state, e.possible_duplicates) == ("pending", 0)
+    assert {a.outcome for a in await ledger.attempts_of(early)} == {"interrupted"}
 
 
 async def test_supersede_keeps_the_asset_and_requeues(ledger: Ledger) -> None:
@@ -239,3 +246,23 @@ async def test_corrupt_ledger_refuses_to_start(tmp_path: Path, damage: str) -> N
     assert "corrupt" in message and f"mv {path} {path}.corrupt" in message
     # Nothing was silently recreated: the damaged file is still there for forensics.
     assert path.stat().st_size > 0
+
+
+@pytest.mark.parametrize("steps", range(8))
+async def test_a_write_cancelled_at_any_point_leaves_the_connection_usable(
+    ledger: Ledger, steps: int
+) -> None:
+    # aiosqlite still runs a statement whose await was cancelled; the ledger must not be left
+    # inside a transaction ("cannot start a transaction within a transaction" ever after).
+    task = asyncio.create_task(ledger.record_content("/r/a.mp4", "/r", fp(), "aa" * 32, "mp4"))
+    for _ in range(steps):
+        await asyncio.sleep(0)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    content = await ledger.record_content("/r/b.mp4", "/r", fp(ino=2), "bb" * 32, "mp4")
+    assert content.state == "pending"
+    assert await ledger.integrity_problems() == []
+    # The cancelled write either happened whole or not at all.
+    a = await ledger.get_path("/r/a.mp4")
+    assert (a is None) == (await ledger.get_content("aa" * 32) is None)
