@@ -535,4 +535,4 @@ async def test_a_file_whose_answers_stay_bad_is_given_up_while_others_go_through
     assert not set(api.spoiled_ids) & ids
     assert_clean_log(logs, emulator.key)
     gave_up = lines_with(logs, "gave up on")
-    assert len(gave_up) == 1 and "after 3 attempts" in gave_up[0]
+    assert len(gave_up) == 1 and "3 attempts failed" in gave_up[0]
