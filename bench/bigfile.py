@@ -58,16 +58,16 @@ UPLOADED_RE = re.compile(r"^uploaded (?P<path>.+) sha256=\S+ asset=(?P<asset>re_
 # What profiling found (``"*"`` is always shown; other keys next to a missed target).
 FINDINGS = {
     "*": (
-        "Where it goes: syncd and the emulator share the two cores. syncd spends ~4.4 CPU "
+        "Where it goes: syncd and the emulator share the two cores. syncd spends 4.3-5.2 CPU "
         "seconds on 2 GiB (two SHA-256 passes, the content hash before the upload and the "
         "hash of the bytes as they are sent, which invariant 1 requires, plus one copy per "
-        "1 MiB chunk) against curl's ~0.65 s, and the emulator needs 4.3-5.5 CPU seconds to "
-        "receive either. The first hash pass is about a quarter to a third of the time from "
-        "close to recorded. syncd's client alone (no daemon, same emulator) uploads the same "
-        "file at 360-430 MB/s, curl's range, so the transfer path itself is not the bound. "
-        "Over a real uplink (far below 1 GB/s) the hash passes are a small share. Results "
-        "swing between runs with the load on the machine (0.36x to 0.75x was seen while "
-        "developing this benchmark)."
+        "1 MiB chunk) against curl's 0.6-0.9 s, and the emulator needs 4-6 CPU seconds to "
+        "receive either. The first hash pass is a fifth to a third of the time from close to "
+        "recorded. syncd's client alone (no daemon, no first pass) uploaded the same file "
+        "at 360 and 426 MB/s in two runs made while developing this benchmark, when curl's "
+        "runs gave 240-440 MB/s: the transfer path itself is not the bound. Over a real "
+        "uplink (far below 1 GB/s) the hash passes are a small share. Results swing with the "
+        "load on the machine (0.36x to 0.75x was seen while developing this benchmark)."
     ),
     "throughput": (
         "On two cores the bound is CPU, not a defect of the transfer path: both hash passes "
