@@ -50,6 +50,10 @@ from syncd.writers import WriterCheck
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 5.0
+# New folders are scanned once none has appeared for NEW_DIRS_QUIET_S, or NEW_DIRS_MAX_WAIT_S
+# after the first: a tree created at once is then walked once, from its top.
+NEW_DIRS_QUIET_S = 0.2
+NEW_DIRS_MAX_WAIT_S = 1.0
 ROOT_CHECK_S = 10.0
 
 
@@ -124,6 +128,11 @@ class Daemon:
         self._hashing: set[str] = set()
         self._scans_running = 0
         self._events: asyncio.Queue[FsEvent] = asyncio.Queue()
+        # Folders that appeared (created or moved in) per root, waiting to be scanned; when the
+        # first and the last of them arrived (monotonic).
+        self._new_dirs: dict[str, set[str]] = {}
+        self._new_dirs_since = self._new_dirs_last = 0.0
+        self._new_dirs_event = asyncio.Event()
         # Set in run():
         self.ledger: Ledger
         self.uploader: Uploader
@@ -260,6 +269,7 @@ class Daemon:
             if not self.once:
                 self._watcher = Watcher(loop, self._events.put_nowait)
                 self._spawn(self._event_loop(), "events")
+                self._spawn(self._new_dirs_loop(), "new-folders")
             # Every root is known before any is watched or scanned: with nested roots, the
             # outer root's first events and scan must already leave the inner root's files to it.
             for state in [self._new_root(root) for root in cfg.watch]:
@@ -572,6 +582,36 @@ class Daemon:
             except SyncdError as exc:
                 log.error("event on %s: %s", _display(ev.path), exc)
 
+    async def _new_dirs_loop(self) -> None:
+        """Scan new folders once they stop appearing for a moment (at most a second late)."""
+        while True:
+            await self._new_dirs_event.wait()
+            while True:
+                now = time.monotonic()
+                due = min(
+                    self._new_dirs_last + NEW_DIRS_QUIET_S,
+                    self._new_dirs_since + NEW_DIRS_MAX_WAIT_S,
+                )
+                if now >= due:
+                    break
+                await asyncio.sleep(due - now)
+            self._new_dirs_event.clear()
+            self._scan_new_dirs()
+
+    def _scan_new_dirs(self) -> None:
+        """Scan each folder that appeared, once: one inside another that appeared too is left
+        to the outer one's walk, which starts after both existed. A tree created at once
+        (``mkdir -p``, a folder moved in) is then one walk, not one walk per level (a 200-level
+        tree cost 20,000 folder reads, whose own events overflowed the kernel's queue)."""
+        pending, self._new_dirs = self._new_dirs, {}
+        for root, paths in pending.items():
+            state = self._roots.get(root)
+            if state is None or not state.available:
+                continue
+            for path in paths:
+                if not _has_ancestor_in(path, paths):
+                    self._start_scan(state, path)
+
     async def _handle_event(self, ev: FsEvent) -> None:
         state = self._roots.get(ev.root) or self._root_of(ev.path)
         if state is None:
@@ -594,7 +634,11 @@ class Daemon:
             # Nested roots: the deeper root owns this path, and its own watch reports it.
             return
         if kind in ("dir_created", "dir_moved_to"):
-            self._start_scan(state, ev.path)
+            self._new_dirs_last = time.monotonic()
+            if not self._new_dirs:
+                self._new_dirs_since = self._new_dirs_last
+            self._new_dirs.setdefault(state.cfg.path, set()).add(ev.path)
+            self._new_dirs_event.set()
             return
         if kind == "dir_deleted":
             # A folder deleted or moved away: every file below it is gone (its contents stay).
@@ -857,6 +901,16 @@ class Daemon:
         if self.uploader.state.in_flight or self.uploader.queue_depth():
             return False
         return await self.ledger.unfinished_count() == 0
+
+
+def _has_ancestor_in(path: str, paths: set[str]) -> bool:
+    parent = os.path.dirname(path)
+    while parent not in paths:
+        above = os.path.dirname(parent)
+        if above == parent:
+            return False
+        parent = above
+    return True
 
 
 def _prune_backups(folder: str, keep: int) -> None:
