@@ -58,6 +58,7 @@ from watchdog.observers.inotify_c import (
     WatchCallback,
     WatchDescriptor,
 )
+from watchdog.observers.inotify_move_event_grouper import PathedInotifyEvent
 from watchdog.observers.polling import PollingObserver
 
 from syncd.config import WatchRoot
@@ -621,6 +622,17 @@ class _WatchGroup(InotifyWatchGroup):
                 moved = event.mask & InotifyConstants.IN_MOVE_SELF
                 self.hooks.root_gone("it was moved away" if moved else "it was unmounted")
             return  # watchdog has no use for either
+        if event.is_create and event.is_directory and self.is_recursive:
+            with self._lock:
+                src_path = self._build_event_source_path(event)
+                if self.is_active and src_path in self._active_callbacks_by_path:
+                    # Watched already: the walk from a folder above it (created just before,
+                    # as by mkdir -p) added its watches and reported what was in it, and what
+                    # came later has events of its own. watchdog would walk it again, once
+                    # per level: a 200-level tree cost 20,000 folder reads, whose own events
+                    # overflowed the kernel's queue. Report the folder, walk nothing.
+                    self._move_event_grouper.put_event(PathedInotifyEvent(event, src_path))
+                    return
         super().on_event(event)
 
     def on_queue_overflow(self) -> None:
