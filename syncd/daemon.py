@@ -82,6 +82,10 @@ class RootState:
     identity: RootIdentity | None = None  # what it was when first armed
     watched: bool = False
     reported: bool = False  # its unavailability was logged (once, until it comes back)
+    full_scan: asyncio.Task[None] | None = None
+    rescan_wanted: bool = False  # a full scan was asked for while one ran
+    following_up: bool = False  # the next full scan is a follow-up of a repeated request
+    pending_rescan: asyncio.TimerHandle | None = None
     scans: set[asyncio.Task[None]] = field(default_factory=set)
 
 
@@ -481,15 +485,46 @@ class Daemon:
             self._start_scan(state)
 
     def _start_scan(self, state: RootState, subdir: str | None = None) -> None:
+        """Scan a root (or one folder in it) in a tracked task.
+
+        Full scans of a root never pile up: asking for one while one runs (an inotify
+        overflow, which a scan of a huge tree can itself cause) only asks for one more when
+        it ends. That one starts at once; if it too is asked to repeat, the next waits as long
+        as the last scan took (at most a minute), so a tree that overflows the queue on every
+        walk is rescanned steadily, not in a storm.
+        """
+        if subdir is None and state.full_scan is not None:
+            state.rescan_wanted = True
+            return
         task = asyncio.create_task(self._scan(state, subdir), name=f"scan {state.cfg.path}")
         state.scans.add(task)
         self._tasks.add(task)
+        follow_up = subdir is None and state.following_up
+        if subdir is None:
+            state.full_scan = task
+            state.following_up = False
+        started = time.monotonic()
 
         def done(t: asyncio.Task[None]) -> None:
             state.scans.discard(t)
             self._reap(t, False)
+            if state.full_scan is not t:
+                return
+            state.full_scan = None
+            if state.rescan_wanted and not t.cancelled() and not self._stop.is_set():
+                state.rescan_wanted = False
+                pause_s = min(60.0, time.monotonic() - started) if follow_up else 0.0
+                state.pending_rescan = asyncio.get_running_loop().call_later(
+                    pause_s, self._follow_up_scan, state
+                )
 
         task.add_done_callback(done)
+
+    def _follow_up_scan(self, state: RootState) -> None:
+        state.pending_rescan = None
+        if not self._stop.is_set() and state.available and self._roots.get(state.cfg.path):
+            state.following_up = True
+            self._start_scan(state)
 
     async def _scan(self, state: RootState, subdir: str | None = None) -> None:
         root = state.cfg

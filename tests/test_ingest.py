@@ -273,3 +273,25 @@ async def test_a_folder_moved_away_marks_its_files_gone_and_keeps_their_contents
 
         await wait_for(gone, 20, what="files under the moved folder gone")
         assert (await d.ledger.counts())["contents"]["done"] == 2
+
+
+async def test_overflows_never_pile_up_scans(
+    tmp_path: Path, root: Path, emulator: EmulatorServer
+) -> None:
+    from syncd.watcher import FsEvent
+
+    for i in range(2000):
+        (root / f"f{i}.jpg").write_bytes(media_bytes("jpg", 256, seed=i))
+    cfg = make_config(tmp_path, emulator, [root], scan={"on_start": False})
+    async with running(cfg, emulator.key) as d:
+        state = d._roots[str(root)]
+        for _ in range(50):  # an overflow storm, as a huge tree's own walk can cause
+            await d._handle_event(FsEvent("overflow", str(root), str(root)))
+            assert len(state.scans) <= 1
+        assert state.rescan_wanted  # one more scan owed, not fifty
+
+        def settled_down() -> bool:
+            return state.full_scan is None and state.pending_rescan is None
+
+        await wait_for(settled_down, 60, what="the owed scan done, nothing more")
+        assert not state.rescan_wanted
