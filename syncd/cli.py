@@ -109,10 +109,13 @@ class Progress:
         s = daemon.uploader.stats
         elapsed = max(0.001, time.monotonic() - self.started)
         rate = s.bytes_sent / elapsed
+        left = daemon.backlog_bytes
+        eta = f"ETA {_human_seconds(left / rate)}" if rate > 0 and left else "ETA -"
         text = (
             f"uploaded {s.uploaded} file(s), {_human_bytes(s.bytes_sent)} "
-            f"({_human_bytes(rate)}/s), done {daemon.poller.done}, in flight "
-            f"{len(daemon.uploader.state.in_flight)}, settling {daemon.settler.tracked()}"
+            f"({_human_bytes(rate)}/s), {_human_bytes(left)} left, {eta}; done "
+            f"{daemon.poller.done}, in flight {len(daemon.uploader.state.in_flight)}, "
+            f"settling {daemon.settler.tracked()}"
         )
         if self.tty:
             self.stream.write("\r\x1b[2K" + text)
@@ -127,6 +130,15 @@ class Progress:
         if self.drawn:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def _human_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _human_bytes(n: float) -> str:

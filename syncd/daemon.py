@@ -123,6 +123,7 @@ class Daemon:
         self.counters = Counters()
         self.started_at = time.time()
         self.ready = False
+        self.backlog_bytes = 0  # bytes still to upload (kept current for progress displays)
         self.exit_code = EXIT_OK
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
@@ -424,6 +425,7 @@ class Daemon:
             text = self.summary()
             self.notifier.status(text)
             if self.progress is not None:
+                self.backlog_bytes = (await self.ledger.counts())["backlog"]["bytes"]
                 self.progress(self)
             await asyncio.sleep(HEARTBEAT_S if not self.once else 1.0)
 

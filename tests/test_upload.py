@@ -342,6 +342,13 @@ async def test_a_1_gib_sparse_file_uploads_with_flat_client_memory(
     assert peak_kib < 150 * 1024, f"peak RSS {peak_kib} KiB"
     (asset,) = emulator.assets()
     assert asset.size == 1 << 30 and asset.sha256 == sha256_of(big)
+    # Not on a terminal, `sync --once` prints plain progress lines (every 10 s, first at once).
+    progress = [
+        line
+        for line in (tmp_path / "stderr.log").read_text().splitlines()
+        if line.startswith("uploaded ")
+    ]
+    assert progress and " left, ETA " in progress[0]
     assert os.path.getsize(big) == 1 << 30
 
 
