@@ -655,7 +655,10 @@ class Daemon:
             return
         kind = ev.kind
         if kind == "overflow":
-            self._start_scan(state)  # the watcher logged it; the rescan finds what was missed
+            # The watcher logged it. Events were lost: the settler stops trusting what it had
+            # derived about writers (/proc decides), and the rescan finds what was missed.
+            self.settler.event(ev)
+            self._start_scan(state)
             return
         if kind == "root_gone":
             # The watcher logged it with the fix; the root monitor re-arms it when it is back.
@@ -679,6 +682,7 @@ class Daemon:
             return
         if kind == "dir_deleted":
             # A folder deleted or moved away: every file below it is gone (its contents stay).
+            self.settler.event(ev)
             gone = await self.ledger.mark_gone_under(ev.path)
             if gone:
                 log.info("%d file(s) under %s are gone", gone, _display(ev.path))

@@ -55,6 +55,7 @@ MIN_RECHECK_S: Final = 0.05
 ERROR_RETRY_S: Final = 1.0
 
 Writing = Literal["no", "maybe", "yes", "proc"]
+LOST_CLOSE_MIN_S = 30.0
 _CONTENT_EVENTS: Final = frozenset({"created", "modified", "attrib", "closed_write", "moved_to"})
 
 
@@ -114,6 +115,8 @@ class Settler:
         self.max_wait_s = max_wait_s
         self._half_s = max(quiet_s / 2, MIN_RECHECK_S)
         self._recheck_s = max(quiet_s, 2 * MIN_RECHECK_S)
+        # How long a file taken as written may stay silent before /proc is asked instead.
+        self._lost_close_s = max(LOST_CLOSE_MIN_S, 10 * quiet_s)
         self._on_settled = on_settled
         self._on_unsettled = on_unsettled
         self._writers = writers
@@ -309,7 +312,14 @@ class Settler:
         for tr in due:
             if now - tr.first_seen >= self.max_wait_s:
                 await self._give_up(tr)
-            elif self._due(tr) <= now:
+                continue
+            if (
+                tr.writing == "yes"
+                and self._proc_usable()
+                and now - tr.last_event >= self._lost_close_s
+            ):
+                self._set_writing(tr, "maybe")  # its close may have been lost: ask /proc
+            if self._due(tr) <= now:
                 to_stat.append(tr)
             else:
                 self._schedule(tr)
@@ -430,6 +440,11 @@ class Settler:
     def _due(self, tr: _Track) -> float:
         """When ``tr`` should next be looked at (settler clock)."""
         limit = tr.first_seen + self.max_wait_s
+        if tr.writing == "yes" and self._proc_usable():
+            # A close after writing can be lost (a queue overflow cuts between a file's open
+            # and its close). After a long quiet spell /proc decides, as for "maybe": a writer
+            # that is only pausing still holds the file open there.
+            return min(max(tr.last_event + self._lost_close_s, tr.not_before), limit)
         if tr.writing == "yes" or (tr.writing == "maybe" and not self._proc_usable()):
             return limit  # only an event (its close) or the time limit can move it on
         if tr.old_on_offer:

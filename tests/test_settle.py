@@ -559,3 +559,45 @@ async def test_cancelling_run_drops_everything_and_releases_offers(root: Path) -
         await task
     await asyncio.wait_for(waiting, WAIT_S)
     assert settler.tracked() == 0
+
+
+async def test_a_lost_close_is_resolved_by_proc_after_a_long_quiet_spell(root: Path) -> None:
+    # An overflow can cut between a file's open and its close: the settler then takes the file
+    # as written for ever. After a long quiet spell (here shortened), /proc decides instead.
+    path = root / "cut.mp4"
+    write_media(path, size=5000)
+    async with pipeline(None, writers=WriterCheck()) as (h, settler):
+        settler._lost_close_s = 1.0  # 30 s or 10x quiet_s in production
+        for kind in ("created", "opened", "modified"):  # ... and the closed_write was lost
+            settler.event(FsEvent(kind, str(path), str(root)))
+        await asyncio.sleep(QUIET_S * 2)
+        assert h.paths() == [] and str(path) in settler.open_for_write()
+        await h.wait_for(lambda: h.paths() == [str(path)], "handed on once /proc said no writer")
+
+
+async def test_a_writer_that_keeps_the_file_open_is_still_waited_for_after_a_lost_close(
+    root: Path,
+) -> None:
+    path = root / "held.mp4"
+    writer = await Proc.start(PAUSING_WRITER_HOLDING, str(path))
+    try:
+        await writer.expect("holding")
+        async with pipeline(None, writers=WriterCheck()) as (h, settler):
+            settler._lost_close_s = 1.0
+            for kind in ("created", "opened", "modified"):
+                settler.event(FsEvent(kind, str(path), str(root)))
+            await asyncio.sleep(3.0)
+            assert h.paths() == []  # /proc shows the writer: still waiting
+    finally:
+        await writer.finish(kill=True)
+
+
+# Writes a little, then holds the file open for writing until stdin closes.
+PAUSING_WRITER_HOLDING = """
+import sys
+f = open(sys.argv[1], "wb")
+f.write(b"\\x00\\x00\\x00\\x18ftypmp42" + b"\\x00" * 100)
+f.flush()
+print("holding", flush=True)
+sys.stdin.read()
+"""
