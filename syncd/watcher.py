@@ -335,6 +335,9 @@ class Watcher:
 
     def _from_watchdog(self, entry: _Root, event: FileSystemEvent) -> None:
         """In an observer thread: translate one watchdog event and post it."""
+        if isinstance(event, _Overflow):
+            self._overflow(entry)
+            return
         src = os.fsdecode(event.src_path)
         dest = os.fsdecode(event.dest_path)
         kind = event.event_type
@@ -488,9 +491,6 @@ class _Hooks:
         self.watcher = watcher
         self.entry = entry
 
-    def overflow(self) -> None:
-        self.watcher._overflow(self.entry)
-
     def root_gone(self, why: str) -> None:
         self.watcher._mark_gone(self.entry, why)
 
@@ -637,8 +637,20 @@ class _WatchGroup(InotifyWatchGroup):
 
     def on_queue_overflow(self) -> None:
         super().on_queue_overflow()
-        if self.hooks is not None:
-            self.hooks.overflow()
+        # Reported through the same queues as the events, after every event read before it:
+        # reported at once, it overtook those still on their way, and a file whose creation
+        # and open arrived after it (its close having been lost) was held back as being
+        # written until settle.max_wait_s.
+        marker = InotifyEvent(WatchDescriptor(-1), InotifyConstants.IN_Q_OVERFLOW, 0, b"")
+        with self._lock:
+            if self.is_active:
+                self._move_event_grouper.put_event(PathedInotifyEvent(marker, self.path))
+
+
+class _Overflow(FileSystemEvent):
+    """The kernel's queue overflowed here: events were lost (handed on in order)."""
+
+    event_type = "syncd_overflow"
 
 
 class _Emitter(InotifyFullEmitter):
@@ -654,6 +666,12 @@ class _Emitter(InotifyFullEmitter):
     ) -> None:
         super().__init__(event_queue, watch, **kwargs)
         self._hooks = hooks
+
+    def build_and_queue_event(self, event: Any, *, full_events: bool = True) -> None:
+        if isinstance(event, PathedInotifyEvent) and event.ev.mask & InotifyConstants.IN_Q_OVERFLOW:
+            self.queue_event(_Overflow(self.watch.path))
+            return
+        super().build_and_queue_event(event, full_events=full_events)
 
     def on_thread_start(self) -> None:
         mask = Mask(self.get_event_mask_from_filter() | InotifyConstants.IN_MOVE_SELF)
