@@ -760,7 +760,7 @@ async def test_one_hundred_thousand_files_in_one_folder_are_walked_once_in_batch
 ) -> None:
     """The scan side of a folder of 100,000 files (on tmpfs, so creating them is quick):
     every file reported exactly once, in bounded batches. The daemon-level counterpart is the
-    burst test below (12,000 files in one folder, end to end)."""
+    burst test below (6,000 files in one folder, end to end)."""
     mount_tmpfs(mount_point)
     await write_burst(mount_point, 100_000, 1)
     cfg = WatchRoot(str(mount_point))
@@ -778,16 +778,17 @@ async def test_one_hundred_thousand_files_in_one_folder_are_walked_once_in_batch
 async def test_a_burst_that_overflows_the_inotify_queue_is_recovered_by_the_rescan(
     tmp_path: Path, mount_point: Path, emulator: EmulatorServer
 ) -> None:
-    """12,000 files land in one folder while the daemon is stopped (SIGSTOP, as a daemon
-    starved of CPU would be): at least three events each (created, modified, closed) against
-    the kernel's queue of 16,384, so the queue overflows for certain. The daemon says so in
-    one line, rescans, and every file is recorded with its content; each distinct content is
-    uploaded once. A real subprocess daemon at info level, on a tmpfs root.
+    """6,000 files land in one folder while the daemon is stopped (SIGSTOP, as a daemon
+    starved of CPU would be): at least three events each (created, modified, closed), more
+    than the kernel's queue holds (16,384 by default; checked below), so the queue overflows
+    for certain, in the middle of some file's events. The daemon says so in one line,
+    rescans, and every file is recorded with its content (none is left waiting as if still
+    being written); each distinct content is uploaded once. A real subprocess daemon at info
+    level, on a tmpfs root.
 
-    Size: 20,000 files take about 60 s end to end on a quiet 2-core machine (some 300 new
-    files a second, each settled, hashed and recorded) and much longer on a loaded one, so
-    the test uses 6,000: still three times the events the kernel queue holds by default
-    (checked below)."""
+    Size: 20,000 files take about a minute end to end on a quiet 2-core machine (some 300
+    new files a second, each settled, hashed and recorded) and much longer on a loaded one,
+    so the test uses 6,000."""
     n, distinct = 6_000, 120
     queue = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
     assert 3 * n > queue, f"fs.inotify.max_queued_events={queue}: {n} files cannot overflow it"
