@@ -374,8 +374,10 @@ class Settler:
     async def _finish(self, candidates: list[tuple[_Track, Fingerprint]], started: float) -> None:
         """Ask /proc about the candidates, then hand on those nobody writes."""
         found: dict[str, list[int]] = {}
+        walked = False
         if self._writers is not None and self._writers.available:
             found = await self._writers.writers({tr.path: fp for tr, fp in candidates})
+            walked = True
         elif self._writers is not None and not self._warned_blind:
             # The WriterCheck logged why /proc is unusable; say once what that means here.
             self._warned_blind = True
@@ -385,6 +387,7 @@ class Settler:
                 self.quiet_s,
             )
         checked = self._clock()
+        clear: list[tuple[_Track, Fingerprint]] = []
         for tr, fp in candidates:
             if self._tracks.get(tr.path) is not tr:
                 continue
@@ -407,12 +410,48 @@ class Settler:
             if tr.writing == "maybe" and not self._proc_usable():
                 self._schedule(tr)  # blocked until its close: nothing can clear it otherwise
                 continue
+            clear.append((tr, fp))
+        if walked and clear:
+            clear = await self._unchanged_since_walk(clear, checked)
+        for tr, fp in clear:
+            if self._tracks.get(tr.path) is not tr:
+                continue
             del self._tracks[tr.path]
             self._update_room()
             try:
                 await self._on_settled(Settled(tr.path, tr.root, fp))
             except Exception:
                 log.exception("handing on %s failed", display_path(tr.path))
+
+    async def _unchanged_since_walk(
+        self, clear: list[tuple[_Track, Fingerprint]], checked: float
+    ) -> list[tuple[_Track, Fingerprint]]:
+        """Stat again the files /proc found nobody writing; keep those still as they were.
+
+        The walk takes time: a writer can finish its work and close the file after the first
+        stat but before the walk looks, so "no writer now" proves only that the file, as it is
+        now, is complete. A file whose stat changed since goes back to settling with its new
+        fingerprint (never handed on with the old, shorter one)."""
+        items = [(tr.path, tr.root in self.follow_symlink_roots) for tr, _ in clear]
+        results = await asyncio.to_thread(_stat_all, items)
+        kept: list[tuple[_Track, Fingerprint]] = []
+        for (tr, fp), res in zip(clear, results, strict=True):
+            if self._tracks.get(tr.path) is not tr:
+                continue
+            if res == fp:
+                kept.append((tr, fp))
+                continue
+            log.debug("%s changed while /proc was read; settling it again", display_path(tr.path))
+            if tr.writing == "proc":
+                self._set_writing(tr, "no")  # its writer is gone; quiet time decides again
+            if isinstance(res, Fingerprint):
+                tr.probe = res
+                tr.probe_at = checked
+                tr.old_on_offer = False
+            else:
+                tr.probe = None  # gone or changed kind: the next round's stat says which
+            self._schedule(tr)
+        return kept
 
     async def _give_up(self, tr: _Track) -> None:
         waited = f"{self.max_wait_s:g} s"

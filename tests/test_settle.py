@@ -9,7 +9,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -601,3 +601,33 @@ f.flush()
 print("holding", flush=True)
 sys.stdin.read()
 """
+
+
+class _WriterFinishesDuringTheWalk(WriterCheck):
+    """The real /proc check, but the writer of ``path`` writes its last bytes and closes
+    between the settler's stat and the walk: the race a slow walk under load opens."""
+
+    def __init__(self, path: Path, rest: bytes) -> None:
+        super().__init__()
+        self.path, self.rest, self.walks = path, rest, 0
+
+    async def writers(self, fingerprints: Mapping[str, Fingerprint]) -> dict[str, list[int]]:
+        self.walks += 1
+        if self.walks == 1:
+            with self.path.open("ab") as f:
+                f.write(self.rest)
+        return await super().writers(fingerprints)
+
+
+async def test_a_file_finished_while_proc_is_read_is_handed_on_with_its_final_size(
+    root: Path,
+) -> None:
+    path = root / "late.mp4"
+    body = media_bytes("mp4", SIZE)
+    path.write_bytes(body[:HEAD])
+    check = _WriterFinishesDuringTheWalk(path, body[HEAD:])
+    async with pipeline(None, writers=check) as (h, settler):
+        await settler.offer(str(path), str(root), Fingerprint.of(path.stat()))
+        await h.wait_for(lambda: bool(h.settled), "handed on")
+    assert check.walks >= 2  # the change sent it back to settling, and it was checked again
+    assert [s.fingerprint.size for s in h.settled] == [SIZE]
