@@ -12,12 +12,11 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/syncd
-# Dependencies come from pyproject.toml alone, before any source is copied, so that editing
-# the source reuses this (slow) layer from the cache.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep=chr(10))" > requirements.txt \
-    && /opt/syncd/bin/pip install --no-cache-dir -r requirements.txt
-COPY README.md ./
+# Dependencies come from the lock file alone (pinned, hash-checked), before any source is
+# copied, so that editing the source reuses this (slow) layer from the cache.
+COPY requirements.lock ./
+RUN /opt/syncd/bin/pip install --no-cache-dir --require-hashes -r requirements.lock
+COPY pyproject.toml README.md ./
 COPY syncd ./syncd
 RUN /opt/syncd/bin/pip install --no-cache-dir --no-deps .
 

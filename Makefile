@@ -3,11 +3,13 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test lint bench lock audit
 
-$(BIN)/syncd: pyproject.toml
+# The runtime dependencies come from the hash-checked lock file, the dev tools from pyproject.
+$(BIN)/syncd: pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(BIN)/syncd
 
@@ -26,3 +28,17 @@ test: lint
 
 bench: install
 	$(BIN)/python -m bench
+
+# Re-pin the runtime dependencies (after editing [project].dependencies).
+lock: install
+	$(BIN)/pip install --quiet pip-tools
+	$(BIN)/pip-compile --quiet --generate-hashes --strip-extras --no-emit-index-url \
+		--no-emit-find-links --no-header -o requirements.lock.new pyproject.toml
+	grep '^#' requirements.lock > requirements.lock.tmp
+	cat requirements.lock.new >> requirements.lock.tmp
+	mv requirements.lock.tmp requirements.lock && rm requirements.lock.new
+
+# Known vulnerabilities in the locked dependencies (asks PyPI's advisory data: needs network).
+audit: install
+	$(BIN)/pip install --quiet pip-audit
+	$(BIN)/pip-audit --require-hashes --disable-pip -r requirements.lock
