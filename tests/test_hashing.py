@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
-import pwd
-import shutil
 import socket
-import tempfile
 import threading
-import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from samples import write_media
+from unprivileged import run_unprivileged, shared_folder
 
 from syncd.fingerprint import Fingerprint
 from syncd.hashing import FileChanged, Hashed, Hasher, HasherClosed, NotRegularFile
@@ -251,44 +247,8 @@ async def test_hostile_names(tmp_path: Path) -> None:
 
 @pytest.fixture
 def shared_dir() -> Iterator[Path]:
-    """A folder outside pytest's private tmp tree, so an unprivileged user can reach it."""
-    path = Path(tempfile.mkdtemp(prefix="syncd-test-"))
-    path.chmod(0o755)
-    try:
+    with shared_folder() as path:
         yield path
-    finally:
-        shutil.rmtree(path)
-
-
-def run_unprivileged(check: Callable[[], dict[str, object]]) -> dict[str, object]:
-    """Run ``check`` in a forked child that drops root to ``nobody`` first (the interpreter
-    lives where ``nobody`` cannot exec it, so a fork is the way); return the dict it returns."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        status = 1
-        try:
-            os.close(read_end)
-            if os.geteuid() == 0:
-                nobody = pwd.getpwnam("nobody")
-                os.setgroups([])
-                os.setgid(nobody.pw_gid)
-                os.setuid(nobody.pw_uid)
-            out = check()
-            out["euid"] = os.geteuid()
-            os.write(write_end, json.dumps(out).encode())
-            status = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as f:
-        data = f.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, "the unprivileged check failed"
-    result: dict[str, object] = json.loads(data)
-    return result
 
 
 def test_permission_denied_on_a_file(shared_dir: Path) -> None:

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
-import pwd
-import shutil
 import socket
 import stat
-import tempfile
 import threading
-import traceback
 import unicodedata
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 
 import pytest
 from samples import write_media
+from unprivileged import run_unprivileged, shared_folder
 
 from syncd.config import DEFAULT_TEMP_PATTERNS, WatchRoot
 from syncd.fingerprint import Fingerprint
@@ -326,47 +322,8 @@ async def test_scan_dir_walks_one_sub_folder(tmp_path: Path) -> None:
 
 @pytest.fixture
 def shared_dir() -> Iterator[Path]:
-    """A folder outside pytest's private tmp tree, so an unprivileged user can reach it."""
-    path = Path(tempfile.mkdtemp(prefix="syncd-test-"))
-    path.chmod(0o755)
-    try:
+    with shared_folder() as path:
         yield path
-    finally:
-        for folder, dirs, _ in os.walk(path):
-            for d in dirs:
-                os.chmod(os.path.join(folder, d), 0o700)
-        shutil.rmtree(path)
-
-
-def run_unprivileged(check: Callable[[], dict[str, object]]) -> dict[str, object]:
-    """Run ``check`` in a forked child that drops root to ``nobody`` first (the interpreter
-    lives where ``nobody`` cannot exec it, so a fork is the way); return the dict it returns."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        status = 1
-        try:
-            os.close(read_end)
-            if os.geteuid() == 0:
-                nobody = pwd.getpwnam("nobody")
-                os.setgroups([])
-                os.setgid(nobody.pw_gid)
-                os.setuid(nobody.pw_uid)
-            out = check()
-            out["euid"] = os.geteuid()
-            os.write(write_end, json.dumps(out).encode())
-            status = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as f:
-        data = f.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, "the unprivileged check failed"
-    result: dict[str, object] = json.loads(data)
-    return result
 
 
 class _Records(logging.Handler):
