@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 from typing import Final, Literal
 
 from syncd.fingerprint import Fingerprint
+from syncd.hashing import file_kind
 from syncd.pathfilter import display_path
 from syncd.watcher import FsEvent
 from syncd.writers import WriterCheck
@@ -546,22 +547,8 @@ def _stat_all(
         except OSError as exc:
             out.append(exc)
         else:
-            out.append(Fingerprint.of(st) if stat.S_ISREG(st.st_mode) else _kind(st.st_mode))
+            out.append(Fingerprint.of(st) if stat.S_ISREG(st.st_mode) else file_kind(st.st_mode))
     return out
-
-
-def _kind(mode: int) -> str:
-    for test, kind in (
-        (stat.S_ISDIR, "a folder"),
-        (stat.S_ISLNK, "a symlink"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    ):
-        if test(mode):
-            return kind
-    return "not a regular file"
 
 
 def _iso(epoch_s: float) -> str:
