@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import os
 import random
 import signal
 import threading
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -75,6 +78,62 @@ def writer(root: Path, rng: random.Random, expected: dict[str, str], stop: threa
         t.join()
 
 
+@dataclass
+class Torture:
+    """A faulty emulator, a daemon configured for it (not started) and the writer running."""
+
+    emulator: EmulatorServer
+    daemon: DaemonProcess
+    ledger: Path
+    expected: dict[str, str]  # final path -> sha256, filled in by the writer as it goes
+    writing: asyncio.Task[None]
+
+
+@contextlib.asynccontextmanager
+async def torture(
+    tmp_path: Path, make_emulator: MakeEmulator, *, grace_s: float, **api: object
+) -> AsyncIterator[Torture]:
+    """Set up a torture run: an emulator answering 4 % of requests with 5xx and resetting 3 %
+    of connections, a watched folder, a daemon config (``api`` keys added) and the writer in a
+    thread. On exit the writer is told to stop and awaited."""
+    emulator = await make_emulator(
+        rates=uniform_rates(0),
+        error_rate=0.04,
+        reset_rate=0.03,
+        seed=SEED,
+        waiting_s=0.1,
+        uploading_s=0.1,
+    )
+    root = tmp_path / "media"
+    root.mkdir()
+    data = config_data(
+        tmp_path,
+        emulator,
+        [root],
+        api=api,
+        settle={"quiet_s": 0.4},
+        upload={"workers": 4, "max_attempts": 100, "backoff_initial_s": 0.1},
+        rate_limits={"cooldown_initial_s": 0.1, "cooldown_max_s": 0.5},
+        shutdown={"grace_s": grace_s},
+    )
+    expected: dict[str, str] = {}
+    stop_writing = threading.Event()
+    writing = asyncio.create_task(
+        asyncio.to_thread(writer, root, random.Random(f"{SEED}:writer"), expected, stop_writing)
+    )
+    try:
+        yield Torture(
+            emulator,
+            DaemonProcess(data, tmp_path, emulator.key),
+            Path(data["ledger"]["path"]),
+            expected,
+            writing,
+        )
+    finally:
+        stop_writing.set()
+        await writing
+
+
 def done_paths(ledger: Path) -> dict[str, tuple[str, str]]:
     rows = query(
         ledger,
@@ -89,38 +148,11 @@ def done_paths(ledger: Path) -> dict[str, tuple[str, str]]:
 async def test_kill_9_torture(tmp_path: Path, make_emulator: MakeEmulator, mode: str) -> None:
     rng = random.Random(f"{SEED}:{mode}")
     where = f"(seed {SEED}, mode {mode})"
-    emulator = await make_emulator(
-        rates=uniform_rates(0),
-        error_rate=0.04,
-        reset_rate=0.03,
-        seed=SEED,
-        waiting_s=0.1,
-        uploading_s=0.1,
-    )
     body_endpoint = "upload" if mode == "direct" else "storage"
-    root = tmp_path / "media"
-    root.mkdir()
-    data = config_data(
-        tmp_path,
-        emulator,
-        [root],
-        api={"upload_mode": mode},
-        settle={"quiet_s": 0.4},
-        upload={"workers": 4, "max_attempts": 100, "backoff_initial_s": 0.1},
-        rate_limits={"cooldown_initial_s": 0.1, "cooldown_max_s": 0.5},
-        shutdown={"grace_s": 5},
-    )
-    ledger = Path(data["ledger"]["path"])
-    daemon = DaemonProcess(data, tmp_path, emulator.key)
-
-    expected: dict[str, str] = {}
-    stop_writing = threading.Event()
-    writing = asyncio.create_task(
-        asyncio.to_thread(writer, root, random.Random(f"{SEED}:writer"), expected, stop_writing)
-    )
-    kills = windows_hit = 0
-    crash_point = "answered" if mode == "direct" else "stored"
-    try:
+    async with torture(tmp_path, make_emulator, grace_s=5, upload_mode=mode) as t:
+        emulator, daemon, ledger, expected = t.emulator, t.daemon, t.ledger, t.expected
+        kills = windows_hit = 0
+        crash_point = "answered" if mode == "direct" else "stored"
         for k in range(KILLS):
             how = k % 4
             if how == 0:  # a random moment
@@ -150,10 +182,7 @@ async def test_kill_9_torture(tmp_path: Path, make_emulator: MakeEmulator, mode:
             if daemon.alive:
                 await daemon.kill()
             kills += daemon.proc is not None and daemon.proc.returncode == -signal.SIGKILL
-        await writing  # every file is written, some while the daemon is down
-    finally:
-        stop_writing.set()
-        await writing
+        await t.writing  # every file is written, some while the daemon is down
     assert kills >= 10, f"only {kills} kills landed {where}"
     assert windows_hit >= 3, f"only {windows_hit} crash points fired {where}"
     assert len(expected) == FILES
@@ -227,34 +256,9 @@ async def test_sigterm_torture_has_no_duplicates_and_clean_summaries(
 ) -> None:
     rng = random.Random(f"{SEED}:sigterm")
     where = f"(seed {SEED}, SIGTERM)"
-    emulator = await make_emulator(
-        rates=uniform_rates(0),
-        error_rate=0.04,
-        reset_rate=0.03,
-        seed=SEED,
-        waiting_s=0.1,
-        uploading_s=0.1,
-    )
-    root = tmp_path / "media"
-    root.mkdir()
-    data = config_data(
-        tmp_path,
-        emulator,
-        [root],
-        settle={"quiet_s": 0.4},
-        upload={"workers": 4, "max_attempts": 100, "backoff_initial_s": 0.1},
-        rate_limits={"cooldown_initial_s": 0.1, "cooldown_max_s": 0.5},
-        shutdown={"grace_s": 10},
-    )
-    ledger = Path(data["ledger"]["path"])
-    daemon = DaemonProcess(data, tmp_path, emulator.key)
-    expected: dict[str, str] = {}
-    stop_writing = threading.Event()
-    writing = asyncio.create_task(
-        asyncio.to_thread(writer, root, random.Random(f"{SEED}:writer"), expected, stop_writing)
-    )
-    stops = 0
-    try:
+    async with torture(tmp_path, make_emulator, grace_s=10) as t:
+        emulator, daemon, ledger, expected = t.emulator, t.daemon, t.ledger, t.expected
+        stops = 0
         for k in range(10):
             if k % 3 == 1:  # some stops land while bodies are held open at the API
                 emulator.add_faults({"endpoint": "upload", "latency_s": 1.0, "count": 2})
@@ -266,10 +270,7 @@ async def test_sigterm_torture_has_no_duplicates_and_clean_summaries(
             summaries = [m for m in daemon.messages()[before:] if m.startswith("syncd stopped")]
             assert len(summaries) == 1 and "(SIGTERM)" in summaries[0], where
             assert "cancelled_in_flight=0" in summaries[0], f"{summaries[0]} {where}"
-        await writing
-    finally:
-        stop_writing.set()
-        await writing
+        await t.writing
     duplicates, counted = await converge_and_check(daemon, emulator, ledger, expected, where)
     print(f"torture {where}: {stops} graceful stops, {duplicates} dups")
     assert duplicates == 0 and counted == 0, f"{duplicates} duplicates {where}"
