@@ -65,16 +65,15 @@ FINDINGS = {
         "120 uploads costs ~1.5 %, enough to miss 0.95. On a quiet machine nothing is "
         "throttled and the figure is at that ceiling. Under heavy load from other work (load "
         "average ~6) a run on this machine had two uploads throttled (0.8 % of requests) and "
-        "reached 0.932/s: the spacing is kept at the pacer's grant while the API counts "
+        "reached 0.932/s: the spacing was kept at the pacer's grant while the API counts "
         "arrivals, and between `pacer.acquire` and the request going out the worker commits "
         "`begin_attempt` through the shared ledger and opens the file in a thread, which "
         "takes a few ms, or tens of ms while the ledger is busy (figure 4). When the previous "
         "request was delayed 40 ms more than this one, this one arrives less than 1 s after "
-        "it and is throttled. **Proposed fix** (`syncd/pacer.py`, `syncd/uploader.py`): tell "
-        "the pacer when the request actually goes out (the client's `on_headers_sent` "
-        "callback exists for this) and push the endpoint's next start to at least one "
-        "interval after that moment (`tat = max(tat, sent + interval)`); the spacing then "
-        "holds at arrival whatever the ledger's latency."
+        "it and is throttled. Fixed since: the client tells the pacer when a request's "
+        "headers went out (`Pacer.sent`, from the `on_headers_sent` callback) and the next "
+        "start is pushed to at least one interval after that moment, so the spacing holds at "
+        "arrival whatever the ledger's latency between grant and send."
     ),
 }
 

@@ -5,7 +5,9 @@ Every request start, from every upload worker and from the status poller, passes
 The bucket is a GCRA (generic cell rate algorithm): with rate ``r`` and burst ``b``, at most
 ``b`` starts may happen at once and after that starts are spaced ``(1 / r) * (1 + margin)``
 apart. The margin exists because the server counts requests when they *arrive*, and loop
-latency and the network add jitter between our start and its arrival.
+latency and the network add jitter between our start and its arrival; callers that do work
+between the grant and the send report the send with :meth:`Pacer.sent`, which keeps the
+spacing from there.
 
 The API answers a throttle with an ambiguous 400 (or 429), so any such answer calls
 :meth:`Pacer.throttled`, which extends the endpoint's cool-down for every caller. Cool-downs
@@ -222,6 +224,18 @@ class Pacer:
                     await self._wait(None if math.isinf(ready_at) else ready_at - now)
         finally:
             bucket.waiting -= 1
+
+    def sent(self, endpoint: str) -> None:
+        """Record that the request granted last on ``endpoint`` actually went out now.
+
+        The API counts a request when it arrives, not when we were allowed to start it; work
+        between the grant and the send (a ledger commit, opening the file) delays it by a few
+        milliseconds, or by tens under load. If the next grant kept its spacing from the grant
+        it would arrive less than one interval after this request, and be throttled. So the
+        next start is pushed to at least one interval after this send.
+        """
+        bucket = self._bucket(endpoint)
+        bucket.tat = max(bucket.tat, self._clock() + bucket.interval_s)
 
     def _ready_at(self, bucket: _Bucket, now: float) -> float:
         ready = max(bucket.tat - (self._burst - 1) * bucket.interval_s, bucket.cooldown_end)

@@ -352,6 +352,8 @@ class Uploader:
                     filename=os.path.basename(path),
                     expected=before,
                     before_last_bytes=finisher.enter,
+                    # The API counts arrivals: keep the spacing from when the request left.
+                    on_headers_sent=lambda: self.pacer.sent("upload"),
                 )
             except asyncio.CancelledError:
                 # A body that was complete may have reached the API and its answer been lost.
@@ -430,6 +432,7 @@ class Uploader:
             await self.pacer.acquire("signed_url")
             self._in_flight()
             attempt = await self.ledger.begin_attempt(content.sha256, path, "signed_url")
+            self.pacer.sent("signed_url")  # spacing from the request, not from the grant
             try:
                 signed = await self.client.allocate_signed_url(os.path.basename(path))
             except asyncio.CancelledError:

@@ -127,6 +127,28 @@ async def test_starts_are_spaced_by_the_interval_plus_margin(ft: FakeTime) -> No
     await rec.close()
 
 
+async def test_a_late_send_pushes_the_next_start_one_interval_after_it(ft: FakeTime) -> None:
+    pacer = make(ft)
+    rec = Recorder(ft, pacer)
+    rec.start("w0")
+    rec.start("w1")
+    await ft.advance(0.3)  # w0's request leaves 0.3 s after its grant (a slow commit, say)
+    pacer.sent("upload")
+    await ft.advance(1.03)
+    assert rec.names == ["w0"]  # 1.04 s after the grant is not enough: it arrived later
+    await ft.advance(0.02)
+    assert rec.names == ["w0", "w1"]
+    assert rec.times == pytest.approx([0.0, 1.34])
+    # w1 went out 0.01 s after its grant (now): w2 follows one interval after that.
+    rec.start("w2")
+    pacer.sent("upload")
+    await ft.advance(1.03)
+    assert rec.times == pytest.approx([0.0, 1.34])
+    await ft.advance(0.01)
+    assert rec.times == pytest.approx([0.0, 1.34, 2.39])
+    await rec.close()
+
+
 async def test_an_idle_bucket_grants_at_once_and_buckets_are_independent(ft: FakeTime) -> None:
     pacer = make(ft, {"upload": 2.0, "metadata": 0.5}, margin=0.0)
     rec = Recorder(ft, pacer)
