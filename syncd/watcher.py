@@ -22,16 +22,19 @@ This module relies on watchdog 7's inotify internals (``InotifyFD``, ``InotifyWa
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import errno
+import fcntl
 import itertools
 import logging
 import os
 import stat
+import termios
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -114,6 +117,18 @@ NETWORK_FS_TYPES: Final = frozenset(
 JOIN_TIMEOUT_S: Final = 5.0
 # A polling root's identity, checked before its deletions are passed on, is reused this long.
 _IDENTITY_TTL_S: Final = 1.0
+# Walks that open folders (adding watches, reconciling them after an overflow, the daemon's
+# scans) cause events of their own: opening and closing a watched folder queues four (on the
+# folder's own watch and on its parent's, IN_OPEN and IN_CLOSE_NOWRITE). A walk outruns the
+# thread that reads them, so on a tree of a few thousand folders it overflowed the kernel's
+# queue by itself, and watchdog's recovery (a walk of the whole tree in the reading thread)
+# overflowed it again, for ever. Walks therefore wait while the queue is more than this
+# fraction full (measured in bytes, 16 per event at least: an overestimate of the events).
+_ROOM_FRACTION: Final = 0.25
+_ROOM_POLL_S: Final = 0.002
+# A walk waits at most this long per folder for room, so a stalled reader cannot stall it.
+_ROOM_WAIT_MAX_S: Final = 2.0
+_INOTIFY_EVENT_BYTES: Final = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +339,18 @@ class Watcher:
             return False
         return root_available(entry.path, entry.identity)
 
+    def wait_for_room(self, path: str) -> None:
+        """Block while the inotify queue of the root at ``path`` is more than a quarter full
+        (at most a couple of seconds per call). Walkers of that root (the scanner) call it
+        before each folder they open: opening folders queues events of its own, and a walk
+        that outruns the reading thread overflows the queue. No-op for polling or unknown
+        roots; never call it from an observer thread."""
+        with self._lock:
+            entry = self._roots.get(os.path.normpath(path))
+        observer = entry.observer if entry is not None else None
+        if isinstance(observer, _InotifyObserver):
+            observer.inotify.wait_for_room()
+
     # -- observers ----------------------------------------------------------------------------
 
     def _make_observer(self, entry: _Root) -> BaseObserver:
@@ -505,6 +532,31 @@ class _CountingInotifyFD(InotifyFD):
     def __init__(self, hooks: _Hooks) -> None:
         self._hooks = hooks
         super().__init__()
+        max_events = _sysctl("fs.inotify.max_queued_events") or 16384
+        self._room_bytes = int(max_events * _ROOM_FRACTION) * _INOTIFY_EVENT_BYTES
+
+    def backlog_bytes(self) -> int:
+        """Bytes of events queued in the kernel and not read yet (``FIONREAD``). Raises
+        OSError once the instance is closed."""
+        buf = array.array("i", [0])
+        fcntl.ioctl(self._inotify_fd, termios.FIONREAD, buf, True)
+        return buf[0]
+
+    def wait_for_room(self) -> None:
+        """Block while the queue is more than a quarter full, at most ``_ROOM_WAIT_MAX_S``.
+        Returns at once in the reading thread itself (it would wait for itself)."""
+        if threading.current_thread() is self:
+            return
+        deadline = time.monotonic() + _ROOM_WAIT_MAX_S
+        while True:
+            try:
+                if self.backlog_bytes() <= self._room_bytes:
+                    return
+            except OSError:
+                return  # closed: nothing is read any more, nothing to wait for
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(_ROOM_POLL_S)
 
     def add_callback(
         self, path: bytes, mask: Mask, callback: WatchCallback, id_: CallbackId
@@ -545,6 +597,14 @@ class _WatchGroup(InotifyWatchGroup):
     # Folders watched through this group by (device, inode), with the path they were added
     # under (follow_symlink only: it is how a second route to a watched folder is recognised).
     _watched_keys: dict[tuple[int, int], bytes] = field(default_factory=dict)
+    # The reconciling thread after an overflow (one at a time) and whether another is due.
+    _reconciler: threading.Thread | None = None
+    _reconcile_again: bool = False
+
+    def _pace(self) -> None:
+        fd = self._inotify_fd
+        if isinstance(fd, _CountingInotifyFD):
+            fd.wait_for_room()
 
     def _add_callback(self, path: bytes) -> None:
         super()._add_callback(path)
@@ -563,9 +623,58 @@ class _WatchGroup(InotifyWatchGroup):
             return False  # that folder is gone: the inode number may have been reused
         return (st.st_dev, st.st_ino) == key
 
+    def _activate(self) -> None:
+        # watchdog holds the group's lock for the whole first walk, so the reading thread
+        # cannot handle one event meanwhile and a big tree's own open/close events overflow
+        # the queue before syncd has started. Here the lock is taken per folder added and the
+        # walk waits for room in the queue.
+        with self._lock:
+            if self.is_active:
+                return
+            self._add_callback(self.path)  # raises when the root itself cannot be watched
+            self._is_active = True
+        if self.is_recursive:
+            self._add_tree(self.path, skip=set())
+
     def _add_all_callbacks(self, path: bytes) -> None:
-        if not (self.follow_symlink and self.is_recursive):
+        # Called by watchdog with the lock held (a new folder, in the reading thread).
+        if not self.is_recursive:
             super()._add_all_callbacks(path)
+            return
+        for folder in self._folders(path, pace=False):
+            self._add_callback(folder)
+
+    def _add_tree(self, path: bytes, *, skip: set[bytes]) -> int:
+        """Without the lock held: watch every folder under ``path`` (not those in ``skip``),
+        taking the lock per folder and waiting for room in the queue before each folder the
+        walk opens. Returns how many folders were added."""
+        added = 0
+        for folder in self._folders(path, pace=True):
+            if folder in skip or folder == path:
+                continue
+            with self._lock:
+                if not self.is_active:
+                    return added
+                self._add_callback(folder)
+            added += 1
+        return added
+
+    def _folders(self, path: bytes, *, pace: bool) -> Iterator[bytes]:
+        """``path`` and, recursively, the folders under it that this group should watch: no
+        links to folders unless follow_symlink, and then each folder once (by device and
+        inode) and none watched already through another route. With ``pace``, waits for
+        room in the queue before each folder the walk opens."""
+        if not self.follow_symlink:
+            yield path
+            if not os.path.isdir(path):
+                return
+            for root, dirnames, _ in os.walk(path):
+                for name in dirnames:
+                    full = os.path.join(root, name)
+                    if not os.path.islink(full):
+                        yield full
+                if pace:
+                    self._pace()
             return
         try:
             top = os.stat(path)
@@ -573,7 +682,7 @@ class _WatchGroup(InotifyWatchGroup):
             top = None
         if top is not None and self._watched_elsewhere((top.st_dev, top.st_ino), path):
             return  # a followed link to a folder that is watched already
-        self._add_callback(path)
+        yield path
         if top is None or not stat.S_ISDIR(top.st_mode):
             return
         seen = {(top.st_dev, top.st_ino)}
@@ -590,8 +699,10 @@ class _WatchGroup(InotifyWatchGroup):
                     continue
                 seen.add(key)
                 keep.append(name)
-                self._add_callback(full)
+                yield full
             dirnames[:] = keep  # os.walk descends only into these
+            if pace:
+                self._pace()
 
     def _recursive_simulate(self, src_path: bytes) -> list[InotifyEvent]:
         if not self.follow_symlink:
@@ -636,15 +747,64 @@ class _WatchGroup(InotifyWatchGroup):
         super().on_event(event)
 
     def on_queue_overflow(self) -> None:
-        super().on_queue_overflow()
+        # In the reading thread. watchdog's own recovery removes every watch and walks the
+        # whole tree to add them back, here: nothing is read meanwhile, so on a big tree the
+        # walk's own events overflow the queue again, and again. Instead: report the overflow
+        # now, in order, and reconcile the watches in a thread of its own, paced by the queue.
+        with self._lock:
+            if not self.is_active:
+                return
+            self._move_event_grouper.discard_pending_events()
+            self._post_overflow()
+            if not self.is_recursive:
+                return
+            self._reconcile_again = True
+            if self._reconciler is None or not self._reconciler.is_alive():
+                self._reconciler = threading.Thread(
+                    target=self._reconcile_loop, name="syncd-inotify-reconcile", daemon=True
+                )
+                self._reconciler.start()
+
+    def _post_overflow(self) -> None:
         # Reported through the same queues as the events, after every event read before it:
         # reported at once, it overtook those still on their way, and a file whose creation
         # and open arrived after it (its close having been lost) was held back as being
-        # written until settle.max_wait_s.
+        # written until settle.max_wait_s. Call with the lock held.
         marker = InotifyEvent(WatchDescriptor(-1), InotifyConstants.IN_Q_OVERFLOW, 0, b"")
+        self._move_event_grouper.put_event(PathedInotifyEvent(marker, self.path))
+
+    def _reconcile_loop(self) -> None:
+        while True:
+            with self._lock:
+                if not self._reconcile_again or not self.is_active:
+                    self._reconcile_again = False
+                    return
+                self._reconcile_again = False
+            try:
+                added = self._reconcile()
+            except OSError:
+                log.exception("cannot rebuild the watches under %s", os.fsdecode(self.path))
+                continue
+            if added:
+                # Folders created while events were lost are watched only now: what was
+                # written into them before is found by one more rescan.
+                with self._lock:
+                    if self.is_active:
+                        self._post_overflow()
+
+    def _reconcile(self) -> int:
+        """Drop the watches of folders that are gone, add those of folders that have none
+        (their creation was among the lost events), walking the tree paced by the queue.
+        Returns how many watches were added."""
         with self._lock:
-            if self.is_active:
-                self._move_event_grouper.put_event(PathedInotifyEvent(marker, self.path))
+            known = dict(self._active_callbacks_by_path)
+        stale = [wd for p, wd in known.items() if not os.path.isdir(p)]
+        if stale:
+            with self._lock:
+                live = [wd for wd in stale if wd in self._active_callbacks_by_watch]
+                if self.is_active and live:
+                    self._remove_callbacks(live)
+        return self._add_tree(self.path, skip=set(known))
 
 
 class _Overflow(FileSystemEvent):
@@ -692,6 +852,11 @@ class _InotifyObserver(BaseObserver):
         self._inotify_fd = _CountingInotifyFD(hooks)
         self._inotify_fd.start()
         super().__init__(_Emitter, inotify_fd=self._inotify_fd, hooks=hooks)
+
+    @property
+    def inotify(self) -> _CountingInotifyFD:
+        """The inotify instance this observer reads."""
+        return self._inotify_fd
 
     def on_thread_stop(self) -> None:
         super().on_thread_stop()

@@ -12,6 +12,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from samples import write_media
@@ -317,3 +318,79 @@ def test_availability_and_file_system_type(root: Path) -> None:
     assert network_filesystem(str(root)) is None  # the test tree is on a local disk
     result = subprocess.run(["stat", "-f", "-c", "%T", str(root)], capture_output=True, text=True)
     assert result.returncode == 0 and "nfs" not in result.stdout
+
+
+# -- walks and the kernel's queue -------------------------------------------------------------
+
+QUEUE_EVENTS = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+
+
+def _make_folders(top: Path, count: int) -> None:
+    for i in range(count):
+        (top / f"d{i // 100:03d}" / f"e{i:05d}").mkdir(parents=True)
+
+
+def _group(watcher: Watcher, root: Path) -> Any:
+    """The watch group (watchdog's bookkeeping) behind an inotify root, to hold its lock."""
+    observer = watcher._roots[str(root)].observer
+    assert observer is not None
+    (emitter,) = observer.emitters
+    return emitter._inotify
+
+
+async def test_watching_and_walking_a_big_tree_does_not_overflow_the_queue(
+    watch: tuple[Watcher, Collector], root: Path
+) -> None:
+    # Opening a watched folder queues four events (its own watch's and its parent's open and
+    # close): a walk of more folders than a quarter of the queue outruns the reader unless
+    # it waits for room. Both the watcher's first walk and a scanner-like walk must.
+    watcher, col = watch
+    folders = QUEUE_EVENTS // 2
+    await asyncio.to_thread(_make_folders, root, folders)
+    await add(watcher, root)
+
+    def walk() -> int:
+        n = 0
+        for _ in os.walk(root):
+            watcher.wait_for_room(str(root))
+            n += 1
+        return n
+
+    assert await asyncio.to_thread(walk) > folders
+    late = root / "late.mp4"
+    late.write_bytes(b"x")
+    await col.wait_kind("closed_write", late)
+    assert [e for e in col.events if e.kind == "overflow"] == []
+
+
+async def test_an_overflow_is_reported_once_and_lost_folders_are_watched_again(
+    watch: tuple[Watcher, Collector], root: Path
+) -> None:
+    # Events lost while the reader cannot read: the overflow is reported, the watches are
+    # rebuilt off the reading thread (watchdog rebuilt them in it: on a big tree that walk's
+    # own events overflowed the queue again, for ever), and a folder created meanwhile, whose
+    # creation was lost, is watched afterwards.
+    watcher, col = watch
+    await asyncio.to_thread(_make_folders, root, QUEUE_EVENTS // 2)
+    await add(watcher, root)
+    group = _group(watcher, root)
+    hot = root / "hot"
+    hot.mkdir()
+    await col.wait_kind("dir_created", hot)
+
+    def lose_events() -> None:
+        with group._lock:  # the reader blocks on its first event: nothing is read
+            for i in range(QUEUE_EVENTS // 3 + 100):  # 4+ events each: past the queue size
+                (hot / f"f{i}.bin").write_bytes(b"")
+            (root / "lost").mkdir()  # its creation is among the lost events
+
+    await asyncio.to_thread(lose_events)
+    await col.wait_kind("overflow", root)
+    await asyncio.sleep(3.0)  # the rebuild walks thousands of folders; nothing overflows
+    overflows = [e for e in col.events if e.kind == "overflow"]
+    assert 1 <= len(overflows) <= 2, overflows  # the second says: new folders found, rescan
+    clip = root / "lost" / "clip.mp4"
+    clip.write_bytes(b"x")
+    await col.wait_kind("closed_write", clip)
+    await asyncio.sleep(1.0)
+    assert [e for e in col.events if e.kind == "overflow"] == overflows
