@@ -332,6 +332,16 @@ async def test_signed_url_flow_from_allocation_to_success(
     assert storage.body_complete is True and storage.key is None and storage.account is None
 
 
+async def test_signed_url_name_is_taken_as_written_not_percent_decoded(
+    emulator: EmulatorServer, http_session: aiohttp.ClientSession
+) -> None:
+    # A JSON string is not percent-encoded (a multipart file name may be): "%2F" is part of
+    # the name, not a folder separator that would cut it.
+    data = await signed_url(http_session, emulator, "50%2F50 take%201.mp4")
+    resource = (await metadata(http_session, emulator, str(data["asset_id"])))[1]["data"]
+    assert resource["resource"][0]["original_filename"] == "50%2F50 take%201"
+
+
 async def test_signed_url_can_be_reused_while_waiting_but_not_after(
     make_emulator: MakeEmulator, http_session: aiohttp.ClientSession
 ) -> None:

@@ -197,15 +197,16 @@ async def _apply_early_fault(request: web.Request, fault: Fault, *, has_body: bo
 # Multipart bodies
 
 
-def _clean_filename(raw: str | None) -> str:
-    """Given a part's file name, return it decoded and without any directory.
+def _clean_filename(raw: str | None, *, percent_encoded: bool = True) -> str:
+    """Given a file name, return it decoded and without any directory.
 
-    RFC 7578 lets clients percent-encode file names (aiohttp does, browsers do for quotes);
-    browsers on some systems send a whole path.
+    RFC 7578 lets clients percent-encode a multipart part's file name (aiohttp does, browsers
+    do for quotes); a JSON string (``original_filename``) is not encoded, so a ``%2F`` in it
+    is part of the name (``percent_encoded=False``). Browsers on some systems send a whole path.
     """
     if not raw:
         return ""
-    name = urllib.parse.unquote(raw, errors="replace")
+    name = urllib.parse.unquote(raw, errors="replace") if percent_encoded else raw
     return name.replace("\\", "/").rsplit("/", 1)[-1].strip()
 
 
@@ -395,7 +396,7 @@ async def handle_signed_url(request: web.Request) -> web.StreamResponse:
         except (ValueError, UnicodeDecodeError) as exc:
             raise _Reply(_validation_400()) from exc
         raw = payload.get("original_filename") if isinstance(payload, dict) else None
-        filename = _clean_filename(raw) if isinstance(raw, str) else ""
+        filename = _clean_filename(raw, percent_encoded=False) if isinstance(raw, str) else ""
         entry.filename = filename or None
         if not extension_of(filename):
             raise _Reply(_validation_400())
