@@ -465,7 +465,8 @@ class Daemon:
         if not available or identity is None:
             if not state.reported:
                 log.error(
-                    "%s; its files are kept in the ledger and syncd checks for it every %.0f s",
+                    "%s; its files are not taken as deleted (their ledger records stay as they "
+                    "were) and syncd checks for it every %.0f s",
                     problem,
                     ROOT_CHECK_S,
                 )
@@ -835,8 +836,8 @@ class Daemon:
             for state in list(self._roots.values()):
                 if state.available and not await self._same_root(state):
                     log.error(
-                        "watched folder %s disappeared or was unmounted; its files are kept "
-                        "in the ledger",
+                        "watched folder %s disappeared or was unmounted; its files are not "
+                        "taken as deleted (their ledger records stay as they were)",
                         _display(state.cfg.path),
                     )
                     state.available = False
