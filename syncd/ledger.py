@@ -21,14 +21,14 @@ import json
 import logging
 import os
 import posixpath
+import queue
 import sqlite3
+import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 from urllib.parse import quote
-
-import aiosqlite
 
 from syncd.errors import LedgerCorrupt, LedgerError, LedgerLocked, LedgerUnwritable
 from syncd.fingerprint import Fingerprint
@@ -309,18 +309,184 @@ def prepare_ledger_dir(path: str) -> None:
         raise LedgerUnwritable(f"cannot create ledger {path}: {exc.strerror or exc}") from None
 
 
-class Ledger:
-    """Async access to the ledger through one aiosqlite connection.
+@dataclass(slots=True)
+class _Call:
+    """One function queued for a connection's thread, and where its outcome goes."""
 
-    Use :meth:`open`; every public coroutine is one transaction (serialised by a lock so readers
-    never see another coroutine's half-written transaction on the shared connection).
+    fn: Callable[[sqlite3.Connection], Any]
+    grouped: bool  # a write transaction that may share one SQLite transaction with others
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    ok: bool = False
+    value: Any = None
+
+
+class _Connection:
+    """One ``sqlite3`` connection owned by one thread that runs the functions queued to it.
+
+    Each queued function is given the connection and runs on that thread as a whole, so a
+    transaction costs one round trip through the event loop however many statements it has.
+    The thread takes everything queued since its last turn at once: consecutive *grouped*
+    calls (write transactions) run inside one ``BEGIN IMMEDIATE ... COMMIT``, each in its own
+    SAVEPOINT so a function that raises rolls back only its own work (group commit); the others
+    run alone, outside any transaction. Every outcome of a turn is handed back to the event
+    loop in one ``call_soon_threadsafe``, after the COMMIT: a caller never sees its write
+    before it is durable, and never sees a failed group's work as done.
     """
 
-    def __init__(self, db: aiosqlite.Connection, path: str, clock: Callable[[], float]) -> None:
-        self._db = db
+    def __init__(self, conn: sqlite3.Connection, name: str) -> None:
+        self.conn = conn
+        self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    async def call(self, fn: Callable[[sqlite3.Connection], _T], *, grouped: bool = False) -> _T:
+        """Run ``fn(connection)`` on the connection's thread; return what it returns.
+
+        ``grouped`` marks a write transaction: it runs inside a transaction shared with the
+        other write transactions queued meanwhile and returns only after that COMMIT. Raises
+        what ``fn`` raised, or the ``sqlite3.Error`` that made the shared transaction fail. A
+        cancelled caller's function may still run (whole, or not at all).
+        """
+        if self._closed:
+            raise LedgerError("internal error: the ledger is closed")
+        loop = asyncio.get_running_loop()
+        call = _Call(fn, grouped, loop, loop.create_future())
+        self._queue.put(call)
+        return await call.future  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        """Run what is queued, close the connection and end the thread."""
+        if self._closed:
+            return
+        await self.call(lambda conn: conn.close())
+        self._closed = True
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join)
+
+    def _serve(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            calls = [first]
+            stop = False
+            while True:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                calls.append(more)
+            i = 0
+            while i < len(calls):
+                if calls[i].grouped:
+                    j = i
+                    while j < len(calls) and calls[j].grouped:
+                        j += 1
+                    self._run_group(calls[i:j])
+                    i = j
+                else:
+                    self._run_alone(calls[i])
+                    i += 1
+            self._hand_back(calls)
+            if stop:
+                return
+
+    def _run_alone(self, call: _Call) -> None:
+        try:
+            call.value, call.ok = call.fn(self.conn), True
+        except BaseException as exc:  # handed to the caller, whatever it is
+            call.value, call.ok = exc, False
+
+    def _run_group(self, calls: list[_Call]) -> None:
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for call in calls:
+                conn.execute("SAVEPOINT call")
+                try:
+                    call.value, call.ok = call.fn(conn), True
+                except BaseException as exc:
+                    if not conn.in_transaction:
+                        raise  # SQLite rolled the whole transaction back (disk full, I/O)
+                    call.value, call.ok = exc, False
+                    conn.execute("ROLLBACK TO call")
+                conn.execute("RELEASE call")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            # Nothing of this group was committed: every caller gets the error (a stall is
+            # retried by each one), whatever its own function returned.
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            for call in calls:
+                call.value, call.ok = exc, False
+
+    def _hand_back(self, calls: list[_Call]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Call]] = {}
+        for call in calls:
+            by_loop.setdefault(call.loop, []).append(call)
+        for loop, mine in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(_resolve, mine)
+
+
+def _resolve(calls: list[_Call]) -> None:
+    for call in calls:
+        if call.future.done():
+            continue  # the caller was cancelled
+        if call.ok:
+            call.future.set_result(call.value)
+        else:
+            call.future.set_exception(call.value)
+
+
+def _connect(target: str, uri: bool) -> sqlite3.Connection:
+    conn = sqlite3.connect(target, uri=uri, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _prepare(conn: sqlite3.Connection, *, now: float) -> None:
+    """Set the writer connection up (WAL, durability, foreign keys) and migrate the schema."""
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    migrate(conn, now)
+
+
+def _fetch(sql: str, params: Sequence[Any]) -> Callable[[sqlite3.Connection], list[Any]]:
+    def run(conn: sqlite3.Connection) -> list[Any]:
+        return conn.execute(sql, params).fetchall()
+
+    return run
+
+
+class Ledger:
+    """Async access to the ledger.
+
+    Use :meth:`open`. Every public coroutine is one transaction, run as one function on a
+    connection's own thread (see :class:`_Connection`): writes on the writer connection, where
+    the write transactions queued together share one COMMIT; reads on a second connection
+    (read-only, WAL lets it read while the writer writes) so they never wait behind writes.
+    A ledger opened ``readonly`` has one read-only connection for both.
+    """
+
+    def __init__(
+        self, writer: _Connection, reader: _Connection, path: str, clock: Callable[[], float]
+    ) -> None:
+        self._writer = writer
+        self._reader = reader
         self.path = path
         self._clock = clock
-        self._lock = asyncio.Lock()
         # Why writes are waiting (disk full, read-only, locked), or None: for health checks.
         self.stalled: str | None = None
 
@@ -341,49 +507,53 @@ class Ledger:
         :class:`LedgerCorrupt` for a damaged file, :class:`LedgerUnwritable` when it cannot be
         created or written, :class:`LedgerError` for anything else.
         """
+        ro_target = f"file:{_uri_path(path)}?mode=ro"
         if readonly:
             if not await asyncio.to_thread(os.path.exists, path):
                 raise LedgerError(f"no ledger at {path} (has the daemon run with this config?)")
-            target, uri = f"file:{_uri_path(path)}?mode=ro", True
+            target, uri = ro_target, True
         else:
             prepare_ledger_dir(path)
             target, uri = path, False
         try:
-            db = await aiosqlite.connect(target, uri=uri, isolation_level=None)
+            conn = await asyncio.to_thread(_connect, target, uri)
         except sqlite3.Error as exc:
             raise classify_sqlite_error(exc, path) from None
-        ledger = cls(db, path, clock)
+        writer = _Connection(conn, "syncd-ledger-ro" if readonly else "syncd-ledger-writer")
+        ledger = cls(writer, writer, path, clock)
         try:
-            await db.execute("PRAGMA busy_timeout = 5000")
             if check:
                 problems = await ledger.integrity_problems(quick=True)
                 if problems:
                     raise LedgerCorrupt(path, "; ".join(problems[:3]))
             if not readonly:
-                await db.execute("PRAGMA journal_mode = WAL")
-                await db.execute("PRAGMA synchronous = NORMAL")
-                await db.execute("PRAGMA foreign_keys = ON")
-                await migrate(db, clock())
+                await writer.call(functools.partial(_prepare, now=clock()))
+                reader = await asyncio.to_thread(_connect, ro_target, True)
+                ledger._reader = _Connection(reader, "syncd-ledger-reader")
         except sqlite3.Error as exc:
-            await db.close()
+            await writer.close()
             raise classify_sqlite_error(exc, path) from None
         except BaseException:
-            await db.close()
+            await writer.close()
             raise
         return ledger
 
     async def close(self) -> None:
-        """Checkpoint and close the connection."""
-        async with self._lock:
+        """Checkpoint and close the connections."""
+        if self._reader is not self._writer:
+            await self._reader.close()
+
+        def optimize(conn: sqlite3.Connection) -> None:
             with contextlib.suppress(sqlite3.Error):
-                await self._db.execute("PRAGMA optimize")
-            await self._db.close()
+                conn.execute("PRAGMA optimize")
+
+        await self._writer.call(optimize)
+        await self._writer.close()
 
     async def integrity_problems(self, *, quick: bool = False) -> list[str]:
         """Run SQLite's integrity check; returns its complaints (empty when the file is sound)."""
         pragma = "quick_check" if quick else "integrity_check"
-        async with self._db.execute(f"PRAGMA {pragma}") as cur:
-            rows = [r[0] for r in await cur.fetchall()]
+        rows = [r[0] for r in await self._reader.call(_fetch(f"PRAGMA {pragma}", ()))]
         return [] if rows == ["ok"] else rows
 
     async def backup(self, dest: str) -> None:
@@ -397,57 +567,43 @@ class Ledger:
         os.unlink(dest)  # VACUUM INTO wants to create the file itself; the folder is ready
         old = os.umask(0o077)
         try:
-            async with self._lock:
-                await self._db.execute("VACUUM INTO ?", (dest,))
+            # On the reader: a snapshot of what is committed; writes carry on meanwhile.
+            await self._reader.call(_fetch("VACUUM INTO ?", (dest,)))
         except sqlite3.Error as exc:
             raise LedgerUnwritable(f"backup to {dest} failed: {exc}") from None
         finally:
             os.umask(old)
         os.chmod(dest, 0o600)
 
-    @contextlib.asynccontextmanager
-    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
-        # aiosqlite runs each statement in its own thread: a statement whose await is
-        # cancelled still runs. So every way out short of a completed COMMIT queues a ROLLBACK
-        # behind whatever was submitted (a no-op error if nothing is open), or the connection
-        # would be left inside a transaction.
-        async with self._lock:
-            committed = False
-            try:
-                await self._db.execute("BEGIN IMMEDIATE")
-                yield self._db
-                await self._db.execute("COMMIT")
-                committed = True
-            except sqlite3.Error as exc:
-                raise classify_sqlite_error(exc, self.path) from None
-            finally:
-                if not committed:
-                    await self._rollback()
+    async def _transaction(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``fn(connection)`` as one write transaction; return what it returns.
 
-    async def _rollback(self) -> None:
+        Returns after the COMMIT that made its writes durable; raises the ledger error a
+        failed statement or COMMIT stands for (a stall is :class:`LedgerStalled`), after the
+        function's writes were rolled back.
+        """
         try:
-            # Shielded: queued all the same if we are cancelled meanwhile, and it runs before
-            # anything submitted after it.
-            await asyncio.shield(self._db.execute("ROLLBACK"))
-        except sqlite3.Error:
-            pass  # nothing was open (BEGIN failed, or COMMIT went through after all)
+            return await self._writer.call(fn, grouped=True)
+        except sqlite3.Error as exc:
+            raise classify_sqlite_error(exc, self.path) from None
+
+    async def _query(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``fn(connection)`` on the read connection; return what it returns."""
+        try:
+            return await self._reader.call(fn)
+        except sqlite3.Error as exc:
+            raise classify_sqlite_error(exc, self.path) from None
 
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        async with self._lock:
-            try:
-                async with self._db.execute(sql, params) as cur:
-                    return list(await cur.fetchall())
-            except sqlite3.Error as exc:
-                raise classify_sqlite_error(exc, self.path) from None
+        return await self._query(_fetch(sql, params))
 
     async def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement in its own transaction; returns the number of rows changed."""
-        try:
-            async with self._tx() as db:
-                cur = await db.execute(sql, params)
-                return cur.rowcount
-        except sqlite3.Error as exc:
-            raise classify_sqlite_error(exc, self.path) from None
+
+        def run(db: sqlite3.Connection) -> int:
+            return db.execute(sql, params).rowcount
+
+        return await self._transaction(run)
 
     # ---------------------------------------------------------------- key/value
 
@@ -498,8 +654,9 @@ class Ledger:
         rows = [(now, _b(p)) for p in paths]
         if not rows:
             return
-        async with self._tx() as db:
-            await db.executemany(
+
+        def tx(db: sqlite3.Connection) -> None:
+            db.executemany(
                 "UPDATE paths SET last_seen = ?1, "
                 "gone_at = CASE WHEN state = 'gone' AND sha256 IS NOT NULL THEN NULL "
                 "ELSE gone_at END, "
@@ -507,12 +664,14 @@ class Ledger:
                 "ELSE state END WHERE path = ?2",
                 rows,
             )
-            await db.executemany(
+            db.executemany(
                 "UPDATE contents SET next_attempt_at = ?1 WHERE last_error LIKE 'no present path%' "
                 "AND state IN ('pending', 'allocated') "
                 "AND sha256 = (SELECT sha256 FROM paths WHERE path = ?2)",
                 rows,
             )
+
+        await self._transaction(tx)
 
     @_retry_stalled
     async def record_content(
@@ -530,30 +689,32 @@ class Ledger:
         content as it now stands.
         """
         now = self._clock()
-        async with self._tx() as db:
-            await db.execute(
+
+        def tx(db: sqlite3.Connection) -> Content:
+            db.execute(
                 "INSERT INTO contents (sha256, size, extension, state, next_attempt_at, "
                 "created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?) "
                 "ON CONFLICT (sha256) DO NOTHING",
                 (sha256, fingerprint.size, extension, now, now, now),
             )
-            await db.execute(
+            db.execute(
                 "UPDATE contents SET next_attempt_at = ?, updated_at = ? "
                 "WHERE sha256 = ? AND state IN ('pending', 'allocated') AND next_attempt_at > ? "
                 "AND last_error LIKE 'no present path%'",
                 (now, now, sha256, now),
             )
-            await self._upsert_path(db, path, root, "present", sha256, None, fingerprint, now)
-            await db.execute(
+            _upsert_path(db, path, root, "present", sha256, None, fingerprint, now)
+            db.execute(
                 "INSERT INTO holdings (sha256, path, first_seen, last_seen) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (sha256, path) DO UPDATE SET last_seen = excluded.last_seen",
                 (sha256, _b(path), now, now),
             )
-            async with db.execute(
+            row = db.execute(
                 f"SELECT {_CONTENT_COLS} FROM contents WHERE sha256 = ?", (sha256,)
-            ) as cur:
-                row = await cur.fetchone()
-        return _content(_must(row))
+            ).fetchone()
+            return _content(_must(row))
+
+        return await self._transaction(tx)
 
     @_retry_stalled
     async def record_path_state(
@@ -567,52 +728,13 @@ class Ledger:
     ) -> None:
         """Record a path that holds no uploadable content: skipped, unsettled, error or gone."""
         now = self._clock()
-        async with self._tx() as db:
-            await self._upsert_path(
+
+        def tx(db: sqlite3.Connection) -> None:
+            _upsert_path(
                 db, path, root, state, None, reason, fingerprint, now, open_since=open_since
             )
 
-    async def _upsert_path(
-        self,
-        db: aiosqlite.Connection,
-        path: str,
-        root: str,
-        state: PathState,
-        sha256: str | None,
-        reason: str | None,
-        fp: Fingerprint | None,
-        now: float,
-        *,
-        open_since: float | None = None,
-    ) -> None:
-        dev, ino, size, mtime, ctime = fp if fp is not None else (None,) * 5
-        gone_at = now if state == "gone" else None
-        await db.execute(
-            "INSERT INTO paths (path, root, state, sha256, reason, dev, ino, size, mtime_ns, "
-            "ctime_ns, open_since, first_seen, last_seen, gone_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (path) DO UPDATE SET root = excluded.root, state = excluded.state, "
-            "sha256 = excluded.sha256, reason = excluded.reason, dev = excluded.dev, "
-            "ino = excluded.ino, size = excluded.size, mtime_ns = excluded.mtime_ns, "
-            "ctime_ns = excluded.ctime_ns, open_since = excluded.open_since, "
-            "last_seen = excluded.last_seen, gone_at = excluded.gone_at",
-            (
-                _b(path),
-                root,
-                state,
-                sha256,
-                reason,
-                dev,
-                ino,
-                size,
-                mtime,
-                ctime,
-                open_since,
-                now,
-                now,
-                gone_at,
-            ),
-        )
+        await self._transaction(tx)
 
     @_retry_stalled
     async def set_open_since(self, path: str, since: float | None) -> None:
@@ -712,34 +834,43 @@ class Ledger:
         """
         now = self._clock()
         skip = set(exclude)
+        n_content = len(Content.__slots__)
+        # The content with its most recently seen present path and that path's fingerprint,
+        # in one query.
         rows = await self._read(
             f"SELECT {', '.join('c.' + c for c in Content.__slots__)}, "
-            "(SELECT p.path FROM paths p WHERE p.sha256 = c.sha256 AND p.state = 'present' "
-            " ORDER BY p.last_seen DESC LIMIT 1) AS path "
-            "FROM contents c WHERE c.state IN ('pending', 'allocated') "
+            "p.path, p.dev, p.ino, p.size, p.mtime_ns, p.ctime_ns "
+            "FROM contents c LEFT JOIN paths p ON p.path = "
+            "(SELECT p2.path FROM paths p2 WHERE p2.sha256 = c.sha256 AND p2.state = 'present' "
+            " ORDER BY p2.last_seen DESC LIMIT 1) "
+            "WHERE c.state IN ('pending', 'allocated') "
             "AND c.next_attempt_at <= ? ORDER BY c.next_attempt_at LIMIT ?",
             (now, limit + len(skip)),
         )
         jobs: list[Job] = []
         orphans: list[str] = []
         for row in rows:
-            content = _content(row[:-1])
+            content = _content(row[:n_content])
             if content.sha256 in skip:
                 continue
-            if row[-1] is None:
+            path = row[n_content]
+            if path is None:
                 orphans.append(content.sha256)
                 continue
-            rec = await self.get_path(_s(row[-1]))
-            jobs.append(Job(content, _s(row[-1]), rec.fingerprint if rec else None))
+            fp = None if row[n_content + 1] is None else Fingerprint(*row[n_content + 1 :])
+            jobs.append(Job(content, _s(path), fp))
             if len(jobs) >= limit:
                 break
         if orphans:
-            async with self._tx() as db:
-                await db.executemany(
+
+            def park(db: sqlite3.Connection) -> None:
+                db.executemany(
                     "UPDATE contents SET next_attempt_at = ?, last_error = "
                     "'no present path holds this content' WHERE sha256 = ?",
                     [(now + 365 * 86400, s) for s in orphans],
                 )
+
+            await self._transaction(park)
         return jobs
 
     async def next_due_at(self) -> float | None:
@@ -758,19 +889,21 @@ class Ledger:
         Committed before the first byte is sent, so a crash in flight is seen on restart.
         """
         now = self._clock()
-        async with self._tx() as db:
-            await db.execute(
+
+        def tx(db: sqlite3.Connection) -> int:
+            db.execute(
                 "UPDATE contents SET state = 'uploading', upload_mode = ?, updated_at = ? "
                 "WHERE sha256 = ?",
                 (mode, now, sha256),
             )
-            cur = await db.execute(
+            cur = db.execute(
                 "INSERT INTO attempts (sha256, path, mode, asset_id, started_at) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (sha256, _b(path), mode, asset_id, now),
             )
-            attempt_id = cur.lastrowid
-        return _must(attempt_id)
+            return _must(cur.lastrowid)
+
+        return await self._transaction(tx)
 
     @_retry_stalled
     async def mark_finishing(self, attempt_id: int) -> None:
@@ -787,16 +920,17 @@ class Ledger:
     ) -> None:
         """Record a signed-URL asset allocated for ``sha256``, before any byte moves."""
         now = self._clock()
-        async with self._tx() as db:
-            await db.execute(
+
+        def tx(db: sqlite3.Connection) -> None:
+            db.execute(
                 "UPDATE contents SET state = 'allocated', asset_id = ?, signed_url = ?, "
                 "signed_url_expires_at = ?, upload_mode = 'signed_url', remote_status = "
                 "'WAITING', updated_at = ? WHERE sha256 = ?",
                 (asset_id, url, expires_at, now, sha256),
             )
-            await db.execute(
-                "UPDATE attempts SET asset_id = ? WHERE id = ?", (asset_id, attempt_id)
-            )
+            db.execute("UPDATE attempts SET asset_id = ? WHERE id = ?", (asset_id, attempt_id))
+
+        await self._transaction(tx)
 
     @_retry_stalled
     async def mark_sending(self, sha256: str) -> None:
@@ -819,19 +953,22 @@ class Ledger:
     ) -> None:
         """The API answered with ``asset_id`` for exactly ``sha256``'s bytes: uploaded."""
         now = self._clock()
-        async with self._tx() as db:
-            await db.execute(
+
+        def tx(db: sqlite3.Connection) -> None:
+            db.execute(
                 "UPDATE contents SET state = 'uploaded', asset_id = ?, remote_status = "
                 "COALESCE(remote_status, 'WAITING'), signed_url = NULL, "
                 "signed_url_expires_at = NULL, attempts = attempts + 1, last_error = NULL, "
                 "uploaded_at = ?, updated_at = ?, next_poll_at = ?, polls = 0 WHERE sha256 = ?",
                 (asset_id, now, now, next_poll_at, sha256),
             )
-            await db.execute(
+            db.execute(
                 "UPDATE attempts SET ended_at = ?, outcome = 'ok', asset_id = ?, "
                 "http_status = ?, bytes_sent = ? WHERE id = ?",
                 (now, asset_id, http_status, bytes_sent, attempt_id),
             )
+
+        await self._transaction(tx)
 
     async def accepted_since(self, mode: str, since: float, other_than: str) -> bool:
         """Whether another content's upload in ``mode`` succeeded after ``since``."""
@@ -873,16 +1010,17 @@ class Ledger:
         """
         now = self._clock()
         state = "allocated" if keep_allocation else "pending"
-        async with self._tx() as db:
+
+        def tx(db: sqlite3.Connection) -> Content:
             if not keep_allocation:
                 # Never lose track of an asset id: one being dropped is kept as superseded.
-                await db.execute(
+                db.execute(
                     "INSERT OR IGNORE INTO superseded_assets (asset_id, sha256, sent_sha256, "
                     "path, reason, at) SELECT asset_id, sha256, NULL, NULL, ?, ? FROM contents "
                     "WHERE sha256 = ? AND asset_id IS NOT NULL",
                     (f"dropped on retry: {error}", now, sha256),
                 )
-            await db.execute(
+            db.execute(
                 "UPDATE contents SET state = ?, attempts = attempts + ?, "
                 "throttle_count = throttle_count + ?, possible_duplicates = "
                 "possible_duplicates + ?, last_error = ?, next_attempt_at = ?, "
@@ -907,12 +1045,13 @@ class Ledger:
                 ),
             )
             if attempt_id is not None:
-                await self._end_attempt(db, attempt_id, outcome, error, http_status, bytes_sent)
-            async with db.execute(
+                _end_attempt(db, now, attempt_id, outcome, error, http_status, bytes_sent)
+            row = db.execute(
                 f"SELECT {_CONTENT_COLS} FROM contents WHERE sha256 = ?", (sha256,)
-            ) as cur:
-                row = await cur.fetchone()
-        return _content(_must(row))
+            ).fetchone()
+            return _content(_must(row))
+
+        return await self._transaction(tx)
 
     @_retry_stalled
     async def give_up(
@@ -927,14 +1066,17 @@ class Ledger:
     ) -> None:
         """Mark ``sha256`` failed (attempts exhausted) or rejected (the API refuses it)."""
         now = self._clock()
-        async with self._tx() as db:
-            await db.execute(
+
+        def tx(db: sqlite3.Connection) -> None:
+            db.execute(
                 "UPDATE contents SET state = ?, last_error = ?, updated_at = ?, "
                 "attempts = attempts + ? WHERE sha256 = ?",
                 (state, error, now, int(attempt_id is not None), sha256),
             )
             if attempt_id is not None:
-                await self._end_attempt(db, attempt_id, outcome, error, http_status, None)
+                _end_attempt(db, now, attempt_id, outcome, error, http_status, None)
+
+        await self._transaction(tx)
 
     @_retry_stalled
     async def supersede(
@@ -953,35 +1095,23 @@ class Ledger:
         so no remote asset is ever lost track of.
         """
         now = self._clock()
-        async with self._tx() as db:
-            await db.execute(
+
+        def tx(db: sqlite3.Connection) -> None:
+            db.execute(
                 "INSERT OR IGNORE INTO superseded_assets (asset_id, sha256, sent_sha256, path, "
                 "reason, at) VALUES (?, ?, ?, ?, ?, ?)",
                 (asset_id, sha256, sent_sha256, None if path is None else _b(path), reason, now),
             )
-            await db.execute(
+            db.execute(
                 "UPDATE contents SET state = 'pending', asset_id = NULL, remote_status = NULL, "
                 "signed_url = NULL, signed_url_expires_at = NULL, last_error = ?, "
                 "next_attempt_at = ?, updated_at = ?, next_poll_at = NULL WHERE sha256 = ?",
                 (reason, now, now, sha256),
             )
             if attempt_id is not None:
-                await self._end_attempt(db, attempt_id, "superseded", reason, None, None)
+                _end_attempt(db, now, attempt_id, "superseded", reason, None, None)
 
-    async def _end_attempt(
-        self,
-        db: aiosqlite.Connection,
-        attempt_id: int,
-        outcome: str,
-        error: str | None,
-        http_status: int | None,
-        bytes_sent: int | None,
-    ) -> None:
-        await db.execute(
-            "UPDATE attempts SET ended_at = ?, outcome = ?, error = ?, http_status = ?, "
-            "bytes_sent = ? WHERE id = ?",
-            (self._clock(), outcome, error, http_status, bytes_sent, attempt_id),
-        )
+        await self._transaction(tx)
 
     # ---------------------------------------------------------------- polling
 
@@ -1005,32 +1135,34 @@ class Ledger:
     ) -> None:
         """Record a polled remote status. ``SUCCESS`` makes the content done."""
         now = self._clock()
-        async with self._tx() as db:
-            async with db.execute(
+
+        def tx(db: sqlite3.Connection) -> None:
+            row = db.execute(
                 "SELECT remote_status, asset_id, state FROM contents WHERE sha256 = ?", (sha256,)
-            ) as cur:
-                row = await cur.fetchone()
+            ).fetchone()
             if row is None or row[1] != asset_id or row[2] != "uploaded":
                 return  # superseded or re-queued meanwhile: this answer is stale
             if row[0] != status:
-                await db.execute(
+                db.execute(
                     "INSERT INTO status_changes (sha256, asset_id, remote_status, at) "
                     "VALUES (?, ?, ?, ?)",
                     (sha256, asset_id, status, now),
                 )
             if status == "SUCCESS":
-                await db.execute(
+                db.execute(
                     "UPDATE contents SET state = 'done', remote_status = 'SUCCESS', done_at = ?, "
                     "updated_at = ?, next_poll_at = NULL, polls = polls + 1, last_error = NULL "
                     "WHERE sha256 = ?",
                     (now, now, sha256),
                 )
             else:
-                await db.execute(
+                db.execute(
                     "UPDATE contents SET remote_status = ?, updated_at = ?, next_poll_at = ?, "
                     "polls = polls + 1 WHERE sha256 = ?",
                     (status, now, next_poll_at, sha256),
                 )
+
+        await self._transaction(tx)
 
     @_retry_stalled
     async def remote_failed(
@@ -1041,31 +1173,33 @@ class Ledger:
         Returns the content's new state (``pending`` or ``failed``).
         """
         now = self._clock()
-        async with self._tx() as db:
-            async with db.execute(
+
+        def tx(db: sqlite3.Connection) -> ContentState:
+            row = db.execute(
                 "SELECT attempts, asset_id FROM contents WHERE sha256 = ?", (sha256,)
-            ) as cur:
-                row = await cur.fetchone()
+            ).fetchone()
             if row is None or row[1] != asset_id:
                 return "pending"
-            await db.execute(
+            db.execute(
                 "INSERT INTO status_changes (sha256, asset_id, remote_status, at) "
                 "VALUES (?, ?, 'FAILED', ?)",
                 (sha256, asset_id, now),
             )
-            await db.execute(
+            db.execute(
                 "INSERT OR IGNORE INTO superseded_assets (asset_id, sha256, sent_sha256, path, "
                 "reason, at) VALUES (?, ?, ?, NULL, ?, ?)",
                 (asset_id, sha256, sha256, reason, now),
             )
             state: ContentState = "failed" if row[0] >= max_attempts else "pending"
-            await db.execute(
+            db.execute(
                 "UPDATE contents SET state = ?, remote_status = 'FAILED', asset_id = NULL, "
                 "remote_failures = remote_failures + 1, last_error = ?, next_attempt_at = ?, "
                 "next_poll_at = NULL, updated_at = ? WHERE sha256 = ?",
                 (state, reason, now, now, sha256),
             )
-        return state
+            return state
+
+        return await self._transaction(tx)
 
     # ---------------------------------------------------------------- recovery and operators
 
@@ -1080,8 +1214,9 @@ class Ledger:
         due now.
         """
         now = self._clock()
-        async with self._tx() as db:
-            cur = await db.execute(
+
+        def tx(db: sqlite3.Connection) -> RecoveryReport:
+            cur = db.execute(
                 "UPDATE contents SET state = 'pending', possible_duplicates = "
                 "possible_duplicates + EXISTS (SELECT 1 FROM attempts a WHERE "
                 "a.sha256 = contents.sha256 AND a.outcome = 'finishing'), "
@@ -1091,24 +1226,26 @@ class Ledger:
                 (now, now),
             )
             direct = cur.rowcount
-            cur = await db.execute(
+            cur = db.execute(
                 "UPDATE contents SET state = CASE WHEN asset_id IS NULL THEN 'pending' "
                 "ELSE 'allocated' END, next_attempt_at = ?, updated_at = ? "
                 "WHERE state = 'uploading'",
                 (now, now),
             )
             signed = cur.rowcount
-            await db.execute(
+            db.execute(
                 "UPDATE attempts SET ended_at = ?, outcome = CASE WHEN outcome = 'finishing' "
                 "THEN 'interrupted_possible_duplicate' ELSE 'interrupted' END "
                 "WHERE outcome IS NULL OR outcome = 'finishing'",
                 (now,),
             )
-            cur = await db.execute(
+            cur = db.execute(
                 "UPDATE contents SET next_poll_at = ? WHERE state = 'uploaded'", (now,)
             )
             polls = cur.rowcount
-        return RecoveryReport(direct, signed, polls)
+            return RecoveryReport(direct, signed, polls)
+
+        return await self._transaction(tx)
 
     @_retry_stalled
     async def requeue(self, *, states: Sequence[ContentState], sha256s: Sequence[str] = ()) -> int:
@@ -1163,8 +1300,8 @@ class Ledger:
 
     # ---- operator queries
     # Read-only queries behind `syncd show/ls/status` and the local HTTP endpoint. Each one is
-    # bounded: listings page by keyset (never OFFSET, never a whole table in memory) and the
-    # lock is released between pages so a daemon sharing this connection keeps writing.
+    # bounded: listings page by keyset (never OFFSET, never a whole table in memory), one query
+    # per page on the read connection, so a daemon's writes carry on between and during pages.
 
     async def iter_assets(
         self,
@@ -1314,6 +1451,64 @@ class Ledger:
             "SELECT asset_id FROM contents WHERE state = 'done' AND asset_id IS NOT NULL LIMIT 1"
         )
         return str(rows[0][0]) if rows else None
+
+
+def _upsert_path(
+    db: sqlite3.Connection,
+    path: str,
+    root: str,
+    state: PathState,
+    sha256: str | None,
+    reason: str | None,
+    fp: Fingerprint | None,
+    now: float,
+    *,
+    open_since: float | None = None,
+) -> None:
+    dev, ino, size, mtime, ctime = fp if fp is not None else (None,) * 5
+    gone_at = now if state == "gone" else None
+    db.execute(
+        "INSERT INTO paths (path, root, state, sha256, reason, dev, ino, size, mtime_ns, "
+        "ctime_ns, open_since, first_seen, last_seen, gone_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (path) DO UPDATE SET root = excluded.root, state = excluded.state, "
+        "sha256 = excluded.sha256, reason = excluded.reason, dev = excluded.dev, "
+        "ino = excluded.ino, size = excluded.size, mtime_ns = excluded.mtime_ns, "
+        "ctime_ns = excluded.ctime_ns, open_since = excluded.open_since, "
+        "last_seen = excluded.last_seen, gone_at = excluded.gone_at",
+        (
+            _b(path),
+            root,
+            state,
+            sha256,
+            reason,
+            dev,
+            ino,
+            size,
+            mtime,
+            ctime,
+            open_since,
+            now,
+            now,
+            gone_at,
+        ),
+    )
+
+
+def _end_attempt(
+    db: sqlite3.Connection,
+    now: float,
+    attempt_id: int,
+    outcome: str,
+    error: str | None,
+    http_status: int | None,
+    bytes_sent: int | None,
+) -> None:
+    db.execute(
+        "UPDATE attempts SET ended_at = ?, outcome = ?, error = ?, http_status = ?, "
+        "bytes_sent = ? WHERE id = ?",
+        (now, outcome, error, http_status, bytes_sent, attempt_id),
+    )
 
 
 def _must(value: _T | None) -> _T:

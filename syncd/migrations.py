@@ -10,8 +10,6 @@ from __future__ import annotations
 import sqlite3
 from typing import NamedTuple
 
-import aiosqlite
-
 
 class Migration(NamedTuple):
     name: str
@@ -139,36 +137,35 @@ MIGRATIONS: tuple[Migration, ...] = (
 )
 
 
-async def current_version(db: aiosqlite.Connection) -> list[str]:
+def current_version(db: sqlite3.Connection) -> list[str]:
     """Given an open connection; return the names of the migrations already applied."""
-    await db.execute(
+    db.execute(
         "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
     )
-    async with db.execute("SELECT name FROM _migrations ORDER BY name") as cur:
-        return [row[0] for row in await cur.fetchall()]
+    return [row[0] for row in db.execute("SELECT name FROM _migrations ORDER BY name")]
 
 
-async def migrate(db: aiosqlite.Connection, now: float) -> list[str]:
+def migrate(db: sqlite3.Connection, now: float) -> list[str]:
     """Apply every pending migration, each in its own transaction.
 
     Given a connection in autocommit mode (``isolation_level=None``) and the current time;
     returns the names applied; raises ``sqlite3.Error`` (after rolling back) if one fails.
     """
-    done = set(await current_version(db))
+    done = set(current_version(db))
     applied: list[str] = []
     for migration in MIGRATIONS:
         if migration.name in done:
             continue
-        await db.execute("BEGIN IMMEDIATE")
+        db.execute("BEGIN IMMEDIATE")
         try:
             for statement in _statements(migration.sql):
-                await db.execute(statement)
-            await db.execute(
+                db.execute(statement)
+            db.execute(
                 "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (migration.name, now)
             )
-            await db.execute("COMMIT")
+            db.execute("COMMIT")
         except BaseException:
-            await db.execute("ROLLBACK")
+            db.execute("ROLLBACK")
             raise
         applied.append(migration.name)
     return applied

@@ -9,6 +9,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -266,3 +267,43 @@ async def test_a_write_cancelled_at_any_point_leaves_the_connection_usable(
     # The cancelled write either happened whole or not at all.
     a = await ledger.get_path("/r/a.mp4")
     assert (a is None) == (await ledger.get_content("aa" * 32) is None)
+
+
+async def test_writes_queued_together_share_one_commit_and_a_failure_rolls_back_alone(
+    ledger: Ledger,
+) -> None:
+    # Hold the writer's thread so that every write below is queued before it looks again:
+    # they then run in one turn, in one SQLite transaction, committed once.
+    release = threading.Event()
+    statements: list[str] = []
+    blocked = asyncio.ensure_future(
+        ledger._writer.call(lambda conn: conn.set_trace_callback(statements.append) or None)
+    )
+    holder = asyncio.ensure_future(ledger._writer.call(lambda conn: release.wait(30)))
+
+    def fails(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO kv (key, value) VALUES ('lost', '1')")
+        raise ValueError("this caller's own mistake")
+
+    writes = [
+        asyncio.ensure_future(ledger.record_content("/r/a.mp4", "/r", fp(), "aa" * 32, "mp4")),
+        asyncio.ensure_future(ledger._transaction(fails)),
+        asyncio.ensure_future(ledger.set_kv("kept", 2)),
+        asyncio.ensure_future(ledger.record_content("/r/c.mp4", "/r", fp(ino=3), "cc" * 32, "mp4")),
+    ]
+    await asyncio.sleep(0.2)
+    assert not any(w.done() for w in writes)
+    release.set()
+    await blocked
+    await holder
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    assert isinstance(results[1], ValueError)
+    assert results[0].state == "pending" and results[3].state == "pending"  # type: ignore[union-attr]
+    assert await ledger.get_kv("kept") == 2
+    assert await ledger.get_kv("lost") is None
+    assert [s for s in statements if s.startswith(("BEGIN", "COMMIT"))] == [
+        "BEGIN IMMEDIATE",
+        "COMMIT",
+    ]
+    found = await ledger.get_contents(["aa" * 32, "cc" * 32])
+    assert sorted(found) == ["aa" * 32, "cc" * 32]
