@@ -22,6 +22,7 @@ import logging
 import os
 import posixpath
 import sqlite3
+import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
@@ -1426,11 +1427,11 @@ class PathReader:
 
     def folder(
         self, folder: str
-    ) -> tuple[dict[str, tuple[tuple[int, int, int, int, int] | None, bool]], list[str]]:
+    ) -> tuple[dict[str, tuple[int, int, int, int, int] | None], list[str]]:
         """Given a folder's absolute path, return the tracked (not gone) files directly in it,
-        by name, each as (fingerprint tuple or None, holds a content or was skipped), and the
-        names of its sub-folders that hold tracked files (under any root: the caller sorts
-        out nested roots).
+        by name, each with the fingerprint tuple it was settled with (it holds a content or
+        was skipped) or None (unsettled, in error), and the names of its sub-folders that
+        hold tracked files (under any root: the caller sorts out nested roots).
 
         One primary-key range (``folder/`` up to ``folder0``) read in path order; a
         sub-folder's rows are skipped with a new range starting after them, so each row is
@@ -1439,7 +1440,9 @@ class PathReader:
         prefix = _b(folder.rstrip("/")) + b"/"
         upper = prefix[:-1] + b"0"
         cut = len(prefix)
-        files: dict[str, tuple[tuple[int, int, int, int, int] | None, bool]] = {}
+        # os.fsdecode, without its per-call overhead
+        encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+        files: dict[str, tuple[int, int, int, int, int] | None] = {}
         subdirs: list[str] = []
         low = prefix
         while True:
@@ -1456,12 +1459,15 @@ class PathReader:
                     rest = path[cut:]
                     slash = rest.find(b"/")
                     if slash < 0:
-                        fp = None if dev is None else (dev, ino, size, mtime_ns, ctime_ns)
-                        files[os.fsdecode(rest)] = (fp, state in _SETTLED)
+                        files[rest.decode(encoding, errors)] = (
+                            (dev, ino, size, mtime_ns, ctime_ns)
+                            if dev is not None and state in _SETTLED
+                            else None
+                        )
                         continue
                     # "sub/..." sorts below "sub0": go on from there.
                     child = rest[:slash]
-                    subdirs.append(os.fsdecode(child))
+                    subdirs.append(child.decode(encoding, errors))
                     low = prefix + child + b"0"
                     break
                 else:

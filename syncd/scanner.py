@@ -67,10 +67,10 @@ class ScanEntry:
     fingerprint: Fingerprint
 
 
-# What the ledger knows of one file, as :meth:`KnownFiles.folder` gives it: its stat
-# fingerprint as a plain tuple (dev, ino, size, mtime_ns, ctime_ns; None when it has none) and
-# whether it is settled (holds a content, or was skipped).
-KnownRow = tuple[tuple[int, int, int, int, int] | None, bool]
+# What the ledger knows of one file, as :meth:`KnownFiles.folder` gives it: the stat
+# fingerprint it was settled with (holds a content, or was skipped) as a plain tuple (dev, ino,
+# size, mtime_ns, ctime_ns), or None when it is tracked but not settled (unsettled, in error).
+KnownRow = tuple[int, int, int, int, int] | None
 
 
 class KnownFiles(Protocol):
@@ -460,6 +460,7 @@ class _Walker:
             rows = known[0] if known is not None else None
             walked_from = len(pending)
             listed = False
+            seen = unchanged = 0  # this folder's, added to the report after its listing
             try:
                 with os.scandir(fd) as it:
                     for entry in it:
@@ -496,14 +497,14 @@ class _Walker:
                                 warned = True
                                 self._warn_dir(dir_path, exc)
                             continue
-                        report.seen += 1
+                        seen += 1
                         fp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
                         if rows is not None:
                             row = rows.pop(name, None)
                             # Unchanged: tracked with this very fingerprint, and hashed or
                             # skipped. Nothing to hand on, nothing to write.
-                            if row is not None and row[1] and row[0] == fp:
-                                report.unchanged += 1
+                            if row is not None and row == fp:
+                                unchanged += 1
                                 continue
                         batch.append(ScanEntry(prefix + name, root_name, Fingerprint(*fp)))
                         if len(batch) >= self.batch_size:
@@ -518,6 +519,8 @@ class _Walker:
                 self._warn_dir(dir_path, exc)
             finally:
                 os.close(fd)
+                report.seen += seen
+                report.unchanged += unchanged
             if known is not None and listed and self.known is not None:
                 # What the ledger tracks here that the listing did not show is gone (a file
                 # excluded by the filter now, or replaced by a folder, is not there either);
