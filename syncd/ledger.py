@@ -23,6 +23,7 @@ import os
 import posixpath
 import queue
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Sequence
@@ -242,6 +243,7 @@ class LedgerLock:
     def __init__(self, ledger_path: str) -> None:
         self.path = ledger_path + ".lock"
         self._fd: int | None = None
+        self.previous = ""  # what the lock file held when acquired
 
     def acquire(self) -> None:
         """Take the lock; raises :class:`LedgerLocked` naming the holder's pid if it is held."""
@@ -263,15 +265,56 @@ class LedgerLock:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise LedgerLocked(self.path[: -len(".lock")], holder_pid(self.path)) from None
             raise
+        # What the previous owner left: its pid, and a stamp if it closed the ledger cleanly.
+        self.previous = os.pread(fd, 4096, 0).decode("ascii", "replace")
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+
+    def closed_cleanly(self) -> bool:
+        """Whether the previous owner closed the ledger cleanly and nothing has touched its
+        files since (same device, inode, size, mtime and ctime of the file and its WAL).
+        Call after :meth:`acquire`."""
+        lines = self.previous.splitlines()
+        stamp = _files_stamp(self.path[: -len(".lock")])
+        return stamp is not None and f"{_CLEAN_STAMP} {stamp}" in lines
+
+    def mark_clean(self) -> None:
+        """Record that the ledger was just closed cleanly (its connection closed after a
+        graceful stop): the next owner may skip the check at open while the files stay
+        untouched. Acquiring the lock clears the mark."""
+        stamp = _files_stamp(self.path[: -len(".lock")])
+        if self._fd is None or stamp is None:
+            return
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n{_CLEAN_STAMP} {stamp}\n".encode(), 0)
 
     def release(self) -> None:
         """Drop the lock (the file stays; its content no longer matters)."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+_CLEAN_STAMP = "closed-cleanly"
+
+
+def _files_stamp(ledger_path: str) -> str | None:
+    """The stat fingerprints of the ledger file and its WAL (``-`` when absent); None when the
+    ledger file cannot be stat-ed."""
+    parts: list[str] = []
+    for suffix in ("", "-wal"):
+        try:
+            st = os.stat(ledger_path + suffix)
+        except FileNotFoundError:
+            if not suffix:
+                return None
+            parts.append("-")
+            continue
+        except OSError:
+            return None
+        parts.append(f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}")
+    return " ".join(parts)
 
 
 def holder_pid(lock_path: str) -> int | None:
@@ -284,7 +327,7 @@ def holder_pid(lock_path: str) -> int | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
-            text = os.read(fd, 32).decode("ascii", "replace").strip()
+            text = os.read(fd, 32).decode("ascii", "replace").split("\n")[0].strip()
             return int(text) if text.isdigit() else 0
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
@@ -779,6 +822,51 @@ class Ledger:
             "WHERE root = ? AND state != 'gone' AND last_seen < ?",
             (now, root, seen_before),
         )
+
+    @_retry_stalled
+    async def mark_missing_gone(
+        self, root: str, paths: Sequence[str], folders: Sequence[str], seen_before: float
+    ) -> int:
+        """After a complete scan of ``root``: mark gone ``paths`` (tracked files its folders'
+        listings did not show) and every path below ``folders`` (folders not walked).
+
+        Only paths recorded under ``root``, not gone already and not recorded since
+        ``seen_before`` (the scan's start: a path recorded meanwhile was there) are marked.
+        Only call this when the root was available for the whole scan. Returns how many paths
+        were marked.
+        """
+        now = self._clock()
+        marked = 0
+        for i in range(0, len(paths), _IN_CHUNK):
+            rows = [(now, _b(p), root, seen_before) for p in paths[i : i + _IN_CHUNK]]
+
+            def gone_paths(db: sqlite3.Connection, rows: list[Any] = rows) -> int:
+                cur = db.executemany(
+                    "UPDATE paths SET state = 'gone', gone_at = ?1, open_since = NULL "
+                    "WHERE path = ?2 AND root = ?3 AND state != 'gone' AND last_seen < ?4",
+                    rows,
+                )
+                return max(0, cur.rowcount)
+
+            marked += await self._transaction(gone_paths)
+        for i in range(0, len(folders), _IN_CHUNK):
+            ranges = []
+            for folder in folders[i : i + _IN_CHUNK]:
+                prefix = _b(folder.rstrip("/")) + b"/"
+                ranges.append((now, prefix, prefix[:-1] + b"0", root, seen_before))
+
+            def gone_folders(db: sqlite3.Connection, ranges: list[Any] = ranges) -> int:
+                # The literal state test lets SQLite answer each range from paths_live.
+                cur = db.executemany(
+                    "UPDATE paths SET state = 'gone', gone_at = ?1, open_since = NULL "
+                    "WHERE path >= ?2 AND path < ?3 AND state != 'gone' AND root = ?4 "
+                    "AND last_seen < ?5",
+                    ranges,
+                )
+                return max(0, cur.rowcount)
+
+            marked += await self._transaction(gone_folders)
+        return marked
 
     @_retry_stalled
     async def forget_path(self, path: str) -> bool:
@@ -1520,3 +1608,74 @@ def _must(value: _T | None) -> _T:
 
 def _uri_path(path: str) -> str:
     return quote(os.path.abspath(path))
+
+
+_SETTLED = frozenset(("present", "skipped"))
+
+
+class PathReader:
+    """The paths a scan compares a folder's listing with, read in the scan's own thread.
+
+    Given the ledger's path; opens its own read-only connection (WAL lets it read while the
+    daemon writes), so the walk never waits for the daemon's connection or its lock. Create,
+    use and close it in one thread. Raises ``sqlite3.Error``.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._db = sqlite3.connect(
+            f"file:{_uri_path(path)}?mode=ro", uri=True, timeout=5.0, isolation_level=None
+        )
+
+    def folder(
+        self, folder: str
+    ) -> tuple[dict[str, tuple[int, int, int, int, int] | None], list[str]]:
+        """Given a folder's absolute path, return the tracked (not gone) files directly in it,
+        by name, each with the fingerprint tuple it was settled with (it holds a content or
+        was skipped) or None (unsettled, in error), and the names of its sub-folders that
+        hold tracked files (under any root: the caller sorts out nested roots).
+
+        One primary-key range (``folder/`` up to ``folder0``) read in path order; a
+        sub-folder's rows are skipped with a new range starting after them, so each row is
+        read once however deep the tree.
+        """
+        prefix = _b(folder.rstrip("/")) + b"/"
+        upper = prefix[:-1] + b"0"
+        cut = len(prefix)
+        # os.fsdecode, without its per-call overhead
+        encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+        files: dict[str, tuple[int, int, int, int, int] | None] = {}
+        subdirs: list[str] = []
+        low = prefix
+        while True:
+            # Answered from paths_live alone. A present path always holds a content (only
+            # record_content makes one present), so "settled" is present or skipped.
+            cur = self._db.execute(
+                "SELECT path, dev, ino, size, mtime_ns, ctime_ns, state "
+                "FROM paths INDEXED BY paths_live "
+                "WHERE path >= ? AND path < ? AND state != 'gone' ORDER BY path",
+                (low, upper),
+            )
+            try:
+                for path, dev, ino, size, mtime_ns, ctime_ns, state in cur:
+                    rest = path[cut:]
+                    slash = rest.find(b"/")
+                    if slash < 0:
+                        files[rest.decode(encoding, errors)] = (
+                            (dev, ino, size, mtime_ns, ctime_ns)
+                            if dev is not None and state in _SETTLED
+                            else None
+                        )
+                        continue
+                    # "sub/..." sorts below "sub0": go on from there.
+                    child = rest[:slash]
+                    subdirs.append(child.decode(encoding, errors))
+                    low = prefix + child + b"0"
+                    break
+                else:
+                    return files, subdirs
+            finally:
+                cur.close()
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._db.close()

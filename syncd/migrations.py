@@ -134,6 +134,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         FROM paths AS p LEFT JOIN contents AS c ON c.sha256 = p.sha256;
         """,
     ),
+    # The scan compares each folder with the paths the ledger tracks there: one range query per
+    # folder answered from this index alone (it holds what the comparison needs), leaving out
+    # the gone paths (the history of a long-lived library, often most of the table).
+    Migration(
+        "0002_paths_live",
+        """
+        CREATE INDEX paths_live ON paths (path, dev, ino, size, mtime_ns, ctime_ns, state)
+            WHERE state != 'gone';
+        """,
+    ),
 )
 
 

@@ -22,15 +22,17 @@ back up the tree, met while one new folder is scanned, would otherwise re-report
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
+import sqlite3
 import stat
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
-from dataclasses import dataclass
-from typing import Final
+from dataclasses import dataclass, field
+from typing import Final, Protocol
 
 from syncd.config import WatchRoot
 from syncd.errors import SyncdError
@@ -65,6 +67,47 @@ class ScanEntry:
     fingerprint: Fingerprint
 
 
+# What the ledger knows of one file, as :meth:`KnownFiles.folder` gives it: the stat
+# fingerprint it was settled with (holds a content, or was skipped) as a plain tuple (dev, ino,
+# size, mtime_ns, ctime_ns), or None when it is tracked but not settled (unsettled, in error).
+KnownRow = tuple[int, int, int, int, int] | None
+
+
+class KnownFiles(Protocol):
+    """The ledger as the walker thread sees it: opened, used and closed in that thread."""
+
+    def folder(self, path: str) -> tuple[dict[str, KnownRow], list[str]]:
+        """Given a folder's absolute path, return the files directly in it that the ledger
+        tracks (not gone), by name, and the names of its sub-folders holding such files.
+        Raises ``sqlite3.Error``."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+        ...
+
+
+@dataclass(slots=True)
+class ScanReport:
+    """What one walk found besides the batches it yielded; read once the walk has ended.
+
+    ``seen`` counts every candidate file, ``unchanged`` those the ledger already has with the
+    same fingerprint (not yielded). When the walk compared with the ledger (``known``) and
+    ``compared`` stayed true, ``missing`` holds the tracked files a folder's listing did not
+    show (under any root) and ``vanished`` the folders whose tracked files were not walked at
+    all (deleted, no longer a folder, excluded): together, what is no longer there.
+    ``unreadable`` holds the folders that could not be read (their files were not seen, which
+    does not make them gone).
+    """
+
+    seen: int = 0
+    unchanged: int = 0
+    compared: bool = True
+    missing: list[str] = field(default_factory=list)
+    vanished: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+
+
 class RootUnavailable(SyncdError):
     """A watched root cannot be walked: missing, not a folder, or unreadable.
 
@@ -90,24 +133,31 @@ def scan_root(
     follow_symlinks: bool | None = None,
     all_roots: Sequence[str] = (),
     unreadable: list[str] | None = None,
+    known: Callable[[], KnownFiles] | None = None,
+    report: ScanReport | None = None,
 ) -> AsyncGenerator[list[ScanEntry], None]:
     """Walk a whole root.
 
     Given the root, its filter, the largest batch to yield, whether to follow symlinks
-    (``None``: the root's ``follow_symlinks``), the paths of every watched root, and
-    optionally a list that receives every folder that could not be read. Returns an
-    async iterator of non-empty batches of :class:`ScanEntry`: each regular file the filter
-    accepts, once. Raises :class:`RootUnavailable` (on the first ``__anext__``) when the root
-    is missing, not a folder or unreadable. Folders that cannot be read are logged (one
-    warning each, not repeated by later walks while the problem lasts), added to
-    ``unreadable`` and skipped: the files under them were not seen, which does not make them
-    deleted. Close the iterator (``aclose``, or ``contextlib.aclosing``) to stop early;
-    closing waits for the walker thread to stop.
+    (``None``: the root's ``follow_symlinks``), the paths of every watched root,
+    optionally a list that receives every folder that could not be read, optionally a
+    factory of the ledger's view (``known``, called in the walker thread) and a
+    :class:`ScanReport` to fill. Returns an async iterator of non-empty batches of
+    :class:`ScanEntry`: each regular file the filter accepts, once; with ``known``, only the
+    files the ledger does not already have unchanged (a tracked path, not gone, with the same
+    fingerprint, holding a content or skipped), each folder compared with one ledger query
+    in the walker thread, so an unchanged library costs the event loop nothing. Raises
+    :class:`RootUnavailable` (on the first ``__anext__``) when the root is missing, not a
+    folder or unreadable. Folders that cannot be read are logged (one warning each, not
+    repeated by later walks while the problem lasts), added to ``unreadable`` and skipped:
+    the files under them were not seen, which does not make them deleted. Close the iterator
+    (``aclose``, or ``contextlib.aclosing``) to stop early; closing waits for the walker
+    thread to stop.
     """
     follow = root.follow_symlinks if follow_symlinks is None else follow_symlinks
-    walker = _Walker(root, filt, follow, all_roots, batch_size)
+    walker = _Walker(root, filt, follow, all_roots, batch_size, known, report)
     if unreadable is not None:
-        walker.unreadable = unreadable
+        walker.report.unreadable = unreadable
     return _stream(walker, walker.walk_root)
 
 
@@ -119,6 +169,8 @@ def scan_dir(
     batch_size: int = 1000,
     follow_symlinks: bool | None = None,
     all_roots: Sequence[str] = (),
+    known: Callable[[], KnownFiles] | None = None,
+    report: ScanReport | None = None,
 ) -> AsyncGenerator[list[ScanEntry], None]:
     """Walk one folder inside a root (one created or moved in while the daemon runs).
 
@@ -128,7 +180,7 @@ def scan_dir(
     Never raises :class:`RootUnavailable`; otherwise behaves like :func:`scan_root`.
     """
     follow = root.follow_symlinks if follow_symlinks is None else follow_symlinks
-    walker = _Walker(root, filt, follow, all_roots, batch_size)
+    walker = _Walker(root, filt, follow, all_roots, batch_size, known, report)
     return _stream(walker, lambda post: walker.walk_dir(post, path))
 
 
@@ -204,6 +256,8 @@ class _Walker:
         follow: bool,
         all_roots: Sequence[str],
         batch_size: int,
+        known: Callable[[], KnownFiles] | None = None,
+        report: ScanReport | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -219,7 +273,9 @@ class _Walker:
         self.other_roots: tuple[str, ...] = ()
         self.own_root: str | None = None  # this root, resolved (set when links are followed)
         self.visited: set[tuple[int, int]] = set()
-        self.unreadable: list[str] = []  # folders this walk could not read
+        self.report = report if report is not None else ScanReport()
+        self.known_factory = known
+        self.known: KnownFiles | None = None  # opened by the walk, in its thread
 
     # -- entry points --------------------------------------------------------------------------
 
@@ -319,11 +375,50 @@ class _Walker:
             (top_fd, top_path, top_rel, top_included, top_st)
         ]
         try:
+            if self.known_factory is not None:
+                try:
+                    self.known = self.known_factory()
+                except sqlite3.Error as exc:
+                    self._lost_ledger(exc)
             self._drain(post, pending)
         finally:
             for fd, *_ in pending:
                 if fd >= 0:
                     os.close(fd)
+            if self.known is not None:
+                self.known.close()
+                self.known = None
+
+    def _lost_ledger(self, exc: sqlite3.Error) -> None:
+        """The ledger cannot be read from this thread: hand every file on (the event loop
+        checks them against the ledger itself) and look for nothing gone."""
+        log.warning(
+            "scan of %s cannot read the ledger (%s); every file is checked one by one",
+            display_path(self.root_path),
+            exc,
+        )
+        if self.known is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.known.close()
+        self.known = None
+        self.known_factory = None
+        self.report.compared = False
+
+    def _known_in(self, dir_path: str) -> tuple[dict[str, KnownRow], list[str]] | None:
+        """The ledger's files directly in ``dir_path`` and its sub-folders holding any; None
+        when the walk does not compare with the ledger."""
+        if self.known is None:
+            return None
+        try:
+            return self.known.folder(dir_path)
+        except sqlite3.Error as exc:
+            self._lost_ledger(exc)
+            return None
+
+    def _vanished(self, dir_path: str) -> None:
+        """A folder met by the walk (or in the ledger) whose files this walk does not see."""
+        if self.known is not None:
+            self.report.vanished.append(dir_path)
 
     def _drain(
         self,
@@ -337,6 +432,7 @@ class _Walker:
         follow = self.follow
         stop = self.stop
         root_name = self.root.path
+        report = self.report
         batch: list[ScanEntry] = []
         flushed_at = time.monotonic()
         while pending:
@@ -348,13 +444,23 @@ class _Walker:
                     opened = self._open_dir(dir_path, dir_st, follow=follow)
                 except OSError as exc:
                     self._warn_dir(dir_path, exc)
+                    if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                        self._vanished(dir_path)
                     continue
                 if opened is None:
+                    self._vanished(dir_path)
                     continue
                 fd = opened
             prefix = dir_path + "/" if dir_path != "/" else "/"
             rel_prefix = dir_rel + "/" if dir_rel else ""
             warned = False
+            # The ledger is read before the listing: a file recorded in between is listed
+            # (and handed on), never taken for missing.
+            known = self._known_in(dir_path)
+            rows = known[0] if known is not None else None
+            walked_from = len(pending)
+            listed = False
+            seen = unchanged = 0  # this folder's, added to the report after its listing
             try:
                 with os.scandir(fd) as it:
                     for entry in it:
@@ -376,15 +482,12 @@ class _Walker:
                                         pending.append((-1, prefix + name, rel, included, st))
                                 continue
                             elif follow and entry.is_symlink():
-                                self._symlink(
-                                    entry,
-                                    prefix + name,
-                                    rel_prefix + name,
-                                    dir_included,
-                                    pending,
-                                    batch,
+                                linked = self._symlink(
+                                    entry, prefix + name, rel_prefix + name, dir_included, pending
                                 )
-                                continue
+                                if linked is None:
+                                    continue
+                                st = linked
                             else:
                                 continue  # FIFOs, sockets, devices, unfollowed symlinks
                         except FileNotFoundError:
@@ -394,25 +497,39 @@ class _Walker:
                                 warned = True
                                 self._warn_dir(dir_path, exc)
                             continue
-                        batch.append(
-                            ScanEntry(
-                                prefix + name,
-                                root_name,
-                                Fingerprint(
-                                    st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-                                ),
-                            )
-                        )
+                        seen += 1
+                        fp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                        if rows is not None:
+                            row = rows.pop(name, None)
+                            # Unchanged: tracked with this very fingerprint, and hashed or
+                            # skipped. Nothing to hand on, nothing to write.
+                            if row is not None and row == fp:
+                                unchanged += 1
+                                continue
+                        batch.append(ScanEntry(prefix + name, root_name, Fingerprint(*fp)))
                         if len(batch) >= self.batch_size:
                             if not post(batch):
                                 return
                             batch = []
                             flushed_at = time.monotonic()
+                    else:
+                        listed = True
             except OSError as exc:
                 warned = True
                 self._warn_dir(dir_path, exc)
             finally:
                 os.close(fd)
+                report.seen += seen
+                report.unchanged += unchanged
+            if known is not None and listed and self.known is not None:
+                # What the ledger tracks here that the listing did not show is gone (a file
+                # excluded by the filter now, or replaced by a folder, is not there either);
+                # one recorded under another (nested) root is left alone when it is marked.
+                report.missing.extend(prefix + name for name in rows or ())
+                walked = {os.path.basename(p[1]) for p in pending[walked_from:]}
+                for sub in known[1]:
+                    if sub not in walked:
+                        self._vanished(prefix + sub)
             if not warned and _reported:
                 _reported.pop(dir_path, None)  # readable again: a new problem is news
             if batch and time.monotonic() - flushed_at >= FLUSH_AFTER_S:
@@ -430,24 +547,25 @@ class _Walker:
         rel: str,
         dir_included: bool,
         pending: list[tuple[int, str, str, bool, os.stat_result]],
-        batch: list[ScanEntry],
-    ) -> None:
-        """Follow one symlink found in a folder (only when the root follows symlinks)."""
+    ) -> os.stat_result | None:
+        """Follow one symlink found in a folder (only when the root follows symlinks): returns
+        the target's stat when it is a file the filter accepts, queues a linked folder."""
         try:
             st = entry.stat(follow_symlinks=True)
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ELOOP):
                 log.debug("skipping %s: dangling symlink or loop", display_path(path))
-                return
+                return None
             raise
         name = entry.name
         if stat.S_ISREG(st.st_mode):
             if self.filt.file_verdict(rel, name, dir_included) is None:
-                batch.append(ScanEntry(path, self.root.path, Fingerprint.of(st)))
+                return st
         elif stat.S_ISDIR(st.st_mode) and self.filt.recursive:
             why, included = self.filt.dir_verdict(rel, name, dir_included)
             if why is None and not self._in_other_root(path, or_own=True):
                 pending.append((-1, path, rel, included, st))
+        return None
 
     def _resolve_other_roots(self) -> None:
         if not self.follow:
@@ -483,7 +601,7 @@ class _Walker:
         if exc.errno == errno.ENOENT:
             log.debug("folder %s vanished during the scan", display_path(path))
             return
-        self.unreadable.append(path)
+        self.report.unreadable.append(path)
         problem = exc.strerror or str(exc)
         if _reported.get(path) == problem:
             log.debug("still cannot read folder %s: %s", display_path(path), problem)

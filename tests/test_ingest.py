@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -295,3 +298,81 @@ async def test_overflows_never_pile_up_scans(
 
         await wait_for(settled_down, 60, what="the owed scan done, nothing more")
         assert not state.rescan_wanted
+
+
+async def test_restart_writes_nothing_for_unchanged_files_and_finds_what_went_meanwhile(
+    tmp_path: Path, root: Path, emulator: EmulatorServer
+) -> None:
+    for rel in ("keep/a.jpg", "keep/b.jpg", "keep/c.jpg", "album/d.jpg", "album/deep/e.jpg"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(media_bytes("jpg", 2048, seed=len(rel) + ord(rel[-5])))
+    cfg = make_config(tmp_path, emulator, [root])
+    async with running(cfg, emulator.key) as d:
+
+        async def all_done() -> bool:
+            return (await d.ledger.counts())["contents"]["done"] == 5
+
+        await wait_for(all_done, 60, what="5 files done")
+
+    def last_seen() -> dict[bytes, float]:
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(cfg.ledger.path)) as db:
+            return dict(db.execute("SELECT path, last_seen FROM paths").fetchall())
+
+    before = last_seen()
+    # While syncd is stopped: a file deleted, a folder tree deleted, a file moved away and
+    # back (same inode and times, a new ctime), a new file.
+    (root / "keep" / "b.jpg").unlink()
+    shutil.rmtree(root / "album")
+    os.rename(root / "keep" / "c.jpg", tmp_path / "c.jpg")
+    os.rename(tmp_path / "c.jpg", root / "keep" / "c.jpg")
+    (root / "keep" / "new.jpg").write_bytes(media_bytes("jpg", 2048, seed=99))
+    async with running(cfg, emulator.key) as d:
+
+        async def settled() -> bool:
+            return (await state_of(d, root / "keep" / "new.jpg"))[0] == "done"
+
+        await wait_for(settled, 60, what="new.jpg done")
+        states = {
+            rel: (await state_of(d, root / rel))[2]
+            for rel in ("keep/a.jpg", "keep/b.jpg", "keep/c.jpg", "album/d.jpg", "album/deep/e.jpg")
+        }
+        assert d.counters.hashed == 2  # new.jpg, and c.jpg whose ctime moved
+    assert states == {
+        "keep/a.jpg": "present",
+        "keep/b.jpg": "gone",
+        "keep/c.jpg": "present",
+        "album/d.jpg": "gone",
+        "album/deep/e.jpg": "gone",
+    }
+    after = last_seen()
+    # The unchanged file was not written to at all.
+    a = os.fsencode(str(root / "keep" / "a.jpg"))
+    assert after[a] == before[a]
+    assert len(emulator.requests("upload")) == 6
+
+
+async def test_the_ledger_check_is_skipped_only_after_a_clean_stop_with_nothing_since(
+    tmp_path: Path, root: Path, emulator: EmulatorServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    from syncd.errors import LedgerCorrupt
+
+    cfg = make_config(tmp_path, emulator, [root])
+    write_media(root / "a.mp4", seed=1)
+    skipped_msg = "ledger closed cleanly by the last run and untouched since"
+    with caplog.at_level(logging.DEBUG, logger="syncd.daemon"):
+        async with running(cfg, emulator.key) as d:
+            await wait_done(d, root / "a.mp4")
+        assert skipped_msg not in caplog.text  # a first start checks
+        async with running(cfg, emulator.key):
+            pass
+        assert skipped_msg in caplog.text
+    # Damage after a clean stop (the interior pages; the header stays): the stamp no longer
+    # matches, the check runs, and the daemon refuses to start.
+    path = Path(cfg.ledger.path)
+    data = path.read_bytes()
+    path.write_bytes(data[:8192] + os.urandom(len(data) - 16384) + data[-8192:])
+    with pytest.raises(LedgerCorrupt):
+        async with running(cfg, emulator.key):
+            pass

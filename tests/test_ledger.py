@@ -307,3 +307,36 @@ async def test_writes_queued_together_share_one_commit_and_a_failure_rolls_back_
     ]
     found = await ledger.get_contents(["aa" * 32, "cc" * 32])
     assert sorted(found) == ["aa" * 32, "cc" * 32]
+
+
+async def test_a_clean_close_is_recorded_and_anything_since_undoes_it(tmp_path: Path) -> None:
+    db = str(tmp_path / "ledger.db")
+    led = await Ledger.open(db)
+    await led.record_content("/r/a.mp4", "/r", fp(), "aa" * 32, "mp4")
+    lock = LedgerLock(db)
+    lock.acquire()
+    assert not lock.closed_cleanly()  # a first start knows nothing
+    await led.close()
+    lock.mark_clean()
+    assert holder_pid(lock.path) == os.getpid()  # the pid still comes first
+    lock.release()
+
+    lock = LedgerLock(db)
+    lock.acquire()
+    assert lock.closed_cleanly()
+    # Acquiring cleared the mark: a crash from here on leaves none behind.
+    lock.release()
+    lock = LedgerLock(db)
+    lock.acquire()
+    assert not lock.closed_cleanly()
+    lock.mark_clean()
+    lock.release()
+    # Another writer (an sqlite3 shell) after the clean close: the mark no longer holds.
+    with contextlib.closing(sqlite3.connect(db)) as other:
+        other.execute("UPDATE kv SET value = value")
+        other.execute("INSERT INTO kv (key, value) VALUES ('x', '1')")
+        other.commit()
+    lock = LedgerLock(db)
+    lock.acquire()
+    assert not lock.closed_cleanly()
+    lock.release()

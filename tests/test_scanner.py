@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import socket
 import stat
 import threading
@@ -378,3 +379,129 @@ def test_unreadable_root(shared_dir: Path) -> None:
     out = run_unprivileged(check)
     assert out["euid"] != 0
     assert out["error"] == f"watched folder {root}: cannot be read: Permission denied"
+
+
+# ------------------------------------------------------------------ comparing with the ledger
+
+
+async def test_a_walk_compared_with_the_ledger_hands_on_only_new_and_changed_files(
+    tmp_path: Path,
+) -> None:
+    from syncd.ledger import Ledger, PathReader
+    from syncd.scanner import ScanReport
+
+    top = tmp_path / "media"
+    for rel in ("a.mp4", "b.mp4", "sub/c.mp4", "sub/deep/d.mp4", "gone-dir/e.mp4", "x/f.mp4"):
+        (top / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_media(top / rel, seed=len(rel))
+    (top / "skipped.txt").write_text("not media")
+    (top / "sub" / "deeper").mkdir()
+    ledger_path = str(tmp_path / "state" / "ledger.db")
+    led = await Ledger.open(ledger_path)
+    try:
+        root = str(top)
+
+        async def record(rel: str, sha: str) -> None:
+            path = str(top / rel)
+            fp = await asyncio.to_thread(Fingerprint.stat, path)
+            await led.record_content(path, root, fp, sha, "mp4")
+
+        for i, rel in enumerate(("a.mp4", "b.mp4", "sub/c.mp4", "sub/deep/d.mp4")):
+            await record(rel, f"{i:064x}")
+        await record("gone-dir/e.mp4", "e" * 64)
+        await record("x/f.mp4", "f" * 64)
+        skipped = str(top / "skipped.txt")
+        await led.record_path_state(
+            skipped,
+            root,
+            "skipped",
+            "not media",
+            await asyncio.to_thread(Fingerprint.stat, skipped),
+        )
+        # Tracked, then deleted while nobody watched: a file, and a whole folder.
+        (top / "b.mp4").unlink()
+        shutil.rmtree(top / "gone-dir")
+        # Changed since it was recorded; new; a tracked file that is now a folder.
+        write_media(top / "sub" / "c.mp4", size=4096, seed=9)
+        write_media(top / "sub" / "new.mp4", seed=10)
+        shutil.rmtree(top / "x")
+        (top / "x" / "f.mp4").mkdir(parents=True)
+        # A path recorded under another (nested) root is that root's business.
+        other = str(top / "sub" / "other.mp4")
+        await led.record_content(
+            other, str(top / "sub"), Fingerprint(1, 2, 3, 4, 5), "0" * 64, "mp4"
+        )
+        # A path already gone stays out of it.
+        await led.record_content(
+            str(top / "old.mp4"), root, Fingerprint(1, 2, 3, 4, 5), "1" * 64, "mp4"
+        )
+        await led.mark_gone(str(top / "old.mp4"))
+    finally:
+        await led.close()
+
+    report = ScanReport()
+    root_cfg, filt = make_root(top)
+    entries = await collect(
+        scan_root(
+            root_cfg,
+            filt,
+            known=lambda: PathReader(ledger_path),
+            report=report,
+        )
+    )
+    assert rel_paths(entries, top) == {"sub/c.mp4", "sub/new.mp4"}
+    assert report.compared and not report.unreadable
+    assert report.seen == 5 and report.unchanged == 3  # a, skipped.txt, sub/deep/d
+    # other.mp4 is listed as missing too; marking it gone is left to its own root.
+    assert sorted(report.missing) == [
+        str(top / "b.mp4"),
+        str(top / "sub" / "other.mp4"),
+        str(top / "x" / "f.mp4"),
+    ]
+    assert report.vanished == [str(top / "gone-dir")]
+    assert await no_scan_threads_left()
+
+
+async def test_a_folder_excluded_or_beyond_a_non_recursive_root_is_not_there(
+    tmp_path: Path,
+) -> None:
+    from syncd.ledger import Ledger, PathReader
+    from syncd.scanner import ScanReport
+
+    top = tmp_path / "media"
+    (top / "sub").mkdir(parents=True)
+    write_media(top / "keep.mp4")
+    write_media(top / "sub" / "a.mp4")
+    ledger_path = str(tmp_path / "ledger.db")
+    led = await Ledger.open(ledger_path)
+    try:
+        for rel in ("keep.mp4", "sub/a.mp4"):
+            path = str(top / rel)
+            fp = await asyncio.to_thread(Fingerprint.stat, path)
+            await led.record_content(path, str(top), fp, rel.ljust(64, "0")[:64], "mp4")
+    finally:
+        await led.close()
+    report = ScanReport()
+    root_cfg, filt = make_root(top, recursive=False)
+    entries = await collect(
+        scan_root(root_cfg, filt, known=lambda: PathReader(ledger_path), report=report)
+    )
+    assert entries == [] and report.unchanged == 1
+    assert report.vanished == [str(top / "sub")] and report.missing == []
+
+
+async def test_a_walk_whose_ledger_cannot_be_read_hands_everything_on(tmp_path: Path) -> None:
+    import sqlite3
+
+    from syncd.scanner import KnownFiles, ScanReport
+
+    write_media(tmp_path / "a.mp4")
+
+    def broken() -> KnownFiles:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    report = ScanReport()
+    root_cfg, filt = make_root(tmp_path)
+    entries = await collect(scan_root(root_cfg, filt, known=broken, report=report))
+    assert rel_paths(entries, tmp_path) == {"a.mp4"}
+    assert not report.compared and report.unchanged == 0 and report.seen == 1
