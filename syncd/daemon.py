@@ -552,10 +552,22 @@ class Daemon:
         # stat and nothing else, and nothing is written for it.
         report = ScanReport()
         known = functools.partial(PathReader, self.ledger.path)
+        # Opening a watched folder queues inotify events of its own: the walk waits for room
+        # in the kernel's queue before each folder, so it never overflows the queue itself.
+        watcher = self._watcher
+        pace = None if watcher is None else functools.partial(watcher.wait_for_room, root.path)
         walker = (
-            scan_root(root, state.filt, all_roots=all_roots, known=known, report=report)
+            scan_root(root, state.filt, all_roots=all_roots, known=known, report=report, pace=pace)
             if subdir is None
-            else scan_dir(root, state.filt, subdir, all_roots=all_roots, known=known, report=report)
+            else scan_dir(
+                root,
+                state.filt,
+                subdir,
+                all_roots=all_roots,
+                known=known,
+                report=report,
+                pace=pace,
+            )
         )
         self._scans_running += 1
         try:

@@ -810,20 +810,6 @@ class Ledger:
         )
 
     @_retry_stalled
-    async def sweep_gone(self, root: str, seen_before: float) -> int:
-        """After a complete scan of ``root``, mark gone its paths not seen since ``seen_before``.
-
-        Only call this when the root was available for the whole scan: a vanished root must never
-        be taken to mean its files were deleted. Returns the number of paths marked gone.
-        """
-        now = self._clock()
-        return await self._write(
-            "UPDATE paths SET state = 'gone', gone_at = ?, open_since = NULL "
-            "WHERE root = ? AND state != 'gone' AND last_seen < ?",
-            (now, root, seen_before),
-        )
-
-    @_retry_stalled
     async def mark_missing_gone(
         self, root: str, paths: Sequence[str], folders: Sequence[str], seen_before: float
     ) -> int:

@@ -135,6 +135,7 @@ def scan_root(
     unreadable: list[str] | None = None,
     known: Callable[[], KnownFiles] | None = None,
     report: ScanReport | None = None,
+    pace: Callable[[], None] | None = None,
 ) -> AsyncGenerator[list[ScanEntry], None]:
     """Walk a whole root.
 
@@ -142,7 +143,9 @@ def scan_root(
     (``None``: the root's ``follow_symlinks``), the paths of every watched root,
     optionally a list that receives every folder that could not be read, optionally a
     factory of the ledger's view (``known``, called in the walker thread) and a
-    :class:`ScanReport` to fill. Returns an async iterator of non-empty batches of
+    :class:`ScanReport` to fill, and ``pace``, called in the walker thread before each folder
+    is opened (the watcher's ``wait_for_room``: opening watched folders queues inotify
+    events of its own). Returns an async iterator of non-empty batches of
     :class:`ScanEntry`: each regular file the filter accepts, once; with ``known``, only the
     files the ledger does not already have unchanged (a tracked path, not gone, with the same
     fingerprint, holding a content or skipped), each folder compared with one ledger query
@@ -155,7 +158,7 @@ def scan_root(
     thread to stop.
     """
     follow = root.follow_symlinks if follow_symlinks is None else follow_symlinks
-    walker = _Walker(root, filt, follow, all_roots, batch_size, known, report)
+    walker = _Walker(root, filt, follow, all_roots, batch_size, known, report, pace)
     if unreadable is not None:
         walker.report.unreadable = unreadable
     return _stream(walker, walker.walk_root)
@@ -171,6 +174,7 @@ def scan_dir(
     all_roots: Sequence[str] = (),
     known: Callable[[], KnownFiles] | None = None,
     report: ScanReport | None = None,
+    pace: Callable[[], None] | None = None,
 ) -> AsyncGenerator[list[ScanEntry], None]:
     """Walk one folder inside a root (one created or moved in while the daemon runs).
 
@@ -180,7 +184,7 @@ def scan_dir(
     Never raises :class:`RootUnavailable`; otherwise behaves like :func:`scan_root`.
     """
     follow = root.follow_symlinks if follow_symlinks is None else follow_symlinks
-    walker = _Walker(root, filt, follow, all_roots, batch_size, known, report)
+    walker = _Walker(root, filt, follow, all_roots, batch_size, known, report, pace)
     return _stream(walker, lambda post: walker.walk_dir(post, path))
 
 
@@ -258,6 +262,7 @@ class _Walker:
         batch_size: int,
         known: Callable[[], KnownFiles] | None = None,
         report: ScanReport | None = None,
+        pace: Callable[[], None] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -276,6 +281,7 @@ class _Walker:
         self.report = report if report is not None else ScanReport()
         self.known_factory = known
         self.known: KnownFiles | None = None  # opened by the walk, in its thread
+        self.pace = pace
 
     # -- entry points --------------------------------------------------------------------------
 
@@ -439,6 +445,8 @@ class _Walker:
             if stop.is_set():
                 break
             fd, dir_path, dir_rel, dir_included, dir_st = pending.pop()
+            if self.pace is not None:
+                self.pace()
             if fd < 0:
                 try:
                     opened = self._open_dir(dir_path, dir_st, follow=follow)

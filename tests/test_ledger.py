@@ -143,16 +143,25 @@ async def test_remote_failed_reuploads_then_fails(ledger: Ledger) -> None:
         assert state == ("pending" if n == 0 else "failed")
 
 
-async def test_gone_paths_and_sweep(ledger: Ledger) -> None:
+async def test_gone_paths_and_missing_after_a_scan(ledger: Ledger) -> None:
     sha = "0c" * 32
     await ledger.record_content("/r/a.mp4", "/r", fp(), sha, "mp4")
     await ledger.record_content("/r/b.mp4", "/r", fp(ino=2), "0d" * 32, "mp4")
+    await ledger.record_content("/r/d/c.mp4", "/r", fp(ino=3), "0e" * 32, "mp4")
     ledger.test_clock.now += 100  # type: ignore[attr-defined]
     scan_start = ledger.test_clock.now  # type: ignore[attr-defined]
-    await ledger.touch_paths(["/r/a.mp4"])
-    assert await ledger.sweep_gone("/r", scan_start) == 1
-    b = await ledger.get_path("/r/b.mp4")
-    assert b is not None and b.state == "gone"
+    # Recorded during the scan: it was there, whatever the listing showed.
+    await ledger.record_content("/r/e.mp4", "/r", fp(ino=4), "0f" * 32, "mp4")
+    marked = await ledger.mark_missing_gone(
+        "/r", ["/r/b.mp4", "/r/e.mp4", "/other/x.mp4"], ["/r/d"], scan_start
+    )
+    assert marked == 2
+    states = {
+        p: r.state
+        for p in ("/r/b.mp4", "/r/d/c.mp4", "/r/e.mp4")
+        if (r := await ledger.get_path(p))
+    }
+    assert states == {"/r/b.mp4": "gone", "/r/d/c.mp4": "gone", "/r/e.mp4": "present"}
     await ledger.mark_gone("/r/a.mp4")
     await ledger.touch_paths(["/r/a.mp4"])  # came back unchanged
     a = await ledger.get_path("/r/a.mp4")

@@ -505,3 +505,21 @@ async def test_a_walk_whose_ledger_cannot_be_read_hands_everything_on(tmp_path: 
     entries = await collect(scan_root(root_cfg, filt, known=broken, report=report))
     assert rel_paths(entries, tmp_path) == {"a.mp4"}
     assert not report.compared and report.unchanged == 0 and report.seen == 1
+
+
+async def test_the_walk_is_paced_before_each_folder_it_opens(tmp_path: Path) -> None:
+    # The daemon passes the watcher's wait_for_room: opening a watched folder queues inotify
+    # events, and the walk must let the reader keep up. It is called in the walker thread.
+    for sub in ("a", "a/b", "c"):
+        (tmp_path / sub).mkdir(parents=True, exist_ok=True)
+        write_media(tmp_path / sub / "f.mp4")
+    calls: list[int] = []
+    root, filt = make_root(tmp_path)
+
+    def pace() -> None:
+        calls.append(threading.get_ident())
+
+    entries = await collect(scan_root(root, filt, pace=pace))
+    assert rel_paths(entries, tmp_path) == {"a/f.mp4", "a/b/f.mp4", "c/f.mp4"}
+    assert len(calls) == 4  # the root and its three folders
+    assert threading.get_ident() not in calls
