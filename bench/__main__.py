@@ -9,12 +9,14 @@ regenerated from every result file present. ``--quick`` runs each benchmark at a
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import shlex
 import sys
 import time
 from pathlib import Path
 
+import syncd
 from bench import BENCHMARKS
 from bench.harness import DOCS_PATH, RESULTS_DIR, BenchError, log
 from bench.report import write_report
@@ -58,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [known[n] for n in args.names] if args.names else list(BENCHMARKS)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     command = ".venv/bin/python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
+    # An installed package comes with its bytecode (pip compiles it); the editable checkout
+    # does not, and PYTHONDONTWRITEBYTECODE=1 would make every daemon start compile it again.
+    compileall.compile_dir(str(Path(syncd.__file__).parent), quiet=1)
     failed: list[str] = []
     suite_t0 = time.monotonic()
     for module in chosen:
