@@ -129,6 +129,13 @@ _ROOM_POLL_S: Final = 0.002
 # A walk waits at most this long per folder for room, so a stalled reader cannot stall it.
 _ROOM_WAIT_MAX_S: Final = 2.0
 _INOTIFY_EVENT_BYTES: Final = 16
+# A folder opened or closed without writing: what every walk causes, syncd's own included.
+_FOLDER_OPEN_CLOSE: Final = frozenset(
+    {
+        InotifyConstants.IN_ISDIR | InotifyConstants.IN_OPEN,
+        InotifyConstants.IN_ISDIR | InotifyConstants.IN_CLOSE_NOWRITE,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -728,6 +735,10 @@ class _WatchGroup(InotifyWatchGroup):
         return events
 
     def on_event(self, event: InotifyEvent) -> None:
+        if event.mask in _FOLDER_OPEN_CLOSE:
+            # A folder opened or closed (by every walk, syncd's own included): nothing to say
+            # about its files, so dropped here, before watchdog builds and queues an event.
+            return
         if event.mask & (InotifyConstants.IN_MOVE_SELF | InotifyConstants.IN_UNMOUNT):
             if self.hooks is not None and self._active_callbacks_by_path.get(self.path) == event.wd:
                 moved = event.mask & InotifyConstants.IN_MOVE_SELF
