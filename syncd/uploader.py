@@ -41,13 +41,6 @@ from syncd.pacer import Pacer
 log = logging.getLogger(__name__)
 
 
-class _NotTaken:
-    """A file stat that was not taken (distinct from None: the file was gone)."""
-
-
-_NOT_TAKEN = _NotTaken()
-
-
 @dataclass
 class UploadStats:
     """Counters for the shutdown summary and ``syncd status``."""
@@ -90,21 +83,13 @@ class UploaderState:
 class _Finisher:
     """Holds the uploader's finish lock from an upload's last bytes until its commit."""
 
-    def __init__(self, lock: asyncio.Lock, ledger: Ledger, attempt_id: int, path: str) -> None:
+    def __init__(self, lock: asyncio.Lock, ledger: Ledger, attempt_id: int) -> None:
         self._lock = lock
         self._ledger = ledger
         self._attempt_id = attempt_id
-        self._path = path
         self.entered = False
-        self.stat_after_read: Fingerprint | None = None  # None: not taken, or the file is gone
 
     async def enter(self) -> None:
-        # Every byte has been read from the file by now: the "changed during the upload"
-        # check can stat it here, outside the window, which every other upload waits for.
-        try:
-            self.stat_after_read = await asyncio.to_thread(Fingerprint.stat, self._path)
-        except OSError:
-            self.stat_after_read = None
         await self._lock.acquire()
         self.entered = True
         await self._ledger.mark_finishing(self._attempt_id)
@@ -359,7 +344,7 @@ class Uploader:
         # sends its last bytes and holds the window until its outcome is committed. A crash
         # can then leave at most one complete body without a recorded answer: at most one
         # remote duplicate per crash, the bound the API's lack of idempotency allows.
-        finisher = _Finisher(self._finish_lock, self.ledger, attempt, path)
+        finisher = _Finisher(self._finish_lock, self.ledger, attempt)
         try:
             try:
                 result = await self.client.upload(
@@ -400,14 +385,7 @@ class Uploader:
             )
             self.pacer.succeeded("upload")
             await self._uploaded(
-                content,
-                attempt,
-                path,
-                before,
-                result,
-                time.monotonic() - t0,
-                "upload",
-                after=finisher.stat_after_read if finisher.entered else _NOT_TAKEN,
+                content, attempt, path, before, result, time.monotonic() - t0, "upload"
             )
         finally:
             finisher.leave()
@@ -563,19 +541,13 @@ class Uploader:
         result: UploadResult,
         duration_s: float,
         via: str,
-        *,
-        after: Fingerprint | _NotTaken | None = _NOT_TAKEN,
     ) -> None:
-        """Record a successful upload, or supersede it if the bytes sent were not the
-        content's or the file changed meanwhile. ``after`` is the file's stat once every byte
-        was read (None: gone); when not given (``_NOT_TAKEN``) it is taken now."""
         asset_id = result.asset_id
         assert asset_id is not None  # noqa: S101 - the client never returns success without one
-        if isinstance(after, _NotTaken):
-            try:
-                after = await asyncio.to_thread(Fingerprint.stat, path)
-            except OSError:
-                after = None
+        try:
+            after: Fingerprint | None = await asyncio.to_thread(Fingerprint.stat, path)
+        except OSError:
+            after = None
         if result.sha256 != content.sha256 or after != before:
             why = (
                 "the bytes sent do not hash to the content"
