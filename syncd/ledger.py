@@ -910,15 +910,18 @@ class Ledger:
         skip = set(exclude)
         n_content = len(Content.__slots__)
         # The content with its most recently seen present path and that path's fingerprint,
-        # in one query.
+        # in one query. The due contents are limited first: joined before the LIMIT, the path
+        # lookup ran for every due content, so each call cost time in the backlog's size
+        # (3.3 ms at 2,000 pending, against 0.07 ms).
         rows = await self._read(
             f"SELECT {', '.join('c.' + c for c in Content.__slots__)}, "
             "p.path, p.dev, p.ino, p.size, p.mtime_ns, p.ctime_ns "
-            "FROM contents c LEFT JOIN paths p ON p.path = "
+            "FROM (SELECT * FROM contents WHERE state IN ('pending', 'allocated') "
+            "AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?) AS c "
+            "LEFT JOIN paths p ON p.path = "
             "(SELECT p2.path FROM paths p2 WHERE p2.sha256 = c.sha256 AND p2.state = 'present' "
             " ORDER BY p2.last_seen DESC LIMIT 1) "
-            "WHERE c.state IN ('pending', 'allocated') "
-            "AND c.next_attempt_at <= ? ORDER BY c.next_attempt_at LIMIT ?",
+            "ORDER BY c.next_attempt_at",
             (now, limit + len(skip)),
         )
         jobs: list[Job] = []
