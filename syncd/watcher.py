@@ -29,6 +29,7 @@ import errno
 import fcntl
 import itertools
 import logging
+import math
 import os
 import stat
 import termios
@@ -126,8 +127,10 @@ _IDENTITY_TTL_S: Final = 1.0
 # fraction full (measured in bytes, 16 per event at least: an overestimate of the events).
 _ROOM_FRACTION: Final = 0.25
 _ROOM_POLL_S: Final = 0.002
-# A walk waits at most this long per folder for room, so a stalled reader cannot stall it.
+# A walk waits at most this long per folder for room, so a stalled reader cannot stall it;
+# after such a wait, walks do not wait at all for a while (at most a fifth of their time).
 _ROOM_WAIT_MAX_S: Final = 2.0
+_ROOM_UNPACED_S: Final = 10.0
 _INOTIFY_EVENT_BYTES: Final = 16
 # A folder opened or closed without writing: what every walk causes, syncd's own included.
 _FOLDER_OPEN_CLOSE: Final = frozenset(
@@ -541,6 +544,7 @@ class _CountingInotifyFD(InotifyFD):
         super().__init__()
         max_events = _sysctl("fs.inotify.max_queued_events") or 16384
         self._room_bytes = int(max_events * _ROOM_FRACTION) * _INOTIFY_EVENT_BYTES
+        self._unpaced_until = -math.inf  # after a wait that timed out, walks go unpaced
 
     def backlog_bytes(self) -> int:
         """Bytes of events queued in the kernel and not read yet (``FIONREAD``). Raises
@@ -554,14 +558,21 @@ class _CountingInotifyFD(InotifyFD):
         Returns at once in the reading thread itself (it would wait for itself)."""
         if threading.current_thread() is self:
             return
-        deadline = time.monotonic() + _ROOM_WAIT_MAX_S
+        now = time.monotonic()
+        if now < self._unpaced_until:
+            return
+        deadline = now + _ROOM_WAIT_MAX_S
         while True:
             try:
                 if self.backlog_bytes() <= self._room_bytes:
                     return
             except OSError:
                 return  # closed: nothing is read any more, nothing to wait for
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= deadline:
+                # The queue does not drain (a storm of events from elsewhere): waiting more
+                # would stall walks for nothing, and an overflow is recovered from anyway.
+                self._unpaced_until = now + _ROOM_UNPACED_S
                 return
             time.sleep(_ROOM_POLL_S)
 

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -394,3 +395,29 @@ async def test_an_overflow_is_reported_once_and_lost_folders_are_watched_again(
     await col.wait_kind("closed_write", clip)
     await asyncio.sleep(1.0)
     assert [e for e in col.events if e.kind == "overflow"] == overflows
+
+
+async def test_a_queue_that_does_not_drain_does_not_stall_walks(
+    watch: tuple[Watcher, Collector], root: Path
+) -> None:
+    # A storm of events the reader cannot keep up with: a walk waits for room only up to its
+    # cap, and the walks after it do not wait at all for a while.
+    watcher, _ = watch
+    await add(watcher, root)
+    group = _group(watcher, root)
+    observer = watcher._roots[str(root)].observer
+    assert observer is not None
+    inotify = observer.inotify  # type: ignore[attr-defined]
+
+    def fill_then_walk() -> float:
+        with group._lock:  # the reader blocks on its first event: nothing drains
+            for i in range(QUEUE_EVENTS // 8 + 50):  # past a quarter of the queue, not all
+                (root / f"f{i}.bin").write_bytes(b"")
+            assert inotify.backlog_bytes() > inotify._room_bytes
+            watcher.wait_for_room(str(root))  # returns after its cap, nothing drained
+            unpaced_until: float = inotify._unpaced_until
+            watcher.wait_for_room(str(root))
+            return unpaced_until
+
+    unpaced_until = await asyncio.wait_for(asyncio.to_thread(fill_then_walk), 30)
+    assert unpaced_until > time.monotonic()
