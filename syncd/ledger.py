@@ -399,6 +399,11 @@ class _Connection:
         self._queue.put(call)
         return await call.future  # type: ignore[no-any-return]
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has run."""
+        return self._closed
+
     async def close(self) -> None:
         """Run what is queued, close the connection and end the thread."""
         if self._closed:
@@ -582,7 +587,9 @@ class Ledger:
         return ledger
 
     async def close(self) -> None:
-        """Checkpoint and close the connections."""
+        """Checkpoint and close the connections. Idempotent."""
+        if self._writer.closed:
+            return
         if self._reader is not self._writer:
             await self._reader.close()
 

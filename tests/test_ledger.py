@@ -349,3 +349,16 @@ async def test_a_clean_close_is_recorded_and_anything_since_undoes_it(tmp_path: 
     lock.acquire()
     assert not lock.closed_cleanly()
     lock.release()
+
+
+async def test_closing_twice_is_harmless(tmp_path: Path) -> None:
+    led = await Ledger.open(str(tmp_path / "ledger.db"))
+    await led.set_kv("k", 1)
+    await led.close()
+    await led.close()
+    again = await Ledger.open(str(tmp_path / "ledger.db"), readonly=True)
+    try:
+        assert await again.get_kv("k") == 1
+    finally:
+        await again.close()
+        await again.close()
