@@ -369,15 +369,7 @@ class Uploader:
                 await self._api_failure(content, attempt, "upload", "direct", exc, started)
                 return
             except OSError as exc:
-                await self.ledger.retry_later(
-                    content.sha256,
-                    attempt,
-                    outcome="file_error",
-                    error=f"cannot read {_display(path)}: {exc.strerror or exc}",
-                    next_attempt_at=self.clock() + self.cfg.upload.backoff_initial_s,
-                    count_attempt=False,
-                )
-                await self._file_unavailable(path, exc)
+                await self._unreadable_during_upload(content, attempt, path, exc)
                 return
             failpoint("answered")
             self.metrics.inc(
@@ -502,16 +494,7 @@ class Uploader:
             )
             return
         except OSError as exc:
-            await self.ledger.retry_later(
-                content.sha256,
-                attempt,
-                outcome="file_error",
-                error=f"cannot read {_display(path)}: {exc.strerror or exc}",
-                next_attempt_at=self.clock() + self.cfg.upload.backoff_initial_s,
-                count_attempt=False,
-                keep_allocation=True,
-            )
-            await self._file_unavailable(path, exc)
+            await self._unreadable_during_upload(content, attempt, path, exc, keep_allocation=True)
             return
         failpoint("stored")
         self.metrics.inc("syncd_requests_total", endpoint="storage", status=str(result.http_status))
@@ -766,6 +749,28 @@ class Uploader:
         if possible_duplicate:
             self.metrics.inc("syncd_possible_duplicates_total")
         self.stats.interrupted += 1
+
+    async def _unreadable_during_upload(
+        self,
+        content: Content,
+        attempt: int,
+        path: str,
+        exc: OSError,
+        *,
+        keep_allocation: bool = False,
+    ) -> None:
+        """The file could not be read while its body was sent: retry soon without counting an
+        attempt (the API never saw the file), keeping a signed-URL allocation if asked."""
+        await self.ledger.retry_later(
+            content.sha256,
+            attempt,
+            outcome="file_error",
+            error=f"cannot read {_display(path)}: {exc.strerror or exc}",
+            next_attempt_at=self.clock() + self.cfg.upload.backoff_initial_s,
+            count_attempt=False,
+            keep_allocation=keep_allocation,
+        )
+        await self._file_unavailable(path, exc)
 
     async def _file_unavailable(self, path: str, exc: OSError, *, again: bool = False) -> None:
         # ``again``: the content's last error is this very one, already reported; retries
