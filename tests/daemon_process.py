@@ -15,7 +15,10 @@ from pipeline_support import subprocess_env, syncd_cmd, wait_for
 
 
 class DaemonProcess:
-    """``syncd run -c CONFIG`` with JSON logs appended to ``log_path``."""
+    """``syncd run -c CONFIG`` with JSON logs appended to ``log_path``; subclasses run it
+    under a ``wrapper`` command (its arguments come before syncd's)."""
+
+    wrapper: tuple[str, ...] = ()
 
     def __init__(self, config: dict[str, Any], workdir: Path, key: str) -> None:
         self.config = config
@@ -39,6 +42,7 @@ class DaemonProcess:
         start_at = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
+                *self.wrapper,
                 *syncd_cmd("run", "-c", str(self.cfg_file)),
                 env=subprocess_env(MAVI_API_KEY=self.key, **env),
                 stdout=subprocess.DEVNULL,

@@ -35,8 +35,6 @@ from pipeline_support import (
     received,
     running,
     sha256_of,
-    subprocess_env,
-    syncd_cmd,
     wait_done,
     wait_for,
 )
@@ -848,28 +846,7 @@ WITHOUT_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
 class UnprivilegedDaemon(DaemonProcess):
     """``syncd run`` that file permissions apply to, even though the tests run as root."""
 
-    async def start(self, *, may_die: bool = False, **env: str) -> None:
-        start_at = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with open(self.log_path, "ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                *WITHOUT_DAC,
-                *syncd_cmd("run", "-c", str(self.cfg_file)),
-                env=subprocess_env(MAVI_API_KEY=self.key, **env),
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
-        await wait_for(
-            lambda: (
-                self.proc is not None
-                and (
-                    self.proc.returncode is not None
-                    or any("syncd ready" in m for m in self.messages(start_at))
-                )
-            ),
-            30,
-            what="daemon ready",
-        )
-        assert self.proc.returncode is None, self.tail()
+    wrapper = tuple(WITHOUT_DAC)
 
 
 def json_log(path: Path) -> list[tuple[str, str]]:

@@ -63,29 +63,7 @@ class WrappedDaemon(DaemonProcess):
     """``syncd run`` started under ``sh -c 'umask 000; exec ...'``: the files it creates get
     their modes from syncd alone, not from a kind umask."""
 
-    async def start(self, *, may_die: bool = False, **env: str) -> None:
-        start_at = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with open(self.log_path, "ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                "sh",
-                "-c",
-                'umask 000; exec "$@"',
-                "sh",
-                *syncd_cmd("run", "-c", str(self.cfg_file)),
-                env=subprocess_env(MAVI_API_KEY=self.key, **env),
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
-
-        def ready() -> bool:
-            assert self.proc is not None
-            return self.proc.returncode is not None or any(
-                "syncd ready" in m for m in self.messages(start_at)
-            )
-
-        await wait_for(ready, 30, what="daemon ready")
-        if self.proc.returncode is not None and not may_die:
-            raise AssertionError(f"daemon exited {self.proc.returncode}: {self.tail()}")
+    wrapper = ("sh", "-c", 'umask 000; exec "$@"', "sh")
 
 
 def listening(pid: int) -> list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]:
