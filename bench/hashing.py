@@ -1,7 +1,7 @@
 """Figure 1: syncd's hasher on a cached 1 GiB file vs ``openssl dgst -sha256``.
 
 Both read the same file from the page cache (it is read once before the first run). syncd's
-side is :class:`syncd.hashing.Hasher` with one worker thread, called the way the daemon calls
+side is :class:`syncd.ingest.hashing.Hasher` with one worker thread, called the way the daemon calls
 it (with the file's fingerprint, so its change checks run too); openssl's side is the whole
 ``openssl dgst -sha256 FILE`` process. Runs alternate between the two.
 """
@@ -27,13 +27,13 @@ from bench.harness import (
     workdir,
 )
 from syncd.fingerprint import Fingerprint
-from syncd.hashing import Hasher
+from syncd.ingest.hashing import Hasher
 
 NAME = "hashing"
 TITLE = "1. Hashing"
 DESCRIPTION = (
-    "SHA-256 of one cached file: syncd's hasher (`syncd.hashing.Hasher`, one thread, with its "
-    "change checks) vs the `openssl dgst -sha256 FILE` process. Throughput in MB/s "
+    "SHA-256 of one cached file: syncd's hasher (`syncd.ingest.hashing.Hasher`, one thread, "
+    "with its change checks) vs the `openssl dgst -sha256 FILE` process. Throughput in MB/s "
     "(10^6 bytes/s); the ratio is syncd / openssl per paired run."
 )
 

@@ -2,7 +2,7 @@
 
 A tree of ``files`` small media files in ``folders`` folders, and a ledger that already knows
 every one of them as uploaded and done. The ledger rows are written directly into the real
-schema (created by :class:`syncd.ledger.Ledger`) with the files' real stat fingerprints and
+schema (created by :class:`syncd.ledger.sqlite.Ledger`) with the files' real stat fingerprints and
 SHA-256s: the rows a real sync would have left (content done with an asset id, present path,
 holding, one ``ok`` attempt, one status change). Uploading 100,000 files through the emulator
 first would take minutes and measure nothing this figure is about.
@@ -50,7 +50,7 @@ from bench.harness import (
     summary_counts,
     workdir,
 )
-from syncd.ledger import Ledger
+from syncd.ledger.sqlite import Ledger
 
 NAME = "restart"
 TITLE = "2. Restart over a big library"

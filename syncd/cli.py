@@ -168,7 +168,7 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
 
 
 async def _cmd_ledger_backup(args: argparse.Namespace) -> int:
-    from syncd.ledger import Ledger
+    from syncd.ledger.sqlite import Ledger
 
     cfg = _load(args)
     dest = await asyncio.to_thread(os.path.abspath, args.dest)
@@ -182,7 +182,7 @@ async def _cmd_ledger_backup(args: argparse.Namespace) -> int:
 
 
 async def _cmd_ledger_check(args: argparse.Namespace) -> int:
-    from syncd.ledger import Ledger
+    from syncd.ledger.sqlite import Ledger
 
     cfg = _load(args)
     ledger = await Ledger.open(cfg.ledger.path, readonly=True, check=False)
@@ -390,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_operator_commands(sub: Any) -> None:
     """Query and maintenance commands that read the ledger (see docs/operations.md)."""
-    from syncd import doctor, plan, report
+    from syncd.ops import doctor, plan, report
 
     for cmd in (*report.COMMANDS, plan.COMMAND, doctor.COMMAND):
         p = sub.add_parser(cmd.name, help=cmd.help)

@@ -21,23 +21,16 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from syncd.client import MaviClient
 from syncd.config import Config, WatchRoot, load_config
 from syncd.errors import EXIT_OK, EXIT_SOFTWARE, EXIT_UNAVAILABLE, ConfigError, SyncdError
 from syncd.failpoints import failpoint
 from syncd.fingerprint import Fingerprint
-from syncd.hashing import FileChanged, Hasher, HasherClosed, NotRegularFile
-from syncd.ledger import Ledger, LedgerLock, PathReader, prepare_ledger_dir
-from syncd.media import check_extension, extension_of, preflight, read_head
-from syncd.metrics import Metrics
-from syncd.notify import Notifier, watchdog_loop
-from syncd.pacer import Pacer
-from syncd.pathfilter import PathFilter
-from syncd.poller import Poller
-from syncd.scanner import RootUnavailable, ScanEntry, ScanReport, scan_dir, scan_root
-from syncd.settle import Settled, Settler
-from syncd.uploader import Uploader
-from syncd.watcher import (
+from syncd.ingest.hashing import FileChanged, Hasher, HasherClosed, NotRegularFile
+from syncd.ingest.media import check_extension, extension_of, preflight, read_head
+from syncd.ingest.pathfilter import PathFilter
+from syncd.ingest.scanner import RootUnavailable, ScanEntry, ScanReport, scan_dir, scan_root
+from syncd.ingest.settle import Settled, Settler
+from syncd.ingest.watcher import (
     FsEvent,
     RootIdentity,
     Watcher,
@@ -45,8 +38,15 @@ from syncd.watcher import (
     root_available,
     root_identity,
 )
-from syncd.webapi import Health, start_http, stop_http
-from syncd.writers import WriterCheck
+from syncd.ingest.writers import WriterCheck
+from syncd.ledger.sqlite import Ledger, LedgerLock, PathReader, prepare_ledger_dir
+from syncd.metrics import Metrics
+from syncd.notify import Notifier, watchdog_loop
+from syncd.ops.webapi import Health, start_http, stop_http
+from syncd.upload.client import MaviClient
+from syncd.upload.pacer import Pacer
+from syncd.upload.poller import Poller
+from syncd.upload.uploader import Uploader
 
 log = logging.getLogger(__name__)
 

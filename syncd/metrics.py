@@ -2,7 +2,7 @@
 
 Every metric syncd exports is declared once in :data:`METRICS` (name, type, help, label names,
 histogram buckets). The daemon counts through :class:`Metrics`; the local HTTP endpoint
-(:mod:`syncd.webapi`) renders them at ``/metrics`` in the Prometheus text format 0.0.4, after
+(:mod:`syncd.ops.webapi`) renders them at ``/metrics`` in the Prometheus text format 0.0.4, after
 setting the gauges it derives from the ledger at scrape time. Using a name that is not
 declared, or other labels than the declared ones, is a programming error and raises.
 """
@@ -90,7 +90,7 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "counter",
         "Direct uploads whose answer was lost: the service may hold an untracked copy.",
     ),
-    # Derived from the ledger when /metrics is scraped (see syncd.webapi).
+    # Derived from the ledger when /metrics is scraped (see syncd.ops.webapi).
     MetricSpec(
         "syncd_files",
         "gauge",

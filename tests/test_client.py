@@ -25,7 +25,6 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 from samples import write_media
 
-from syncd.client import AssetStatus, LocalFileError, MaviClient, multipart_filename
 from syncd.emulator import EmulatorServer
 from syncd.emulator.clock import FakeClock
 from syncd.errors import (
@@ -39,6 +38,7 @@ from syncd.errors import (
     ConfigError,
     SignedUrlExpired,
 )
+from syncd.upload.client import AssetStatus, LocalFileError, MaviClient, multipart_filename
 
 KEY = "sk-mavi-T3stK3y0123456789abcdefXYZ"
 BASE_PATH = "/serve/api/v2"

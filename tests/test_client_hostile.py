@@ -27,8 +27,8 @@ from test_client import (
     envelope,
 )
 
-from syncd.client import MaviClient
 from syncd.errors import ApiRetryable
+from syncd.upload.client import MaviClient
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -15,7 +15,7 @@ from pipeline_support import config_data, make_config, running, wait_for
 from samples import write_media
 
 from syncd.emulator import EmulatorServer
-from syncd.ledger import Ledger
+from syncd.ledger.sqlite import Ledger
 from syncd.logs import add_secret, choose_format, setup_logging
 
 

@@ -14,8 +14,6 @@ from pathlib import Path
 import pytest
 from samples import write_media
 
-from syncd import doctor
-from syncd.client import MaviClient
 from syncd.config import (
     ApiConfig,
     Config,
@@ -26,7 +24,9 @@ from syncd.config import (
 )
 from syncd.emulator import EmulatorServer
 from syncd.fingerprint import Fingerprint
-from syncd.ledger import Ledger
+from syncd.ledger.sqlite import Ledger
+from syncd.ops import doctor
+from syncd.upload.client import MaviClient
 
 LINE = re.compile(r"^(PASS|WARN|FAIL)  [^:\n]+: [^\n]+$")
 

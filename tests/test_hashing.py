@@ -15,7 +15,7 @@ from samples import write_media
 from unprivileged import run_unprivileged, shared_folder
 
 from syncd.fingerprint import Fingerprint
-from syncd.hashing import FileChanged, Hashed, Hasher, HasherClosed, NotRegularFile
+from syncd.ingest.hashing import FileChanged, Hashed, Hasher, HasherClosed, NotRegularFile
 
 SMALL_BUFFER = 4096
 # A sparse file this big takes no disk space, and with SMALL_BUFFER reads it takes long enough

@@ -34,8 +34,8 @@ from pipeline_support import make_config, received, running, state_of, wait_done
 from samples import write_media
 from test_client import ScriptedServer
 
-from syncd.client import ASSET_ID_RE, MAX_ANSWER_BYTES
 from syncd.emulator import EmulatorServer
+from syncd.upload.client import ASSET_ID_RE, MAX_ANSWER_BYTES
 
 BASE_PATH = "/serve/api/v2"
 REDIRECT_QUERY = "sig=never-shown"

@@ -40,13 +40,13 @@ from pipeline_support import (
 )
 from samples import HEADERS, media_bytes, write_media
 
-from syncd.client import LocalFileError, MaviClient
 from syncd.config import DEFAULT_TEMP_PATTERNS, WatchRoot
 from syncd.daemon import Daemon
 from syncd.emulator import EmulatorServer
 from syncd.fingerprint import Fingerprint
-from syncd.pathfilter import PathFilter
-from syncd.scanner import scan_root
+from syncd.ingest.pathfilter import PathFilter
+from syncd.ingest.scanner import scan_root
+from syncd.upload.client import LocalFileError, MaviClient
 
 
 class Records(logging.Handler):

@@ -281,7 +281,7 @@ async def test_a_folder_moved_away_marks_its_files_gone_and_keeps_their_contents
 async def test_overflows_never_pile_up_scans(
     tmp_path: Path, root: Path, emulator: EmulatorServer
 ) -> None:
-    from syncd.watcher import FsEvent
+    from syncd.ingest.watcher import FsEvent
 
     for i in range(2000):
         (root / f"f{i}.jpg").write_bytes(media_bytes("jpg", 256, seed=i))

@@ -16,8 +16,8 @@ import pytest
 
 from syncd.errors import LedgerCorrupt, LedgerLocked
 from syncd.fingerprint import Fingerprint
-from syncd.ledger import Ledger, LedgerLock, holder_pid
-from syncd.migrations import MIGRATIONS
+from syncd.ledger.migrations import MIGRATIONS
+from syncd.ledger.sqlite import Ledger, LedgerLock, holder_pid
 
 
 class Clock:
@@ -211,7 +211,7 @@ def test_second_owner_is_refused_with_the_holders_pid(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys,time; from syncd.ledger import LedgerLock; "
+            "import sys,time; from syncd.ledger.sqlite import LedgerLock; "
             "LedgerLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
             db,
         ],

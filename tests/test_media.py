@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from samples import HEADERS, media_bytes, write_media
 
-from syncd.hashing import NotRegularFile
-from syncd.media import (
+from syncd.ingest.hashing import NotRegularFile
+from syncd.ingest.media import (
     FAMILIES_BY_EXTENSION,
     HEAD_BYTES,
     SUPPORTED_EXTENSIONS,

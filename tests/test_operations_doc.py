@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from syncd import plan, report
 from syncd.cli import build_parser
 from syncd.config import Config, LedgerConfig
 from syncd.fingerprint import Fingerprint
-from syncd.ledger import Ledger
+from syncd.ledger.sqlite import Ledger
 from syncd.metrics import METRICS
+from syncd.ops import plan, report
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 _SHELL_OPERATORS = {"|", "||", "&&", ";", ">", ">>", "<", "2>", "&"}

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from syncd.client import MaviClient
 from syncd.config import RateLimitsConfig
 from syncd.emulator import EmulatorServer, uniform_rates
 from syncd.errors import ApiNotFound, ApiThrottled
-from syncd.pacer import Pacer
+from syncd.upload.client import MaviClient
+from syncd.upload.pacer import Pacer
 
 START = 1000.0
 WALL_OFFSET = 1_700_000_000.0

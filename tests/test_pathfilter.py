@@ -7,7 +7,7 @@ import re
 import pytest
 
 from syncd.config import DEFAULT_TEMP_PATTERNS, WatchRoot
-from syncd.pathfilter import PathFilter, display_path, glob_regex
+from syncd.ingest.pathfilter import PathFilter, display_path, glob_regex
 
 ROOT = "/data/inbox"
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from samples import write_media
 
-from syncd import plan
 from syncd.config import ApiConfig, Config, LedgerConfig, RateLimitsConfig, WatchRoot
 from syncd.emulator import EmulatorServer
 from syncd.fingerprint import Fingerprint
-from syncd.ledger import Ledger
+from syncd.ledger.sqlite import Ledger
+from syncd.ops import plan
 
 OLD = time.time() - 3600
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from syncd import report
 from syncd.config import Config, LedgerConfig, RateLimitsConfig
 from syncd.errors import SyncdError
 from syncd.fingerprint import Fingerprint
-from syncd.ledger import Ledger
+from syncd.ledger.sqlite import Ledger
+from syncd.ops import report
 
 T0 = 1_700_000_000.0
 SHA_PENDING = "aa" * 32
@@ -395,7 +395,7 @@ async def test_ls_filters_and_empty_results(
 def test_ls_into_a_closed_pipe_is_quiet(world: World) -> None:
     script = (
         "import asyncio, sys\n"
-        "from syncd import report\n"
+        "from syncd.ops import report\n"
         "from syncd.config import Config, LedgerConfig\n"
         "cfg = Config(ledger=LedgerConfig(path=sys.argv[1]))\n"
         "p = __import__('argparse').ArgumentParser(); report.add_ls_arguments(p)\n"
@@ -476,7 +476,7 @@ class Holder:
             [
                 sys.executable,
                 "-c",
-                "import sys,time; from syncd.ledger import LedgerLock; "
+                "import sys,time; from syncd.ledger.sqlite import LedgerLock; "
                 "LedgerLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
                 ledger_path,
             ],

@@ -20,8 +20,8 @@ from unprivileged import run_unprivileged, shared_folder
 
 from syncd.config import DEFAULT_TEMP_PATTERNS, WatchRoot
 from syncd.fingerprint import Fingerprint
-from syncd.pathfilter import PathFilter
-from syncd.scanner import RootUnavailable, ScanEntry, scan_dir, scan_root
+from syncd.ingest.pathfilter import PathFilter
+from syncd.ingest.scanner import RootUnavailable, ScanEntry, scan_dir, scan_root
 
 
 def make_root(path: Path | str, **kwargs: object) -> tuple[WatchRoot, PathFilter]:
@@ -348,7 +348,7 @@ def test_permission_denied_folders_are_skipped_with_one_warning(shared_dir: Path
 
     def check() -> dict[str, object]:
         handler = _Records()
-        logger = logging.getLogger("syncd.scanner")
+        logger = logging.getLogger("syncd.ingest.scanner")
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
         entries = asyncio.run(scan(shared_dir))
@@ -387,8 +387,8 @@ def test_unreadable_root(shared_dir: Path) -> None:
 async def test_a_walk_compared_with_the_ledger_hands_on_only_new_and_changed_files(
     tmp_path: Path,
 ) -> None:
-    from syncd.ledger import Ledger, PathReader
-    from syncd.scanner import ScanReport
+    from syncd.ingest.scanner import ScanReport
+    from syncd.ledger.sqlite import Ledger, PathReader
 
     top = tmp_path / "media"
     for rel in ("a.mp4", "b.mp4", "sub/c.mp4", "sub/deep/d.mp4", "gone-dir/e.mp4", "x/f.mp4"):
@@ -465,8 +465,8 @@ async def test_a_walk_compared_with_the_ledger_hands_on_only_new_and_changed_fil
 async def test_a_folder_excluded_or_beyond_a_non_recursive_root_is_not_there(
     tmp_path: Path,
 ) -> None:
-    from syncd.ledger import Ledger, PathReader
-    from syncd.scanner import ScanReport
+    from syncd.ingest.scanner import ScanReport
+    from syncd.ledger.sqlite import Ledger, PathReader
 
     top = tmp_path / "media"
     (top / "sub").mkdir(parents=True)
@@ -493,7 +493,7 @@ async def test_a_folder_excluded_or_beyond_a_non_recursive_root_is_not_there(
 async def test_a_walk_whose_ledger_cannot_be_read_hands_everything_on(tmp_path: Path) -> None:
     import sqlite3
 
-    from syncd.scanner import KnownFiles, ScanReport
+    from syncd.ingest.scanner import KnownFiles, ScanReport
 
     write_media(tmp_path / "a.mp4")
 

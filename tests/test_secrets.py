@@ -29,10 +29,10 @@ from daemon_process import DaemonProcess, query
 from pipeline_support import REPO, config_data, subprocess_env, syncd_cmd, wait_for
 from samples import write_media
 
-from syncd.client import MaviClient
 from syncd.config import parse_config
 from syncd.emulator import EmulatorServer
 from syncd.errors import EXIT_UNAVAILABLE, ApiError
+from syncd.upload.client import MaviClient
 
 # Distinctive keys: the random part is what gets looked for, whole and in halves (a key cut
 # short by a length limit is still a leak).

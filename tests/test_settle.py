@@ -18,9 +18,9 @@ from samples import media_bytes, write_media
 
 from syncd.config import WatchRoot
 from syncd.fingerprint import Fingerprint
-from syncd.settle import Settled, Settler
-from syncd.watcher import FsEvent, Watcher
-from syncd.writers import WriterCheck
+from syncd.ingest.settle import Settled, Settler
+from syncd.ingest.watcher import FsEvent, Watcher
+from syncd.ingest.writers import WriterCheck
 
 QUIET_S = 0.3
 WAIT_S = 10.0

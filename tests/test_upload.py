@@ -25,11 +25,11 @@ from pipeline_support import (
 )
 from samples import HEADERS, write_media
 
-from syncd.client import MaviClient
 from syncd.daemon import Daemon
 from syncd.emulator import EmulatorServer, uniform_rates
 from syncd.fingerprint import Fingerprint
-from syncd.ledger import Ledger
+from syncd.ledger.sqlite import Ledger
+from syncd.upload.client import MaviClient
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 from samples import write_media
 
 from syncd.config import WatchRoot
-from syncd.watcher import (
+from syncd.ingest.watcher import (
     FsEvent,
     Watcher,
     WatchError,

@@ -14,12 +14,12 @@ import pytest
 from aiohttp import web
 from test_metrics import parse
 
-from syncd import report
 from syncd.errors import SyncdError
 from syncd.fingerprint import Fingerprint
-from syncd.ledger import Ledger
+from syncd.ledger.sqlite import Ledger
 from syncd.metrics import Metrics
-from syncd.webapi import Health, bound_address, parse_listen, start_http, stop_http
+from syncd.ops import report
+from syncd.ops.webapi import Health, bound_address, parse_listen, start_http, stop_http
 
 SHA = "ab" * 32
 ODD = os.fsdecode(b"/media/caf\xe9.mp4")
@@ -252,7 +252,7 @@ def test_parse_listen_rejects(listen: str) -> None:
 
 
 def test_app_routes_are_read_only() -> None:
-    from syncd.webapi import build_app
+    from syncd.ops.webapi import build_app
 
     app = build_app(ledger=None, metrics=Metrics(), health=Daemon().health)  # type: ignore[arg-type]
     methods = {route.method for route in app.router.routes()}

@@ -14,7 +14,7 @@ import pytest
 from samples import write_media
 
 from syncd.fingerprint import Fingerprint
-from syncd.writers import WriterCheck
+from syncd.ingest.writers import WriterCheck
 
 # Opens the file in the given mode, says so, and holds it until its stdin closes.
 HOLDER = """
@@ -96,7 +96,7 @@ async def test_empty_question_needs_no_walk(media: Path) -> None:
 async def test_unreadable_proc_turns_the_check_off_with_one_warning(
     tmp_path: Path, media: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="syncd.writers"):
+    with caplog.at_level(logging.WARNING, logger="syncd.ingest.writers"):
         check = WriterCheck(proc_root=str(tmp_path / "no-proc"))
         with holding(media, "ab"):
             assert await check.writers({str(media): Fingerprint.stat(media)}) == {}

@@ -25,7 +25,7 @@ from types import TracebackType
 
 from syncd.errors import SyncdError
 from syncd.fingerprint import Fingerprint
-from syncd.pathfilter import display_path
+from syncd.ingest.pathfilter import display_path
 
 DEFAULT_BUFFER_BYTES = 1 << 20
 

@@ -6,7 +6,7 @@ import asyncio
 import os
 from typing import Final, Literal
 
-from syncd.hashing import open_regular
+from syncd.ingest.hashing import open_regular
 
 MediaKind = Literal["video", "audio", "image"]
 
@@ -226,7 +226,7 @@ async def read_head(path: str, *, follow_symlinks: bool = False) -> bytes:
     """Read a file's first :data:`HEAD_BYTES` bytes (fewer if it is shorter) in a thread.
 
     Given its path and whether a final symlink may be followed. Never opens a FIFO, socket or
-    device: raises :class:`~syncd.hashing.NotRegularFile` for them, and the ``OSError`` of a
+    device: raises :class:`~syncd.ingest.hashing.NotRegularFile` for them, and the ``OSError`` of a
     vanished or unreadable file.
     """
     return await asyncio.to_thread(_read_head_sync, path, follow_symlinks)

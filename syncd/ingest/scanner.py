@@ -37,8 +37,8 @@ from typing import Final, Protocol
 from syncd.config import WatchRoot
 from syncd.errors import SyncdError
 from syncd.fingerprint import Fingerprint
-from syncd.hashing import file_kind
-from syncd.pathfilter import PathFilter, display_path
+from syncd.ingest.hashing import file_kind
+from syncd.ingest.pathfilter import PathFilter, display_path
 
 log = logging.getLogger(__name__)
 

@@ -41,10 +41,10 @@ from datetime import UTC, datetime
 from typing import Final, Literal
 
 from syncd.fingerprint import Fingerprint
-from syncd.hashing import file_kind
-from syncd.pathfilter import display_path
-from syncd.watcher import FsEvent
-from syncd.writers import WriterCheck
+from syncd.ingest.hashing import file_kind
+from syncd.ingest.pathfilter import display_path
+from syncd.ingest.watcher import FsEvent
+from syncd.ingest.writers import WriterCheck
 
 log = logging.getLogger(__name__)
 

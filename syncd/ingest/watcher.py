@@ -67,7 +67,7 @@ from watchdog.observers.polling import PollingObserver
 
 from syncd.config import WatchRoot
 from syncd.errors import EXIT_CONFIG, SyncdError
-from syncd.pathfilter import display_path
+from syncd.ingest.pathfilter import display_path
 
 log = logging.getLogger(__name__)
 

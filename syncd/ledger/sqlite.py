@@ -33,7 +33,7 @@ from urllib.parse import quote
 
 from syncd.errors import LedgerCorrupt, LedgerError, LedgerLocked, LedgerUnwritable
 from syncd.fingerprint import Fingerprint
-from syncd.migrations import migrate
+from syncd.ledger.migrations import migrate
 
 ContentState = Literal[
     "pending", "allocated", "uploading", "uploaded", "done", "failed", "rejected"

@@ -20,7 +20,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, TextIO
 
-from syncd.client import MaviClient
 from syncd.config import Config, WatchRoot, resolve_api_key
 from syncd.errors import (
     EXIT_FAILURE,
@@ -34,10 +33,11 @@ from syncd.errors import (
     LedgerError,
     SyncdError,
 )
-from syncd.ledger import Ledger, holder_pid
-from syncd.pathfilter import PathFilter
-from syncd.report import Command, add_format_arguments, human_bytes, write_json
-from syncd.webapi import is_loopback, parse_listen
+from syncd.ingest.pathfilter import PathFilter
+from syncd.ledger.sqlite import Ledger, holder_pid
+from syncd.ops.report import Command, add_format_arguments, human_bytes, write_json
+from syncd.ops.webapi import is_loopback, parse_listen
+from syncd.upload.client import MaviClient
 
 Status = Literal["PASS", "WARN", "FAIL"]
 

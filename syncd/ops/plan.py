@@ -35,13 +35,13 @@ from typing import Any, TextIO
 
 from syncd.config import Config, WatchRoot
 from syncd.errors import EXIT_FAILURE, EXIT_OK
-from syncd.hashing import NotRegularFile
-from syncd.ledger import Content, Ledger, PathRecord
-from syncd.media import check_extension, preflight, read_head
-from syncd.pathfilter import PathFilter
-from syncd.report import Command, add_format_arguments, human_bytes, human_duration, write_json
-from syncd.scanner import RootUnavailable, ScanEntry, scan_root
-from syncd.writers import WriterCheck
+from syncd.ingest.hashing import NotRegularFile
+from syncd.ingest.media import check_extension, preflight, read_head
+from syncd.ingest.pathfilter import PathFilter
+from syncd.ingest.scanner import RootUnavailable, ScanEntry, scan_root
+from syncd.ingest.writers import WriterCheck
+from syncd.ledger.sqlite import Content, Ledger, PathRecord
+from syncd.ops.report import Command, add_format_arguments, human_bytes, human_duration, write_json
 
 CATEGORIES = ("upload", "queued", "duplicate", "failed", "waiting", "rejected")
 _DESCRIPTIONS = {

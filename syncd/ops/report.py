@@ -31,7 +31,7 @@ from typing import Any, NamedTuple, TextIO
 
 from syncd.config import Config
 from syncd.errors import EXIT_FAILURE, EXIT_OK, SyncdError
-from syncd.ledger import (
+from syncd.ledger.sqlite import (
     CONTENT_STATES,
     PATH_STATES,
     Attempt,

@@ -34,9 +34,9 @@ from typing import Any
 from aiohttp import web
 
 from syncd.errors import LedgerError, SyncdError
-from syncd.ledger import CONTENT_STATES, PATH_STATES, Ledger
+from syncd.ledger.sqlite import CONTENT_STATES, PATH_STATES, Ledger
 from syncd.metrics import Metrics
-from syncd.report import NotFound, Resolved, resolve, show_data
+from syncd.ops.report import NotFound, Resolved, resolve, show_data
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """The MAVI v2 API client: one request per call, every outcome classified once.
 
-The client neither paces nor retries: the caller holds the :class:`~syncd.pacer.Pacer` and the
-retry policy. Each method makes exactly one HTTP request and either returns a typed result or
-raises one of the :class:`~syncd.errors.ApiError` classes:
+The client neither paces nor retries: the caller holds the :class:`~syncd.upload.pacer.Pacer`
+and the retry policy. Each method makes exactly one HTTP request and either returns a typed
+result or raises one of the :class:`~syncd.errors.ApiError` classes:
 
 ==============================================  ===========================================
 answer                                          raises
@@ -75,7 +75,7 @@ from syncd.errors import (
     SyncdError,
 )
 from syncd.fingerprint import Fingerprint
-from syncd.media import FORMATS, extension_of
+from syncd.ingest.media import FORMATS, extension_of
 
 log = logging.getLogger(__name__)
 

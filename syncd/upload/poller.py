@@ -13,12 +13,12 @@ import logging
 import time
 from collections.abc import Callable
 
-from syncd.client import MaviClient
 from syncd.config import Config
 from syncd.errors import ApiAuthError, ApiError, ApiNotFound, ApiThrottled
-from syncd.ledger import Content, Ledger
+from syncd.ledger.sqlite import Content, Ledger
 from syncd.metrics import Metrics
-from syncd.pacer import Pacer
+from syncd.upload.client import MaviClient
+from syncd.upload.pacer import Pacer
 
 log = logging.getLogger(__name__)
 

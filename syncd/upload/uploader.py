@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from syncd.client import MaviClient, UploadResult
 from syncd.config import Config
 from syncd.errors import (
     ApiAuthError,
@@ -34,9 +33,10 @@ from syncd.errors import (
 )
 from syncd.failpoints import failpoint
 from syncd.fingerprint import Fingerprint
-from syncd.ledger import Content, Job, Ledger
+from syncd.ledger.sqlite import Content, Job, Ledger
 from syncd.metrics import Metrics
-from syncd.pacer import Pacer
+from syncd.upload.client import MaviClient, UploadResult
+from syncd.upload.pacer import Pacer
 
 log = logging.getLogger(__name__)
 

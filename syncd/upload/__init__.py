@@ -1,0 +1,7 @@
+"""Upload: a due content in, an asset id and its remote status out.
+
+Owns the MAVI v2 client (one request per call, every answer classified once), the pacer (the
+rate budget per endpoint and the shared cool-down), the upload workers with their retry policy,
+and the status poller. It may import the foundation modules and the ledger's protocols; never
+``syncd.ingest``, ``syncd.ops`` or ``syncd.daemon``.
+"""
