@@ -25,8 +25,9 @@ from syncd.config import Config, WatchRoot, load_config
 from syncd.errors import EXIT_OK, EXIT_SOFTWARE, EXIT_UNAVAILABLE, ConfigError, SyncdError
 from syncd.failpoints import failpoint
 from syncd.fingerprint import Fingerprint
+from syncd.formats import extension_of
 from syncd.ingest.hashing import FileChanged, Hasher, HasherClosed, NotRegularFile
-from syncd.ingest.media import check_extension, extension_of, preflight, read_head
+from syncd.ingest.media import check_extension, preflight, read_head
 from syncd.ingest.pathfilter import PathFilter
 from syncd.ingest.scanner import RootUnavailable, ScanEntry, ScanReport, scan_dir, scan_root
 from syncd.ingest.settle import Settled, Settler

@@ -31,7 +31,7 @@ from syncd.emulator.settings import (
 from syncd.emulator.state import EmulatorState, RequestLogEntry, key_fingerprint
 from syncd.emulator.store import UPLOAD_STATUSES, AssetRecord
 from syncd.errors import ConfigError
-from syncd.ingest.media import FORMATS, SUPPORTED_EXTENSIONS, MediaKind, extension_of
+from syncd.formats import FORMATS, SUPPORTED_EXTENSIONS, MediaKind, extension_of
 
 _request_log = logging.getLogger("syncd.emulator.requests")
 

@@ -10,7 +10,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from syncd.errors import ConfigError
-from syncd.ingest.media import MediaKind
+from syncd.formats import MediaKind
 
 DEMO_KEY = "sk-mavi-demo-0000000000000000"
 DEMO_ACCOUNT = "demo"

@@ -75,7 +75,7 @@ from syncd.errors import (
     SyncdError,
 )
 from syncd.fingerprint import Fingerprint
-from syncd.ingest.media import FORMATS, extension_of
+from syncd.formats import FORMATS, extension_of
 
 log = logging.getLogger(__name__)
 
