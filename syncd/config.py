@@ -11,6 +11,7 @@ The API key is never read from the YAML: it comes from ``MAVI_API_KEY``, ``MAVI_
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import math
 import os
@@ -197,6 +198,10 @@ class HttpConfig:
     listen: str | None = field(
         default="127.0.0.1:9477",
         metadata=_meta("HOST:PORT or unix:/path for /healthz, /metrics...; null disables"),
+    )
+    allowed_hosts: tuple[str, ...] = field(
+        default=(),
+        metadata=_meta("more names the endpoint answers to in the Host header (no port)"),
     )
 
 
@@ -400,6 +405,30 @@ def _check_semantics(cfg: Config, problems: _Problems) -> None:
             host, sep, port = listen.rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
                 problems.add("http.listen", f"expected HOST:PORT or unix:/path, got {listen!r}")
+    for i, name in enumerate(cfg.http.allowed_hosts):
+        if not _is_host_name(name):
+            problems.add(
+                f"http.allowed_hosts[{i}]",
+                f"expected a host name or IP address without a port, got {name!r}",
+            )
+
+
+# A DNS name (labels of letters, digits, hyphens and underscores), an IPv4 address, or an
+# IPv6 address with or without its brackets.
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}\.?$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
+    r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?"
+)
+
+
+def _is_host_name(name: str) -> bool:
+    """Whether ``name`` can be a Host header's host: a DNS name or an IP address, no port."""
+    bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+    try:
+        ipaddress.ip_address(bare)
+    except ValueError:
+        return bare == name and _HOST_NAME.fullmatch(name) is not None
+    return True
 
 
 def _base_url_problem(url: str) -> str | None:

@@ -275,6 +275,7 @@ class Daemon:
                         ledger=self.ledger,
                         metrics=self.metrics,
                         health=self.health,
+                        extra_hosts=cfg.http.allowed_hosts,
                     )
                 except OSError as exc:
                     log.error(

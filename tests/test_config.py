@@ -84,6 +84,10 @@ def test_three_mistakes_are_reported_together_with_key_paths(tmp_path: Path) -> 
         ({"watch": [{"recursive": True}]}, "watch[0].path: required key is missing"),
         ({"ledger": {"path": "ledger.db"}}, "ledger.path: must be an absolute path"),
         ({"http": {"listen": "localhost"}}, "http.listen: expected HOST:PORT"),
+        ({"http": {"allowed_hosts": ["ok.example", "a.b:80"]}}, "http.allowed_hosts[1]: expected"),
+        ({"http": {"allowed_hosts": ["http://x"]}}, "http.allowed_hosts[0]: expected a host"),
+        ({"http": {"allowed_hosts": "x.example"}}, "http.allowed_hosts: expected a list"),
+        ({"http": {"allowed": ["x"]}}, "http.allowed: unknown key"),
         ({"api": {"base_url": "ftp://x"}}, "api.base_url: must start with http"),
         ({"watch": [{"path": "/a"}, {"path": "/a/"}]}, "watch[1].path: same folder as watch[0]"),
         ({"bogus": 1}, "bogus: unknown key"),
@@ -172,3 +176,10 @@ def test_run_refuses_a_config_that_watches_nothing(tmp_path: Path) -> None:
     assert res.returncode == EXIT_CONFIG
     assert "watch: at least one folder" in res.stderr
     assert not (tmp_path / "ledger.db").exists()  # nothing was started
+
+
+def test_allowed_hosts_take_names_and_addresses() -> None:
+    names = ["nas.local", "NAS", "192.168.1.20", "[fe80::1]", "::1", "host-1.example."]
+    cfg = parse_config({"http": {"allowed_hosts": names}}, "t.yaml")
+    assert cfg.http.allowed_hosts == tuple(names)
+    assert parse_config(None, "t").http.allowed_hosts == ()

@@ -258,3 +258,89 @@ def test_app_routes_are_read_only() -> None:
     methods = {route.method for route in app.router.routes()}
     assert methods <= {"GET", "HEAD"}
     assert isinstance(app, web.Application)
+
+
+async def test_dns_rebinding_is_refused_by_the_host_check(
+    served: tuple[str, Metrics], http_session: aiohttp.ClientSession
+) -> None:
+    """A page on attacker.example that re-pointed its name at 127.0.0.1 sends its own name."""
+    base, _ = served
+    port = base.rsplit(":", 1)[1]
+    for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1.evil.example", ""):
+        async with http_session.get(f"{base}/v1/assets/{SHA}", headers={"Host": host}) as resp:
+            body = await resp.text()
+            assert resp.status == 421, host
+            assert body.count("\n") == 1 and body.startswith("misdirected request")
+            assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}"):
+        async with http_session.get(f"{base}/healthz", headers={"Host": host}) as resp:
+            assert resp.status == 200, host
+
+
+async def test_allowed_hosts_are_answered_too(ledger: Ledger, daemon: Daemon) -> None:
+    runner = await start_http(
+        "127.0.0.1:0",
+        ledger=ledger,
+        metrics=Metrics(),
+        health=daemon.health,
+        extra_hosts=["NAS.local", "192.168.1.20"],
+    )
+    try:
+        base = f"http://{bound_address(runner)}"
+        async with aiohttp.ClientSession() as session:
+            for host, status in (("nas.local:9477", 200), ("nas.local.", 200), ("nas", 421)):
+                async with session.get(f"{base}/healthz", headers={"Host": host}) as resp:
+                    assert resp.status == status, host
+            async with session.get(f"{base}/healthz", headers={"Host": "192.168.1.20"}) as resp:
+                assert resp.status == 200
+    finally:
+        await stop_http(runner)
+
+
+async def test_a_unix_socket_needs_no_host_check(
+    tmp_path: Path, ledger: Ledger, daemon: Daemon
+) -> None:
+    sock = tmp_path / "s.sock"
+    runner = await start_http(
+        f"unix:{sock}", ledger=ledger, metrics=Metrics(), health=daemon.health
+    )
+    try:
+        connector = aiohttp.UnixConnector(path=str(sock))
+        async with aiohttp.ClientSession(connector=connector) as session:
+            headers = {"Host": "attacker.example"}
+            async with session.get("http://syncd/healthz", headers=headers) as resp:
+                assert resp.status == 200
+    finally:
+        await stop_http(runner)
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/metrics", f"/v1/assets/{SHA}", "/nowhere"])
+async def test_every_answer_has_the_security_headers_and_no_cors(
+    served: tuple[str, Metrics], http_session: aiohttp.ClientSession, path: str
+) -> None:
+    base, _ = served
+    headers = {"Origin": "http://attacker.example"}
+    for method in ("GET", "POST"):
+        async with http_session.request(method, base + path, headers=headers) as resp:
+            assert resp.headers["Content-Security-Policy"].startswith("default-src 'self'")
+            assert "unsafe-inline" not in resp.headers["Content-Security-Policy"]
+            assert resp.headers["X-Content-Type-Options"] == "nosniff"
+            assert resp.headers["Referrer-Policy"] == "no-referrer"
+            assert not [h for h in resp.headers if h.lower().startswith("access-control-")]
+
+
+def test_host_names_are_normalised() -> None:
+    from syncd.ops.webapi import allowed_hosts, normalise_host
+
+    assert normalise_host("LocalHost:9477") == "localhost"
+    assert normalise_host("[::1]:9477") == "::1"
+    assert normalise_host("[::1]") == "::1"
+    assert normalise_host("nas.local.") == "nas.local"
+    assert normalise_host("::1") == "::1"  # bare IPv6 (as configured): not a port
+    assert allowed_hosts("nas.local", ["[fe80::1]"]) == {
+        "localhost",
+        "127.0.0.1",
+        "::1",
+        "nas.local",
+        "fe80::1",
+    }

@@ -27,11 +27,12 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from syncd.errors import LedgerError, SyncdError
 from syncd.ledger.sqlite import CONTENT_STATES, PATH_STATES, Ledger
@@ -109,6 +110,75 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+# Every answer carries these. The dashboard loads its script and styles from files of its own
+# origin (no inline script, so the CSP needs no 'unsafe-inline'); nothing may frame it, and no
+# other origin may embed the JSON (Cross-Origin-Resource-Policy). No CORS headers are ever set:
+# other origins cannot read any answer.
+SECURITY_HEADERS: dict[str, str] = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+# Host names every TCP listener answers to, besides its own listen host and http.allowed_hosts.
+LOCAL_HOSTS: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+
+
+def normalise_host(host: str) -> str:
+    """Given a host as configured or as a Host header carries it (maybe with a port, an IPv6
+    address maybe in brackets), return it lower-case, without brackets, port or final dot."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        host = host[1:end] if end > 0 else host[1:]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    return host.rstrip(".")
+
+
+def allowed_hosts(listen_host: str | None, extra: Sequence[str] = ()) -> frozenset[str]:
+    """The Host names a TCP listener on ``listen_host`` answers: that host, ``localhost``,
+    ``127.0.0.1``, ``::1`` and ``extra`` (``http.allowed_hosts``), normalised."""
+    names = [*LOCAL_HOSTS, *extra, *([listen_host] if listen_host else [])]
+    return frozenset(normalise_host(n) for n in names)
+
+
+def _host_check(allowed: frozenset[str]) -> Middleware:
+    """A middleware that answers 421 unless the Host header names this endpoint.
+
+    A web page the operator visits can point a name it controls at 127.0.0.1 (DNS rebinding);
+    the browser then sends that name in the Host header, and only that gives it away. Any
+    name not in ``allowed`` is refused before a handler runs.
+    """
+
+    @web.middleware
+    async def check(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        raw = request.headers.get("Host", "")
+        if normalise_host(raw) not in allowed:
+            shown = raw.encode("ascii", "backslashreplace").decode()[:100] or "(none)"
+            return web.Response(
+                status=421,
+                text=f"misdirected request: Host {shown} is not a name of this endpoint "
+                "(see http.allowed_hosts)\n",
+            )
+        return await handler(request)
+
+    return check
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
 
 
 @web.middleware
@@ -222,9 +292,18 @@ def build_app(
     health: Callable[[], Health],
     ledger_gauges_max_age_s: float = LEDGER_GAUGES_MAX_AGE_S,
     clock: Callable[[], float] = time.monotonic,
+    hosts: frozenset[str] | None = frozenset(LOCAL_HOSTS),
 ) -> web.Application:
-    """Return the endpoint's aiohttp application (routes in the module docstring)."""
-    app = web.Application(middlewares=[_read_only])
+    """Return the endpoint's aiohttp application (routes in the module docstring).
+
+    ``hosts`` are the Host names it answers (see :func:`allowed_hosts`); None turns the check
+    off (a Unix socket, which no browser can reach).
+    """
+    middlewares: list[Middleware] = [_read_only]
+    if hosts is not None:
+        middlewares.insert(0, _host_check(hosts))
+    app = web.Application(middlewares=middlewares)
+    app.on_response_prepare.append(_security_headers)
     app[_STATE] = _State(ledger, metrics, health, ledger_gauges_max_age_s, clock)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -261,13 +340,15 @@ async def start_http(
     metrics: Metrics,
     health: Callable[[], Health],
     ledger_gauges_max_age_s: float = LEDGER_GAUGES_MAX_AGE_S,
+    extra_hosts: Sequence[str] = (),
 ) -> web.AppRunner:
     """Serve the endpoint on ``listen`` (``HOST:PORT``, port 0 for any, or ``unix:/path``).
 
-    Given the daemon's shared ledger and metrics and a callable returning its current
-    :class:`Health`. Returns the started runner (``await runner.cleanup()`` stops it;
-    :func:`bound_address` tells where it listens). Raises :class:`SyncdError` for a malformed
-    ``listen`` and ``OSError`` when the address cannot be bound.
+    Given the daemon's shared ledger and metrics, a callable returning its current
+    :class:`Health`, and the Host names to answer besides the local ones
+    (``http.allowed_hosts``; a Unix socket answers any). Returns the started runner
+    (:func:`stop_http` stops it; :func:`bound_address` tells where it listens). Raises
+    :class:`SyncdError` for a malformed ``listen`` and ``OSError`` when it cannot be bound.
     """
     where = parse_listen(listen)
     app = build_app(
@@ -275,6 +356,7 @@ async def start_http(
         metrics=metrics,
         health=health,
         ledger_gauges_max_age_s=ledger_gauges_max_age_s,
+        hosts=None if isinstance(where, str) else allowed_hosts(where[0], extra_hosts),
     )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
