@@ -21,8 +21,10 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from syncd import events
 from syncd.config import Config, WatchRoot, load_config
 from syncd.errors import EXIT_OK, EXIT_SOFTWARE, EXIT_UNAVAILABLE, ConfigError, SyncdError
+from syncd.events import EventHub
 from syncd.failpoints import failpoint
 from syncd.fingerprint import Fingerprint
 from syncd.formats import extension_of
@@ -43,6 +45,7 @@ from syncd.ingest.writers import WriterCheck
 from syncd.ledger.sqlite import Ledger, LedgerLock, PathReader, prepare_ledger_dir
 from syncd.metrics import Metrics
 from syncd.notify import Notifier, watchdog_loop
+from syncd.ops.dashboard import DaemonView
 from syncd.ops.webapi import Health, start_http, stop_http
 from syncd.upload.client import MaviClient
 from syncd.upload.pacer import Pacer
@@ -122,6 +125,7 @@ class Daemon:
         self.notifier = notifier or Notifier.from_env()
         self.progress = progress
         self.metrics = Metrics()
+        self.events = EventHub()  # what the pipeline publishes; /v1/events follows it
         self.counters = Counters()
         self.started_at = time.time()
         self.ready = False
@@ -213,7 +217,8 @@ class Daemon:
             log.debug("ledger closed cleanly by the last run and untouched since; not checking it")
         code: int | None = None
         try:
-            code = await self._run_open()
+            with self.events.activate():  # the tasks started in _run_open publish to it
+                code = await self._run_open()
             return code
         finally:
             await self.ledger.close()
@@ -276,6 +281,7 @@ class Daemon:
                         metrics=self.metrics,
                         health=self.health,
                         extra_hosts=cfg.http.allowed_hosts,
+                        daemon=DaemonView(hub=self.events),
                     )
                 except OSError as exc:
                     log.error(
@@ -347,6 +353,7 @@ class Daemon:
             await self.ledger.set_kv("pacer", self.pacer.snapshot())
             await self._write_heartbeat(stopping=True)
         await client.close()
+        self.events.close()  # ends every /v1/events stream: none may hold the shutdown up
         if http_runner is not None:
             await stop_http(http_runner)
         s = self.uploader.stats
@@ -815,6 +822,9 @@ class Daemon:
         self.metrics.inc("syncd_bytes_hashed_total", hashed.size)
         content = await self.ledger.record_content(
             path, root, hashed.fingerprint, hashed.sha256, extension_of(name)
+        )
+        events.publish(
+            "hashed", path=path, sha256=hashed.sha256, size=hashed.size, state=content.state
         )
         if content.created_at >= time.time() - 5 and content.state == "pending":
             self.counters.new_contents += 1

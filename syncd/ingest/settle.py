@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Literal
 
+from syncd import events
 from syncd.fingerprint import Fingerprint
 from syncd.ingest.hashing import file_kind
 from syncd.ingest.pathfilter import display_path
@@ -191,6 +192,7 @@ class Settler:
             tr = _Track(ev.path, ev.root, first_seen=now, last_event=now)
             self._tracks[ev.path] = tr
             self._update_room()
+            events.publish("settling", path=ev.path, root=ev.root)
         tr.last_event = now
         tr.old_on_offer = False
         tr.after_create = kind == "created"
@@ -223,6 +225,7 @@ class Settler:
         tr.old_on_offer = time.time() - fingerprint.mtime_ns / 1e9 >= self.quiet_s
         self._tracks[path] = tr
         self._update_room()
+        events.publish("settling", path=path, root=root)
         self._schedule(tr)
 
     def forget(self, path: str) -> None:
@@ -419,6 +422,7 @@ class Settler:
                 continue
             del self._tracks[tr.path]
             self._update_room()
+            events.publish("settled", path=tr.path, size=fp.size)
             try:
                 await self._on_settled(Settled(tr.path, tr.root, fp))
             except Exception:
@@ -464,6 +468,7 @@ class Settler:
             reason = f"cannot be read ({tr.error}) after {waited}"
         else:
             reason = f"still changing after {waited}"
+        events.publish("problem", kind="unsettled", path=tr.path, reason=reason)
         try:
             await self._on_unsettled(tr.path, tr.root, reason)
         except Exception:

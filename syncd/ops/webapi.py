@@ -10,9 +10,12 @@ Routes (GET and HEAD only; any other method is answered 405):
 - ``/v1/assets?path=PATH`` (or ``?path_hex=HEX`` for a name that is not UTF-8) and
   ``/v1/assets/{sha256, prefix or asset id}``: the same JSON as ``syncd show --json``;
   404 when unknown, 409 for an ambiguous prefix.
+- ``/v1/events``: the daemon's state changes as Server-Sent Events (:mod:`syncd.ops.eventstream`).
 
-It listens on ``HOST:PORT`` (default ``127.0.0.1:9477``; loopback unless configured otherwise)
-or on a Unix socket ``unix:/path`` created with mode 0600. The endpoint never sees the API key.
+Every answer carries :data:`SECURITY_HEADERS`; on TCP, a request whose ``Host`` is not a name
+of this endpoint is answered 421 (DNS rebinding). It listens on ``HOST:PORT`` (default
+``127.0.0.1:9477``; loopback unless configured otherwise) or on a Unix socket ``unix:/path``
+created with mode 0600. The endpoint never sees the API key.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ from aiohttp.typedefs import Middleware
 from syncd.errors import LedgerError, SyncdError
 from syncd.ledger.sqlite import CONTENT_STATES, PATH_STATES, Ledger
 from syncd.metrics import Metrics
+from syncd.ops import eventstream
+from syncd.ops.dashboard import DaemonView
+from syncd.ops.eventstream import HEARTBEAT_S
 from syncd.ops.report import NotFound, Resolved, resolve, show_data
 
 log = logging.getLogger(__name__)
@@ -293,11 +299,15 @@ def build_app(
     ledger_gauges_max_age_s: float = LEDGER_GAUGES_MAX_AGE_S,
     clock: Callable[[], float] = time.monotonic,
     hosts: frozenset[str] | None = frozenset(LOCAL_HOSTS),
+    daemon: DaemonView | None = None,
+    heartbeat_s: float = HEARTBEAT_S,
 ) -> web.Application:
     """Return the endpoint's aiohttp application (routes in the module docstring).
 
     ``hosts`` are the Host names it answers (see :func:`allowed_hosts`); None turns the check
-    off (a Unix socket, which no browser can reach).
+    off (a Unix socket, which no browser can reach). ``daemon`` is what the running daemon
+    shows beyond the ledger (its event hub for ``/v1/events``, every ``heartbeat_s`` a
+    heartbeat); without it those parts answer 503.
     """
     middlewares: list[Middleware] = [_read_only]
     if hosts is not None:
@@ -310,6 +320,7 @@ def build_app(
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/v1/assets", _asset_by_path)
     app.router.add_get("/v1/assets/{key}", _asset_by_key)
+    eventstream.add_routes(app, None if daemon is None else daemon.hub, heartbeat_s)
     return app
 
 
@@ -341,13 +352,16 @@ async def start_http(
     health: Callable[[], Health],
     ledger_gauges_max_age_s: float = LEDGER_GAUGES_MAX_AGE_S,
     extra_hosts: Sequence[str] = (),
+    daemon: DaemonView | None = None,
+    heartbeat_s: float = HEARTBEAT_S,
 ) -> web.AppRunner:
     """Serve the endpoint on ``listen`` (``HOST:PORT``, port 0 for any, or ``unix:/path``).
 
     Given the daemon's shared ledger and metrics, a callable returning its current
-    :class:`Health`, and the Host names to answer besides the local ones
-    (``http.allowed_hosts``; a Unix socket answers any). Returns the started runner
-    (:func:`stop_http` stops it; :func:`bound_address` tells where it listens). Raises
+    :class:`Health`, the Host names to answer besides the local ones (``http.allowed_hosts``;
+    a Unix socket answers any), and the daemon's live view (see :func:`build_app`). Returns
+    the started runner (:func:`stop_http` stops it; :func:`bound_address` tells where it
+    listens). Raises
     :class:`SyncdError` for a malformed ``listen`` and ``OSError`` when it cannot be bound.
     """
     where = parse_listen(listen)
@@ -357,6 +371,8 @@ async def start_http(
         health=health,
         ledger_gauges_max_age_s=ledger_gauges_max_age_s,
         hosts=None if isinstance(where, str) else allowed_hosts(where[0], extra_hosts),
+        daemon=daemon,
+        heartbeat_s=heartbeat_s,
     )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

@@ -60,7 +60,7 @@ import aiohttp
 from aiohttp.abc import AbstractStreamWriter
 from yarl import URL
 
-from syncd import __version__
+from syncd import __version__, events
 from syncd.errors import (
     EXIT_IOERR,
     ApiAuthError,
@@ -300,6 +300,7 @@ class _FilePayload(aiohttp.Payload):
                 self._on_headers_sent()
             except Exception:
                 log.exception("on_headers_sent callback failed")
+        events.progress(self._path, 0, self._file_size)
         await self._send(writer, self._head)
         offset = 0
         while offset < self._file_size:
@@ -317,6 +318,7 @@ class _FilePayload(aiohttp.Payload):
             await self._send(writer, data)
             offset += len(data)
             self.bytes_sent = offset
+            events.progress(self._path, offset, self._file_size)
         if self._before_last_bytes is not None:
             # Until the closing boundary arrives the service cannot have a complete file: the
             # caller may hold the rest back (see the uploader's one-finisher rule).

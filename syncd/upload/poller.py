@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from syncd import events
 from syncd.config import Config
 from syncd.errors import ApiAuthError, ApiError, ApiNotFound, ApiThrottled
 from syncd.ledger.sqlite import Content, Ledger
@@ -120,6 +121,13 @@ class Poller:
         await self.ledger.record_status(
             content.sha256, asset_id, status.upload_status, next_poll_at=next_at
         )
+        if status.upload_status != content.remote_status:
+            events.publish(
+                "status_changed",
+                sha256=content.sha256,
+                asset_id=asset_id,
+                status=status.upload_status,
+            )
         if status.upload_status == "SUCCESS":
             self.done += 1
             log.info("asset %s is SUCCESS (sha256=%s)", asset_id, content.sha256[:12])
@@ -129,6 +137,7 @@ class Poller:
             content.sha256, asset_id, reason, max_attempts=self.cfg.upload.max_attempts
         )
         self.remote_failed += 1
+        events.publish("status_changed", sha256=content.sha256, asset_id=asset_id, status="FAILED")
         if state == "failed":
             log.warning("gave up on %s: %s (attempts exhausted)", content.sha256[:12], reason)
         else:

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from syncd import events
 from syncd.config import Config
 from syncd.errors import (
     ApiAuthError,
@@ -260,6 +261,7 @@ class Uploader:
                 next_attempt_at=self.clock() + self.cfg.upload.backoff_max_s,
             )
         finally:
+            events.publish("upload_ended", path=job.path, sha256=job.content.sha256)
             if task is not None:
                 self._active.discard(task)
                 if not self._active:
@@ -564,6 +566,13 @@ class Uploader:
             next_poll_at=self.clock() + self.cfg.poll.initial_s,
         )
         self.on_uploaded()
+        events.publish(
+            "upload_finished",
+            path=path,
+            sha256=content.sha256,
+            asset_id=asset_id,
+            bytes_sent=result.bytes_sent,
+        )
         self.stats.uploaded += 1
         self.stats.bytes_sent += result.bytes_sent
         self.metrics.inc("syncd_uploads_total", outcome="ok")
@@ -673,6 +682,7 @@ class Uploader:
             delay, news = self._set_pause(kind, what)
             if news:
                 log.error("uploads paused: %s; probing again in %.0f s", what, delay)
+                events.publish("problem", kind=kind, reason=what)
             await self.ledger.retry_later(
                 sha,
                 attempt,
@@ -730,6 +740,7 @@ class Uploader:
         else:
             self.stats.rejected += 1
         self.metrics.inc("syncd_uploads_total", outcome=state)
+        events.publish("problem", kind=state, sha256=sha256, reason=reason)
         log.warning("gave up on %s: %s", _short(sha256), reason)
 
     async def _interrupted(
