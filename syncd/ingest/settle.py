@@ -71,6 +71,20 @@ class Settled:
     fingerprint: Fingerprint
 
 
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """A path still settling, for status displays: its path and root, since when it is
+    tracked (wall-clock epoch seconds), whether it is held back as open for writing (and by
+    which processes, when ``/proc`` told), and why it waits, in words."""
+
+    path: str
+    root: str
+    since: float
+    writing: Writing
+    pids: tuple[int, ...]
+    why: str
+
+
 @dataclass(slots=True, eq=False)
 class _Track:
     path: str
@@ -253,6 +267,40 @@ class Settler:
             for p, tr in self._tracks.items()
             if tr.writing != "no" and tr.writing_since is not None
         }
+
+    def waiting(self, limit: int, offset: int = 0) -> tuple[int, list[Waiting]]:
+        """Return how many paths are settling and ``limit`` of them from ``offset``, the
+        longest-waiting first, each with why it waits."""
+        now = self._clock()
+        wall = time.time()
+        tracks = sorted(self._tracks.values(), key=lambda t: (t.first_seen, t.path))
+        page = [
+            Waiting(
+                tr.path,
+                tr.root,
+                wall - (now - tr.first_seen),
+                tr.writing,
+                tr.pids,
+                self._why(tr, now),
+            )
+            for tr in tracks[offset : offset + limit]
+        ]
+        return len(tracks), page
+
+    def _why(self, tr: _Track, now: float) -> str:
+        """Why ``tr`` is not handed on yet, in words."""
+        if tr.writing == "proc" and tr.pids:
+            return f"open for writing by process {', '.join(map(str, tr.pids))}"
+        if tr.writing in ("yes", "proc"):
+            return "open for writing; waiting for it to be closed"
+        if tr.writing == "maybe":
+            return "probably open for writing (written without an open seen); waiting for its close"
+        if tr.error is not None:
+            return f"cannot be read ({tr.error}); trying again"
+        if tr.old_on_offer:
+            return "found by a scan; checking that it is not changing"
+        quiet = f"complete after {self.quiet_s:g} s without changes"
+        return f"changed {max(0.0, now - tr.last_event):.0f} s ago; {quiet}"
 
     # -- the settle task ----------------------------------------------------------------------
 
