@@ -195,6 +195,25 @@ class Metrics:
         with self._lock:
             return self._values[name].get(key, 0.0)
 
+    def total(self, name: str, **labels: str) -> float:
+        """Return the sum of a counter's or gauge's series whose labels include ``labels``
+        (all of them when none are given): ``total("syncd_requests_total", endpoint="upload")``
+        counts upload requests whatever their status. Raises on an undeclared name, a label
+        the metric does not have, or a histogram."""
+        spec = self._specs.get(name)
+        if spec is None or spec.type == "histogram":
+            raise KeyError(f"{name!r} is not a declared counter or gauge")
+        unknown = set(labels) - set(spec.labels)
+        if unknown:
+            raise ValueError(f"metric {name!r} has no label {sorted(unknown)[0]!r}")
+        want = [(spec.labels.index(k), v) for k, v in labels.items()]
+        with self._lock:
+            return sum(
+                value
+                for key, value in self._values[name].items()
+                if all(key[i] == v for i, v in want)
+            )
+
     def render(self) -> str:
         """Return every metric in the Prometheus text exposition format 0.0.4.
 

@@ -125,3 +125,18 @@ def test_counts_from_threads_are_not_lost() -> None:
     for t in threads:
         t.join()
     assert m.value("syncd_files_hashed_total") == 8000
+
+
+def test_total_sums_the_series_that_match() -> None:
+    m = Metrics()
+    m.inc("syncd_requests_total", endpoint="upload", status="200")
+    m.inc("syncd_requests_total", 2, endpoint="upload", status="429")
+    m.inc("syncd_requests_total", endpoint="metadata", status="200")
+    assert m.total("syncd_requests_total", endpoint="upload") == 3
+    assert m.total("syncd_requests_total", status="200") == 2
+    assert m.total("syncd_requests_total") == 4
+    assert m.total("syncd_requests_total", endpoint="storage") == 0
+    with pytest.raises(ValueError, match="no label"):
+        m.total("syncd_requests_total", queue="x")
+    with pytest.raises(KeyError):
+        m.total("syncd_upload_duration_seconds")
