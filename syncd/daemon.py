@@ -46,6 +46,7 @@ from syncd.ledger.sqlite import Ledger, LedgerLock, PathReader, prepare_ledger_d
 from syncd.metrics import Metrics
 from syncd.notify import Notifier, watchdog_loop
 from syncd.ops.dashboard import DaemonView
+from syncd.ops.report import iso, path_fields
 from syncd.ops.webapi import Health, start_http, stop_http
 from syncd.upload.client import MaviClient
 from syncd.upload.pacer import Pacer
@@ -281,7 +282,17 @@ class Daemon:
                         metrics=self.metrics,
                         health=self.health,
                         extra_hosts=cfg.http.allowed_hosts,
-                        daemon=DaemonView(hub=self.events),
+                        daemon=DaemonView(
+                            hub=self.events,
+                            snapshot=self.live,
+                            settling=self.settler.waiting,
+                            roots=lambda: [r.cfg.path for r in self._roots.values()],
+                            limits_per_s={
+                                "upload": cfg.rate_limits.upload_per_s,
+                                "signed_url": cfg.rate_limits.signed_url_per_s,
+                                "metadata": cfg.rate_limits.metadata_per_s,
+                            },
+                        ),
                     )
                 except OSError as exc:
                     log.error(
@@ -395,6 +406,43 @@ class Daemon:
         if not reason and unavailable:
             reason = "unavailable root(s): " + ", ".join(unavailable)
         return Health(healthy=healthy, ready=self.ready, reason=reason)
+
+    def live(self) -> dict[str, Any]:
+        """What the dashboard shows of the running daemon beyond the ledger (JSON-ready; see
+        :class:`~syncd.ops.dashboard.DaemonView`)."""
+        h = self.health()
+        pause = self.uploader.state.pause
+        hits = self._watcher.watch_limit_hits() if self._watcher is not None else {}
+        return {
+            "pid": os.getpid(),
+            "started_at": iso(self.started_at),
+            "healthy": h.healthy,
+            "ready": h.ready,
+            "reason": h.reason,
+            "queue": {
+                "settling": self.settler.tracked(),
+                "hashing": self._hash_q.qsize() + len(self._hashing),
+                "upload_queued": self.uploader.queue_depth(),
+                "uploading": len(self.uploader.state.in_flight),
+            },
+            "paused": None
+            if pause is None
+            else {"kind": pause.kind, "reason": pause.reason, "until": iso(pause.until)},
+            "cooldowns": [
+                {"endpoint": name, "remaining_s": round(st.cooldown_remaining_s, 1)}
+                for name, st in self.pacer.stats().items()
+                if st.cooldown_remaining_s > 0
+            ],
+            "roots": [
+                {
+                    **path_fields(state.cfg.path),
+                    "available": state.available,
+                    "watched": state.watched,
+                    "watch_limit_hits": hits.get(os.path.normpath(state.cfg.path), 0),
+                }
+                for state in self._roots.values()
+            ],
+        }
 
     def summary(self) -> str:
         """One line for sd_notify STATUS= and progress logs."""

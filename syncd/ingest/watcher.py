@@ -339,6 +339,12 @@ class Watcher:
         with self._lock:
             return {p: e.gone for p, e in self._roots.items()}
 
+    def watch_limit_hits(self) -> dict[str, int]:
+        """Return ``normalised root path -> folders left unwatched`` because the inotify watch
+        limit was reached (0 for a root watched whole)."""
+        with self._lock:
+            return {p: e.limit_hits for p, e in self._roots.items()}
+
     def is_available(self, path: str) -> bool:
         """Whether a root (gone or not) is usable again: it exists, is a folder, and is a
         mount point if it was one when added (else on the same file system as then).

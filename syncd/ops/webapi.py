@@ -11,6 +11,8 @@ Routes (GET and HEAD only; any other method is answered 405):
   ``/v1/assets/{sha256, prefix or asset id}``: the same JSON as ``syncd show --json``;
   404 when unknown, 409 for an ambiguous prefix.
 - ``/v1/events``: the daemon's state changes as Server-Sent Events (:mod:`syncd.ops.eventstream`).
+- ``/v1/status``, ``/v1/activity``, ``/v1/search``: the dashboard's JSON
+  (:mod:`syncd.ops.dashboard`).
 
 Every answer carries :data:`SECURITY_HEADERS`; on TCP, a request whose ``Host`` is not a name
 of this endpoint is answered 421 (DNS rebinding). It listens on ``HOST:PORT`` (default
@@ -40,7 +42,7 @@ from aiohttp.typedefs import Middleware
 from syncd.errors import LedgerError, SyncdError
 from syncd.ledger.sqlite import CONTENT_STATES, PATH_STATES, Ledger
 from syncd.metrics import Metrics
-from syncd.ops import eventstream
+from syncd.ops import dashboard, eventstream
 from syncd.ops.dashboard import DaemonView
 from syncd.ops.eventstream import HEARTBEAT_S
 from syncd.ops.report import NotFound, Resolved, resolve, show_data
@@ -321,6 +323,7 @@ def build_app(
     app.router.add_get("/v1/assets", _asset_by_path)
     app.router.add_get("/v1/assets/{key}", _asset_by_key)
     eventstream.add_routes(app, None if daemon is None else daemon.hub, heartbeat_s)
+    dashboard.add_routes(app, ledger=ledger, metrics=metrics, daemon=daemon)
     return app
 
 
