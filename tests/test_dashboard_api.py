@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -241,3 +242,43 @@ def test_rate_history_keeps_per_bucket_rates_throttles_and_the_byte_rate() -> No
     assert doc["endpoints"]["metadata"]["requests_per_s"] == [0.0, 0.0, 0.0]
     assert len(doc["ends"]) == 3
     assert history.bytes_per_s(window_s=30) == pytest.approx(100.0)
+
+
+async def test_the_page_and_its_files_are_served_with_their_types(
+    served: tuple[str, Live], http_session: aiohttp.ClientSession
+) -> None:
+    base, _ = served
+    expected = {
+        "/": "text/html; charset=utf-8",
+        "/static/app.js": "text/javascript; charset=utf-8",
+        "/static/app.css": "text/css; charset=utf-8",
+        "/static/favicon.svg": "image/svg+xml",
+    }
+    for path, ctype in expected.items():
+        async with http_session.get(base + path) as resp:
+            assert (resp.status, resp.headers["Content-Type"]) == (200, ctype), path
+            etag = resp.headers["ETag"]
+            assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        async with http_session.get(base + path, headers={"If-None-Match": etag}) as resp:
+            assert resp.status == 304
+    for path in ("/static/nothing.js", "/static/index.html", "/static/..%2fdashboard.py"):
+        async with http_session.get(base + path) as resp:
+            assert resp.status == 404, path
+
+
+async def test_the_first_load_is_under_100_kb(
+    served: tuple[str, Live], http_session: aiohttp.ClientSession
+) -> None:
+    """Everything a browser fetches for ``/`` before it asks the API: the page and what it
+    names (script, styles, icon)."""
+    base, _ = served
+    async with http_session.get(base + "/") as resp:
+        html = await resp.text()
+    names = re.findall(r'(?:src|href)="(/static/[^"]+)"', html)
+    assert sorted(names) == ["/static/app.css", "/static/app.js", "/static/favicon.svg"]
+    assert "<script>" not in html and "style=" not in html  # nothing inline (the CSP allows none)
+    total = len(html.encode())
+    for name in names:
+        async with http_session.get(base + name) as resp:
+            total += len(await resp.read())
+    assert total < 100 * 1024

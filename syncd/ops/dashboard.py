@@ -1,6 +1,8 @@
-"""The dashboard's JSON: ``/v1/status``, ``/v1/activity`` and ``/v1/search``.
+"""The dashboard: its page (``/``) and its JSON (``/v1/status``, ``/v1/activity``, ``/v1/search``).
 
-The page (:mod:`syncd.ops.static`) reads only these and ``/v1/events``; scripts may too (they
+The page is four small files shipped in the package (``syncd/ops/static/``: HTML, one script,
+one style sheet, an icon; no build step, nothing loaded from elsewhere), served from memory
+with an ``ETag``. It reads only these routes and ``/v1/events``; scripts may too (they
 are documented in ``docs/operations.md``). Nothing here reads a whole table: the counts are one
 ``GROUP BY`` per table, cached for :data:`STATUS_MAX_AGE_S`; every list is one page of an
 index-backed query (:meth:`~syncd.ledger.sqlite.Ledger.recent_uploads` and its neighbours)
@@ -17,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
+import importlib.resources
 import json
 import os
 import time
@@ -416,6 +420,58 @@ async def _search(request: web.Request) -> web.Response:
     )
 
 
+@dataclass(frozen=True)
+class StaticFile:
+    """One file of the page: its bytes, content type and entity tag."""
+
+    body: bytes
+    content_type: str
+    etag: str
+
+
+STATIC_TYPES: Final = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+
+
+def load_static() -> dict[str, StaticFile]:
+    """Blocking: read the page's files from the package; returns name -> :class:`StaticFile`."""
+    folder = importlib.resources.files("syncd.ops") / "static"
+    files: dict[str, StaticFile] = {}
+    for entry in folder.iterdir():
+        suffix = os.path.splitext(entry.name)[1]
+        if suffix in STATIC_TYPES:
+            body = entry.read_bytes()
+            etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+            files[entry.name] = StaticFile(body, STATIC_TYPES[suffix], etag)
+    return files
+
+
+_STATIC = web.AppKey("syncd_static", dict[str, StaticFile])
+
+
+def _serve(request: web.Request, name: str) -> web.Response:
+    found = request.app[_STATIC].get(name)
+    if found is None:
+        raise web.HTTPNotFound(text="not found\n")
+    headers = {"ETag": found.etag, "Cache-Control": "no-cache"}
+    if request.headers.get("If-None-Match") == found.etag:
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=found.body, headers={**headers, "Content-Type": found.content_type})
+
+
+async def _index(request: web.Request) -> web.Response:
+    return _serve(request, "index.html")
+
+
+async def _static(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    return _serve(request, name) if name != "index.html" else _serve(request, "")
+
+
 async def _sample_rates(app: web.Application) -> AsyncIterator[None]:
     dash = app[_DASHBOARD]
 
@@ -437,12 +493,18 @@ def add_routes(
     ledger: Ledger,
     metrics: Metrics,
     daemon: DaemonView | None,
+    static: Mapping[str, StaticFile] | None = None,
     clock: Callable[[], float] = time.monotonic,
     status_max_age_s: float = STATUS_MAX_AGE_S,
 ) -> None:
-    """Serve ``/v1/status``, ``/v1/activity`` and ``/v1/search`` on ``app``, from the ledger,
-    the metrics and (when the daemon runs) its live view (without it: the ledger's parts)."""
+    """Serve the page (``/``, ``/static/NAME``: ``static``, else :func:`load_static`'s files,
+    read now) and ``/v1/status``, ``/v1/activity`` and ``/v1/search`` on ``app``, from the
+    ledger, the metrics and (when the daemon runs) its live view (without it: the ledger's
+    parts)."""
     app[_DASHBOARD] = _Dashboard(ledger, metrics, daemon, clock, status_max_age_s)
+    app[_STATIC] = dict(static if static is not None else load_static())
+    app.router.add_get("/", _index)
+    app.router.add_get("/static/{name}", _static)
     app.router.add_get("/v1/status", _status)
     app.router.add_get("/v1/activity", _activity)
     app.router.add_get("/v1/search", _search)

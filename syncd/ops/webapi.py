@@ -11,8 +11,8 @@ Routes (GET and HEAD only; any other method is answered 405):
   ``/v1/assets/{sha256, prefix or asset id}``: the same JSON as ``syncd show --json``;
   404 when unknown, 409 for an ambiguous prefix.
 - ``/v1/events``: the daemon's state changes as Server-Sent Events (:mod:`syncd.ops.eventstream`).
-- ``/v1/status``, ``/v1/activity``, ``/v1/search``: the dashboard's JSON
-  (:mod:`syncd.ops.dashboard`).
+- ``/`` (and ``/static/NAME``), ``/v1/status``, ``/v1/activity``, ``/v1/search``: the
+  dashboard's page and JSON (:mod:`syncd.ops.dashboard`).
 
 Every answer carries :data:`SECURITY_HEADERS`; on TCP, a request whose ``Host`` is not a name
 of this endpoint is answered 421 (DNS rebinding). It listens on ``HOST:PORT`` (default
@@ -32,7 +32,7 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +43,7 @@ from syncd.errors import LedgerError, SyncdError
 from syncd.ledger.sqlite import CONTENT_STATES, PATH_STATES, Ledger
 from syncd.metrics import Metrics
 from syncd.ops import dashboard, eventstream
-from syncd.ops.dashboard import DaemonView
+from syncd.ops.dashboard import DaemonView, StaticFile, load_static
 from syncd.ops.eventstream import HEARTBEAT_S
 from syncd.ops.report import NotFound, Resolved, resolve, show_data
 
@@ -303,13 +303,15 @@ def build_app(
     hosts: frozenset[str] | None = frozenset(LOCAL_HOSTS),
     daemon: DaemonView | None = None,
     heartbeat_s: float = HEARTBEAT_S,
+    static: Mapping[str, StaticFile] | None = None,
 ) -> web.Application:
     """Return the endpoint's aiohttp application (routes in the module docstring).
 
     ``hosts`` are the Host names it answers (see :func:`allowed_hosts`); None turns the check
     off (a Unix socket, which no browser can reach). ``daemon`` is what the running daemon
     shows beyond the ledger (its event hub for ``/v1/events``, every ``heartbeat_s`` a
-    heartbeat); without it those parts answer 503.
+    heartbeat); without it those parts answer 503. ``static`` are the page's files (default:
+    read from the package now, see :func:`~syncd.ops.dashboard.load_static`).
     """
     middlewares: list[Middleware] = [_read_only]
     if hosts is not None:
@@ -323,7 +325,7 @@ def build_app(
     app.router.add_get("/v1/assets", _asset_by_path)
     app.router.add_get("/v1/assets/{key}", _asset_by_key)
     eventstream.add_routes(app, None if daemon is None else daemon.hub, heartbeat_s)
-    dashboard.add_routes(app, ledger=ledger, metrics=metrics, daemon=daemon)
+    dashboard.add_routes(app, ledger=ledger, metrics=metrics, daemon=daemon, static=static)
     return app
 
 
@@ -376,6 +378,7 @@ async def start_http(
         hosts=None if isinstance(where, str) else allowed_hosts(where[0], extra_hosts),
         daemon=daemon,
         heartbeat_s=heartbeat_s,
+        static=await asyncio.to_thread(load_static),
     )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
