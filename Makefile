@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench lock audit
+.PHONY: install demo test test-deps lint bench lock audit screenshot
 
 # The runtime dependencies come from the hash-checked lock file, the dev tools from pyproject.
 $(BIN)/syncd: pyproject.toml requirements.lock
@@ -23,8 +23,18 @@ lint: install
 	$(BIN)/ruff format --check syncd tests bench
 	$(BIN)/mypy
 
-test: lint
+# What the tests need beyond the venv, from Debian's packages (as root, non-interactive): the
+# browser of tests/test_dashboard.py. Installed only when missing.
+test-deps:
+	@test -x /usr/bin/chromium || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
+
+test: lint test-deps
 	$(BIN)/pytest
+
+# Regenerate docs/img/dashboard.png: the browser test's page against a real daemon and emulator.
+screenshot: install test-deps
+	SYNCD_SCREENSHOT=docs/img/dashboard.png $(BIN)/pytest -q tests/test_dashboard.py -k dropped_file
 
 bench: install
 	$(BIN)/python -m bench

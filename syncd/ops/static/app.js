@@ -68,6 +68,12 @@ function later(name, ms, fn) {
   S.timers[name] = setTimeout(() => { S.timers[name] = null; fn(); }, ms);
 }
 
+// Runs fn once ms after the last call (each call starts the wait again).
+function settle(name, ms, fn) {
+  clearTimeout(S.timers[name]);
+  S.timers[name] = setTimeout(fn, ms);
+}
+
 function fill(tableId, rows) {
   const body = $(tableId).tBodies[0];
   body.replaceChildren(...rows);
@@ -136,7 +142,7 @@ function svg(tag, attrs, text) {
 }
 
 function renderPlot(rate) {
-  const W = 600, H = 150, L = 34, B = 16;
+  const W = Math.max(300, Math.round($("plot").clientWidth || 600)), H = 150, L = 34, B = 16;
   const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "requests per second over the last hour" });
   const n = rate.ends.length;
   const slots = Math.max(n, Math.round(3600 / rate.bucket_s));
@@ -212,6 +218,9 @@ function renderUploading() {
       el("td", { class: "small" }, `${bytes(u.sent_bytes)} / ${bytes(u.total_bytes)}`));
   });
   fill("uploading", rows);
+  // Progress events are throttled, and a stalled body sends none: while uploads run, ask
+  // for their latest byte counts every second as well.
+  if (S.uploads.size) later("uploading", 1000, () => loadUploading().catch(noteError));
   const q = S.queued ? `, ${S.queued} waiting for the rate limit` : "";
   $("uploading-count").textContent = (S.uploads.size ? String(S.uploads.size) : "none") + q;
 }
@@ -322,6 +331,9 @@ function onEvent(type, doc) {
     default: break;
   }
   later("status", 1000, () => loadStatus().catch(noteError));
+  // The counts are cached for 2 s on the daemon's side: once events stop, ask once more
+  // after that, so the view ends on counts taken after the last change.
+  settle("status-final", 2500, () => loadStatus().catch(noteError));
 }
 
 const EVENT_TYPES = ["settling", "settled", "hashed", "upload_started", "upload_progress",

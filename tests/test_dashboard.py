@@ -1,0 +1,210 @@
+"""The dashboard in a real browser: headless Chromium (Debian's ``chromium``, driven by
+Playwright) against a real ``syncd run`` and the emulator.
+
+``make test`` installs the browser (``make test-deps``); Playwright's own browser downloads are
+never used. ``SYNCD_SCREENSHOT=PATH`` also copies the screenshot there (``make screenshot``
+regenerates ``docs/img/dashboard.png`` this way).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from daemon_process import DaemonProcess
+from pipeline_support import config_data
+from samples import media_bytes, write_media
+
+from syncd.emulator import EmulatorServer
+
+playwright_api = pytest.importorskip("playwright.async_api")
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+REPO = Path(__file__).resolve().parent.parent
+BIG_BYTES = 48 * 1024 * 1024
+# A name that would be markup if it were ever put in as HTML, with a newline and a byte that
+# is not UTF-8.
+HOSTILE = b"<img src=x onerror=window.__pwned=1>\n\xff.mp4"
+
+# Records, from the first byte of the page on, every file name that appeared in each list and
+# every partial progress bar: the stages a file passes through, however briefly.
+RECORDER = """
+window.__seen = {settling: [], uploading: [], finished: [], problems: []};
+window.__partial = [];
+new MutationObserver(() => {
+  for (const name of Object.keys(window.__seen)) {
+    for (const td of document.querySelectorAll(`#${name} tbody tr td:first-child`)) {
+      if (!window.__seen[name].includes(td.textContent)) window.__seen[name].push(td.textContent);
+    }
+  }
+  for (const bar of document.querySelectorAll("#uploading progress")) {
+    if (bar.value > 0 && bar.value < bar.max) window.__partial.push([bar.value, bar.max]);
+  }
+}).observe(document, {subtree: true, childList: true});
+"""
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: run `make test-deps` (Debian's chromium package)")
+    async with playwright_api.async_playwright() as pw:
+        chromium = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+def http_base(daemon: DaemonProcess) -> str:
+    for msg in daemon.messages():
+        if msg.startswith("HTTP endpoint on "):
+            return "http://" + msg.removeprefix("HTTP endpoint on ")
+    raise AssertionError(f"no HTTP endpoint in the log: {daemon.tail()}")
+
+
+@pytest.fixture
+async def running(tmp_path: Path, emulator: EmulatorServer) -> AsyncIterator[tuple[str, Path]]:
+    """A daemon watching an empty folder, serving the dashboard on a free port."""
+    root = tmp_path / "media"
+    root.mkdir()
+    data = config_data(
+        tmp_path,
+        emulator,
+        [root],
+        http={"listen": "127.0.0.1:0"},
+        settle={"quiet_s": 1.0, "max_wait_s": 60},
+        upload={"workers": 2},
+    )
+    daemon = DaemonProcess(data, tmp_path, emulator.key)
+    await daemon.start()
+    try:
+        yield http_base(daemon), root
+        assert await daemon.stop() == 0, daemon.tail()
+    finally:
+        if daemon.alive:
+            await daemon.kill()
+
+
+async def test_a_dropped_file_goes_live_from_settling_to_done_and_odd_names_stay_text(
+    running: tuple[str, Path], emulator: EmulatorServer, browser: Any, tmp_path: Path
+) -> None:
+    base, root = running
+    # The big file's body is held back for 5 s after its first bytes: long enough to see its
+    # progress bar part-way. The rejected one is refused as an unsupported type (415).
+    emulator.add_faults(
+        {"endpoint": "upload", "filename": "big.mp4", "latency_s": 5, "count": 1},
+        {"endpoint": "upload", "filename": "reject-me.mp4", "status": 415, "count": 100},
+    )
+    page = await browser.new_page(viewport={"width": 1280, "height": 1000})
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    loads: list[str] = []
+    page.on("load", lambda: loads.append(page.url))
+    await page.add_init_script(RECORDER)
+    await page.goto(base + "/")
+    await page.wait_for_selector("#link:text('live')")
+
+    big = root / "big.mp4"
+    big.write_bytes(media_bytes("mp4", BIG_BYTES, seed=1))
+    write_media(root / "reject-me.mp4", seed=2)
+    hostile = os.fsdecode(os.fsencode(str(root)) + b"/" + HOSTILE)
+    with open(os.fsencode(hostile), "wb") as f:
+        f.write(media_bytes("mp4", 4096, seed=3))
+
+    # Done with its asset id, in the finished list, without a reload.
+    row = page.locator("#finished tbody tr", has_text="big.mp4")
+    await row.wait_for(timeout=60_000)
+    asset_id = (await row.locator("td.asset").text_content() or "").strip()
+    assert asset_id.startswith("re_")
+    await (
+        page.locator("#finished tbody tr", has_text="big.mp4")
+        .locator("td:text('SUCCESS')")
+        .wait_for(timeout=30_000)
+    )
+    seen = await page.evaluate("window.__seen")
+    for stage in ("settling", "uploading", "finished"):
+        assert str(big) in seen[stage], (stage, seen)
+    partial = await page.evaluate("window.__partial")
+    assert any(value < top == BIG_BYTES for value, top in partial), partial
+
+    # The rejected file, under problems, with its error and the command to retry it.
+    bad = page.locator("#problems tbody tr", has_text="reject-me.mp4")
+    await bad.wait_for(timeout=30_000)
+    text = await bad.text_content() or ""
+    assert "rejected" in text and "syncd retry " in text
+
+    # The hostile name is text: escaped newline and byte, and no element made of it.
+    shown = str(root) + "/<img src=x onerror=window.__pwned=1>\\n\\xff.mp4"
+    await page.locator("#finished td", has_text="onerror").first.wait_for(timeout=30_000)
+    assert shown in seen["finished"] or shown in (await page.evaluate("window.__seen"))["finished"]
+    assert await page.evaluate("document.querySelectorAll('img').length") == 0
+    assert await page.evaluate("window.__pwned === undefined")
+
+    # The counts catch up too: two files done, one rejected.
+    await page.locator("#counts [data-state=done] b:text-is('2')").wait_for(timeout=15_000)
+    await page.locator("#counts [data-state=rejected] b:text-is('1')").wait_for(timeout=15_000)
+
+    # Search by asset id: the show view of the file.
+    await page.fill("#q", asset_id)
+    await page.click("#search button")
+    found = page.locator("#found-body")
+    await found.locator(f"dd:text('{asset_id}')").wait_for(timeout=10_000)
+    assert str(big) in (await found.text_content() or "")
+
+    await page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+    target = os.environ.get("SYNCD_SCREENSHOT")
+    if target:
+        shutil.copyfile(tmp_path / "dashboard.png", REPO / target)
+    assert loads == [base + "/"]  # every change above came without a reload
+    assert problems == []
+
+
+async def test_dns_rebinding_is_refused_by_the_running_daemon(
+    running: tuple[str, Path], http_session: aiohttp.ClientSession
+) -> None:
+    base, _ = running
+    port = base.rsplit(":", 1)[1]
+    for path in ("/", "/v1/status", "/v1/events"):
+        headers = {"Host": f"attacker.example:{port}"}
+        async with http_session.get(base + path, headers=headers) as resp:
+            assert resp.status == 421, path
+            assert "misdirected request" in await resp.text()
+    async with http_session.get(base + "/v1/status", headers={"Host": f"localhost:{port}"}) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["daemon"]["running"] is True
+
+
+async def test_the_page_in_the_browser_has_no_console_errors_and_polls_without_events(
+    running: tuple[str, Path], browser: Any
+) -> None:
+    """With EventSource gone (an old browser, a proxy that buffers), it polls instead."""
+    base, root = running
+    page = await browser.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    await page.add_init_script("delete window.EventSource;")
+    await page.goto(base + "/")
+    await page.wait_for_selector("#link:text('polling every 5 s')")
+    write_media(root / "polled.mp4", seed=4)
+    await page.locator("#finished tbody tr", has_text="polled.mp4").wait_for(timeout=60_000)
+    assert json.loads(await page.evaluate("JSON.stringify(document.title)")) == "syncd"
+    assert problems == []
