@@ -331,9 +331,9 @@ function onEvent(type, doc) {
     default: break;
   }
   later("status", 1000, () => loadStatus().catch(noteError));
-  // The counts are cached for 2 s on the daemon's side: once events stop, ask once more
+  // The counts are cached for 5 s on the daemon's side: once events stop, ask once more
   // after that, so the view ends on counts taken after the last change.
-  settle("status-final", 2500, () => loadStatus().catch(noteError));
+  settle("status-final", 5500, () => loadStatus().catch(noteError));
 }
 
 const EVENT_TYPES = ["settling", "settled", "hashed", "upload_started", "upload_progress",
