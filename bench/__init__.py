@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from bench import bigfile, hashing, latency, ratelimit, restart, scaling, smallfiles
+from bench import bigfile, dashboard, hashing, latency, ratelimit, restart, scaling, smallfiles
 
 BENCHMARKS: tuple[ModuleType, ...] = (
     hashing,
@@ -18,4 +18,5 @@ BENCHMARKS: tuple[ModuleType, ...] = (
     ratelimit,
     latency,
     scaling,
+    dashboard,
 )

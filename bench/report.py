@@ -57,7 +57,8 @@ How things are measured:
   `exec`, so a child forked from a large parent (the benchmark holds its test files in memory)
   reports the parent's size. **CPU seconds** are the child's user + system time from
   `os.wait4`.
-- Every daemon runs with `settle.quiet_s: 0.2`, no periodic rescan, no HTTP endpoint and, unless
+- Every daemon runs with `settle.quiet_s: 0.2`, no periodic rescan, no HTTP endpoint (but in
+  figure 8, which measures it) and, unless
   the figure is about the rate limit, rates of 1,000,000/s (effectively off) in both the
   daemon and the emulator (`--rate-limit 0`).
 - Before the first benchmark the suite compiles syncd's modules to bytecode

@@ -12,7 +12,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-NAMES = ("hashing", "restart", "bigfile", "smallfiles", "ratelimit", "latency", "scaling")
+NAMES = (
+    "hashing",
+    "restart",
+    "bigfile",
+    "smallfiles",
+    "ratelimit",
+    "latency",
+    "scaling",
+    "dashboard",
+)
 
 
 def _check_stat(stat: dict[str, object], where: str) -> None:
@@ -71,7 +80,7 @@ def test_every_benchmark_runs_quick_and_reports(tmp_path: Path) -> None:
     report = docs.read_text()
     for title in ("1. Hashing", "2. Restart", "3. Big file", "4. Many small files"):
         assert f"## {title}" in report
-    for title in ("5. Under the real rate limit", "6. Latency", "7. Scaling"):
+    for title in ("5. Under the real rate limit", "6. Latency", "7. Scaling", "8. Dashboard"):
         assert f"## {title}" in report
     assert "Quick run (tiny sizes)" in report
     # Scratch folders are removed: only the two outputs stay behind.
