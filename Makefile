@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench lock audit
+.PHONY: install demo test test-deps lint bench lock audit
 
 # The runtime dependencies come from the hash-checked lock file, the dev tools from pyproject.
 $(BIN)/syncd: pyproject.toml requirements.lock
@@ -23,8 +23,13 @@ lint: install
 	$(BIN)/ruff format --check syncd tests bench
 	$(BIN)/mypy
 
-test: lint
+test: lint test-deps
 	$(BIN)/pytest
+
+# Server binaries the tests start private instances of (never the machine's own servers).
+test-deps:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }
 
 bench: install
 	$(BIN)/python -m bench
