@@ -201,7 +201,8 @@ async def test_content_is_claimed_by_one_host_only(open_store: OpenStore) -> Non
     job = (jobs_a or jobs_b)[0]
     assert job.path == f"/{winner.host}/x.mp4"  # each host sends its own copy of the bytes
     assert await loser.due_jobs(5) == []
-    assert await loser.next_due_at() is None  # nothing to wake up for either
+    # Nothing to wake up for before the winner's lease would expire.
+    assert await loser.next_due_at() == pytest.approx(1_700_000_000.0 + 600, abs=5)
     assert await winner.claimed_by(SHA) == ("a" if winner is a else "b", pytest.approx(600, 5))
     with pytest.raises(ClaimLost, match="claimed by host"):
         await loser.begin_attempt(SHA, f"/{loser.host}/x.mp4", "direct")

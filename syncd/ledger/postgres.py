@@ -373,10 +373,12 @@ class PostgresLedger:
 
     # ---------------------------------------------------------------- paths (this host's)
 
-    async def get_path(self, path: str) -> PathRecord | None:
-        """Return this host's record of ``path``, or None."""
+    async def get_path(self, path: str, *, host: str | None = None) -> PathRecord | None:
+        """Return this host's (or ``host``'s) record of ``path``, or None."""
         rows = await self._read(
-            f"SELECT {_PATH_COLS} FROM paths WHERE host = $1 AND path = $2", self.host, _b(path)
+            f"SELECT {_PATH_COLS} FROM paths WHERE host = $1 AND path = $2",
+            host or self.host,
+            _b(path),
         )
         return _path(rows[0]) if rows else None
 
@@ -730,6 +732,16 @@ class PostgresLedger:
                 self.lease_s,
                 mine,
             )
+            # A host whose claim expired between its steps (a signed URL allocated, not yet
+            # sent) keeps no open attempt on what is now this host's.
+            await db.execute(
+                "UPDATE attempts SET ended_at = $1, outcome = 'interrupted', error = "
+                "'lease of host ' || host || ' expired; taken over by host ' || $2 "
+                "WHERE sha256 = ANY($3::text[]) AND ended_at IS NULL AND host <> $2",
+                now,
+                self.host,
+                mine,
+            )
             paths = await db.fetch(
                 "SELECT DISTINCT ON (sha256) sha256, path, dev, ino, size, mtime_ns, ctime_ns "
                 "FROM paths WHERE host = $1 AND state = 'present' AND sha256 = ANY($2::text[]) "
@@ -749,11 +761,17 @@ class PostgresLedger:
         return await self._tx(tx)
 
     async def next_due_at(self) -> float | None:
-        """When the next content this host could claim becomes due (None if none waits)."""
+        """When the next content this host could claim becomes due (None if none waits):
+        a content another host claims counts from when that claim expires (converted from
+        the server's clock to this host's), so a host wakes to take over a dead host's work."""
         rows = await self._read(
-            "SELECT MIN(c.next_attempt_at) FROM contents c WHERE c.state IN "
-            f"('pending', 'allocated') AND {_FREE} AND {_WORKABLE}",
+            "SELECT MIN(CASE WHEN c.claimed_by IS NOT NULL AND c.claimed_by <> $1 "
+            f"AND c.lease_until >= {_NOW} THEN GREATEST(c.next_attempt_at, "
+            f"c.lease_until - {_NOW} + $2) ELSE c.next_attempt_at END) FROM contents c "
+            "WHERE (c.state IN ('pending', 'allocated') OR (c.state = 'uploading' "
+            f"AND c.claimed_by IS DISTINCT FROM $1)) AND {_WORKABLE}",
             self.host,
+            self._clock(),
         )
         return rows[0][0] if rows else None
 
@@ -764,9 +782,9 @@ class PostgresLedger:
         )
         return (rows[0][0], rows[0][1]) if rows else (None, None)
 
-    @_retry_unreachable
     async def release_claims(self) -> int:
-        """Release every claim of this host on contents not being sent (graceful stop)."""
+        """Release every claim of this host on contents not being sent (graceful stop).
+        Not retried: a stop must not wait for the server; leases expire anyway."""
         return await self._write(
             "UPDATE contents SET claimed_by = NULL, lease_until = NULL WHERE claimed_by = $1 "
             "AND state IN ('pending', 'allocated', 'uploaded')",
