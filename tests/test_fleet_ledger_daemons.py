@@ -5,6 +5,7 @@ PostgreSQL restart mid-run loses nothing and uploads nothing twice."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 from daemon_process import DaemonProcess
 from pg_support import PgServer
-from pipeline_support import config_data, received, wait_for
+from pipeline_support import config_data, received, syncd_cmd, wait_for
 from samples import write_media
 
 from syncd.emulator import EmulatorServer
@@ -93,6 +94,8 @@ async def test_content_on_two_hosts_is_uploaded_once(
         shas[f"both{i}"] = write_media(media_a / f"both{i}.mp4", seed=300 + i)
         write_media(media_b / f"copy_of_both{i}.mp4", seed=300 + i)
     await asyncio.gather(a.start(), b.start())
+    (status,) = await syncd_json_lines("status", "-c", str(a.cfg_file), "--json")
+    assert status["daemon"]["running"] is True and status["ledger"].startswith("postgresql://")
     paths = {
         "a": sorted(media_a.iterdir()),
         "b": sorted(media_b.iterdir()),
@@ -109,6 +112,29 @@ async def test_content_on_two_hosts_is_uploaded_once(
             assert content is not None
             assert stored[content.asset_id or ""] == content.sha256
     assert await fleet_view.possible_duplicates() == 0
+    # The operator commands answer for the whole fleet from any host.
+    listed = await syncd_json_lines("ls", "-c", str(b.cfg_file), "--jsonl")
+    assert sorted(row["path"] for row in listed) == sorted(
+        str(p) for files in paths.values() for p in files
+    )
+    assert all(row["state"] == "done" for row in listed)
+    shown = await syncd_json_lines("show", "-c", str(a.cfg_file), "--json", str(paths["a"][0]))
+    assert shown[0]["asset_id"] == (await content_of(fleet_view, "a", paths["a"][0])).asset_id  # type: ignore[union-attr]
+
+
+async def syncd_json_lines(*args: str) -> list[dict[str, Any]]:
+    """Run a ``syncd`` command; return its output's JSON lines (or one JSON document)."""
+    proc = await asyncio.create_subprocess_exec(
+        *syncd_cmd(*args), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    text = out.decode()
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return doc if isinstance(doc, list) else [doc]
 
 
 async def test_a_killed_hosts_claims_are_finished_by_another(
