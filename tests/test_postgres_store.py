@@ -4,20 +4,25 @@ has to do. Two store instances with two host names stand for two hosts of one fl
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 from pg_support import PgServer
+from pipeline_support import syncd_cmd
 
 from syncd.errors import ClaimLost, LedgerError, LedgerUnreachable
 from syncd.fingerprint import Fingerprint
 from syncd.ledger.postgres import PostgresLedger, display_url
 from syncd.ledger.postgres_migrations import MIGRATIONS
+from syncd.ledger.sqlite import Ledger, LedgerLock
 
 SHA = "ab" * 32
 OTHER = "cd" * 32
+THIRD = "ef" * 32
 
 
 class Clock:
@@ -505,3 +510,86 @@ async def test_pg_ctl_restart_mid_run_keeps_claims_and_attempts(
     await store.finish_upload(SHA, attempt, "re_1", bytes_sent=10, http_status=200, next_poll_at=0)
     content = await store.get_content(SHA)
     assert content is not None and content.state == "uploaded" and content.asset_id == "re_1"
+
+
+# ------------------------------------------------------------------------- ledger migrate
+
+
+async def _sqlite_ledger(path: Path) -> None:
+    """A host's SQLite ledger with every kind of row worth keeping."""
+    led = await Ledger.open(str(path), clock=Clock())
+    try:
+        await led.record_content("/r/done.mp4", "/r", fp(), SHA, "mp4")
+        await led.record_content("/r/caf\udce9.mp4", "/r", fp(ino=2), OTHER, "mp4")
+        await led.record_content("/r/sending.mp4", "/r", fp(ino=3), THIRD, "mp4")
+        attempt = await led.begin_attempt(SHA, "/r/done.mp4", "direct")
+        await led.supersede(SHA, attempt, "re_100", sent_sha256=None, path=None, reason="x")
+        attempt = await led.begin_attempt(SHA, "/r/done.mp4", "direct")
+        await led.finish_upload(SHA, attempt, "re_101", bytes_sent=10, http_status=200,
+                                next_poll_at=0)  # fmt: skip
+        await led.record_status(SHA, "re_101", "SUCCESS", next_poll_at=None)
+        attempt = await led.begin_attempt(THIRD, "/r/sending.mp4", "direct")
+        await led.mark_finishing(attempt)  # then the host was stopped for the move
+        attempt = await led.begin_attempt(OTHER, "/r/caf\udce9.mp4", "direct")
+        await led.finish_upload(OTHER, attempt, "re_102", bytes_sent=10, http_status=200,
+                                next_poll_at=0)  # fmt: skip
+    finally:
+        await led.close()
+
+
+def _migrate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        syncd_cmd("ledger", "migrate", *args), capture_output=True, text=True, timeout=60
+    )
+
+
+async def test_ledger_migrate_keeps_every_asset_id_and_runs_again_as_a_no_op(
+    tmp_path: Path, open_store: OpenStore, pg_url: str
+) -> None:
+    source = tmp_path / "ledger.db"
+    await _sqlite_ledger(source)
+    # The fleet already uploaded one of these contents under another asset id.
+    fleet = await open_store("other")
+    await fleet.record_content("/o/x.mp4", "/o", fp(), OTHER, "mp4")
+    await fleet.due_jobs(1)
+    attempt = await fleet.begin_attempt(OTHER, "/o/x.mp4", "direct")
+    await fleet.finish_upload(OTHER, attempt, "re_900", bytes_sent=10, http_status=200,
+                              next_poll_at=0)  # fmt: skip
+    await fleet.record_status(OTHER, "re_900", "SUCCESS", next_poll_at=None)
+
+    first = _migrate("--from", f"sqlite:{source}", "--to", pg_url, "--host", "old")
+    assert first.returncode == 0, first.stderr
+    assert "3 path(s)" in first.stdout and "asset id(s) kept" in first.stdout
+    store = await open_store("old")
+    done = await store.get_content(SHA)
+    assert done is not None and done.state == "done" and done.asset_id == "re_101"
+    assert [s[0] for s in await store.superseded_of(SHA)] == ["re_100"]
+    # The fleet's done asset stays; the source's other asset id is kept as superseded.
+    other = await store.get_content(OTHER)
+    assert other is not None and other.asset_id == "re_900"
+    assert [s[0] for s in await store.superseded_of(OTHER)] == ["re_102"]
+    # An upload the source left finishing is recovered as its restart would: counted.
+    third = await store.get_content(THIRD)
+    assert third is not None and third.state == "pending" and third.possible_duplicates == 1
+    odd = await store.get_path("/r/caf\udce9.mp4")
+    assert odd is not None and odd.sha256 == OTHER
+    assert len(await store.attempts_of(SHA)) == 2
+
+    second = _migrate("--from", f"sqlite:{source}", "--to", pg_url, "--host", "old")
+    assert second.returncode == 0, second.stderr
+    assert "0 new content(s)" in second.stdout and "0 path(s), 0 attempt(s)" in second.stdout
+    assert len(await store.attempts_of(SHA)) == 2
+    assert (await store.counts())["paths"]["present"] == 4
+
+
+async def test_ledger_migrate_refuses_a_ledger_a_daemon_owns(tmp_path: Path, pg_url: str) -> None:
+    source = tmp_path / "ledger.db"
+    await _sqlite_ledger(source)
+    lock = LedgerLock(str(source))
+    lock.acquire()
+    try:
+        proc = _migrate("--from", f"sqlite:{source}", "--to", pg_url, "--host", "old")
+    finally:
+        lock.release()
+    assert proc.returncode != 0
+    assert "owned by process" in proc.stderr and "Traceback" not in proc.stderr

@@ -112,8 +112,13 @@ MIGRATIONS: tuple[Migration, ...] = (
             outcome TEXT,
             http_status INTEGER,
             bytes_sent BIGINT,
-            error TEXT
+            error TEXT,
+            -- Set on rows copied from a SQLite ledger (`syncd ledger migrate`): the source's
+            -- attempt id, so a second run copies nothing twice.
+            imported_from TEXT
         );
+        CREATE UNIQUE INDEX attempts_imported ON attempts (host, imported_from)
+            WHERE imported_from IS NOT NULL;
         CREATE INDEX attempts_sha256 ON attempts (sha256, id);
         CREATE INDEX attempts_started ON attempts (started_at);
         CREATE INDEX attempts_open ON attempts (host) WHERE ended_at IS NULL;
