@@ -4,6 +4,7 @@ has to do. Two store instances with two host names stand for two hosts of one fl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -270,6 +271,33 @@ async def test_an_expired_lease_hands_the_claim_over(open_store: OpenStore) -> N
         await a.begin_attempt(SHA, "/a/x.mp4", "direct")
     attempt = await b.begin_attempt(SHA, "/b/x.mp4", "direct")
     assert attempt > 0
+
+
+async def test_a_host_frozen_inside_a_transaction_does_not_hide_rows_for_long(
+    open_store: OpenStore,
+) -> None:
+    # a is frozen (SIGSTOP) in the middle of a claim: its transaction holds the row lock, and
+    # SKIP LOCKED hides the row from b. The server ends that session well within a lease.
+    a = await open_store("a", lease_s=5, renew_every_s=3600)
+    b = await open_store("b", lease_s=5)
+    await a.record_content("/a/x.mp4", "/a", fp(), SHA, "mp4")
+    await b.record_content("/b/x.mp4", "/b", fp(), SHA, "mp4")
+    conn = await a._pool.acquire()
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute("SELECT 1 FROM contents WHERE sha256 = $1 FOR UPDATE", SHA)
+        assert await b.due_jobs(1) == []  # locked by the frozen transaction
+        jobs: list[Any] = []
+        for _ in range(100):
+            jobs = await b.due_jobs(1)
+            if jobs:
+                break
+            await asyncio.sleep(0.1)
+        assert [j.path for j in jobs] == ["/b/x.mp4"]
+    finally:
+        with contextlib.suppress(Exception):
+            await a._pool.release(conn)
 
 
 async def test_a_renewed_lease_is_kept(open_store: OpenStore) -> None:

@@ -242,7 +242,16 @@ class PostgresLedger:
                 max_size=pool_size,
                 timeout=connect_timeout_s,
                 command_timeout=command_timeout_s,
-                server_settings={"application_name": f"syncd {host or default_host_name()}"},
+                server_settings={
+                    "application_name": f"syncd {host or default_host_name()}",
+                    # A host frozen (SIGSTOP) inside a transaction would hold its row locks,
+                    # and SKIP LOCKED would hide those rows from every other host for as long
+                    # as it stays frozen: the server ends such a session well within a lease.
+                    # No transaction of syncd waits on anything but its own statements.
+                    "idle_in_transaction_session_timeout": str(
+                        int(1000 * max(1.0, min(lease_s / 4, 30.0)))
+                    ),
+                },
             )
         except _UNREACHABLE as exc:
             raise LedgerUnreachable(_unreachable_text(shown, exc)) from None
