@@ -181,6 +181,40 @@ async def _cmd_ledger_backup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _cmd_ledger_migrate(args: argparse.Namespace) -> int:
+    from syncd.ledger.postgres import PostgresLedger
+    from syncd.ledger.transfer import migrate_sqlite
+
+    source = str(args.source)
+    if not source.startswith("sqlite:") or not os.path.isabs(source[len("sqlite:") :]):
+        raise SyncdError(f"--from must be sqlite:/absolute/path/ledger.db, got {source!r}")
+    path = source[len("sqlite:") :]
+    target = args.target
+    host = args.host
+    if target is None or host is None:
+        cfg = _load(args)
+        target = target or cfg.ledger.url
+        host = host or cfg.fleet.host_name
+    if not target:
+        raise SyncdError("--to is missing and the config sets no ledger.url")
+    store = await PostgresLedger.open(target, host=host, renew_every_s=3600)
+    try:
+
+        def progress(table: str, done: int, total: int) -> None:
+            print(f"{table}: {done}/{total}", file=sys.stderr)
+
+        report = await migrate_sqlite(path, store, on_progress=progress)
+    finally:
+        await store.close()
+    print(
+        f"ledger {path} copied into {store.path} as host {store.host}: "
+        f"{report.contents_new} new content(s), {report.contents_merged} merged, "
+        f"{report.paths} path(s), {report.attempts} attempt(s); all {report.asset_ids} "
+        "asset id(s) kept"
+    )
+    return EXIT_OK
+
+
 async def _cmd_ledger_check(args: argparse.Namespace) -> int:
     from syncd.ledger.sqlite import Ledger
 
@@ -363,6 +397,16 @@ def build_parser() -> argparse.ArgumentParser:
     pk = lsub.add_parser("check", help="run SQLite's full integrity check on the ledger")
     _add_config_option(pk)
     pk.set_defaults(handler=_cmd_ledger_check)
+    pm = lsub.add_parser(
+        "migrate", help="copy a host's SQLite ledger into the fleet's PostgreSQL ledger"
+    )
+    pm.add_argument(
+        "--from", dest="source", required=True, metavar="sqlite:PATH", help="the SQLite ledger"
+    )
+    pm.add_argument("--to", dest="target", metavar="postgresql://...", help="default: ledger.url")
+    pm.add_argument("--host", help="the host the ledger belonged to (default: fleet.host_name)")
+    _add_config_option(pm)
+    pm.set_defaults(handler=_cmd_ledger_migrate)
 
     p = sub.add_parser("healthcheck", help="exit 0 if the running daemon's /healthz answers 200")
     _add_config_option(p)

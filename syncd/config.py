@@ -119,6 +119,21 @@ class LedgerConfig:
         default=86400.0, metadata=_meta("seconds between backups; 0 disables", minimum=0)
     )
     backup_keep: int = field(default=7, metadata=_meta("backups to keep", minimum=1))
+    url: str | None = field(
+        default=None,
+        metadata=_meta("PostgreSQL ledger shared by a fleet (postgresql://...); null: SQLite"),
+    )
+    lease_s: float = field(
+        default=600.0,
+        metadata=_meta("how long a fleet host's claim on an upload lasts unrenewed", minimum=5),
+    )
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    host_name: str | None = field(
+        default=None, metadata=_meta("this host's name in a fleet; null: the machine's hostname")
+    )
 
 
 @dataclass(frozen=True)
@@ -221,6 +236,7 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig, metadata=_meta("the remote API"))
     settle: SettleConfig = field(default_factory=SettleConfig, metadata=_meta("completeness"))
     ledger: LedgerConfig = field(default_factory=LedgerConfig, metadata=_meta("the ledger"))
+    fleet: FleetConfig = field(default_factory=FleetConfig, metadata=_meta("several hosts"))
     scan: ScanConfig = field(default_factory=ScanConfig, metadata=_meta("rescans"))
     upload: UploadConfig = field(default_factory=UploadConfig, metadata=_meta("uploads"))
     rate_limits: RateLimitsConfig = field(
@@ -389,6 +405,26 @@ def _check_semantics(cfg: Config, problems: _Problems) -> None:
     url_problem = _base_url_problem(cfg.api.base_url)
     if url_problem is not None:
         problems.add("api.base_url", url_problem)
+    if cfg.ledger.url is not None:
+        pg_problem = _ledger_url_problem(cfg.ledger.url)
+        if pg_problem is not None:
+            problems.add("ledger.url", pg_problem)
+        if cfg.ledger.backup_dir is not None:
+            problems.add(
+                "ledger.backup_dir",
+                "not used with ledger.url: back a PostgreSQL ledger up with pg_dump",
+            )
+    host_name = cfg.fleet.host_name
+    if host_name is not None and (
+        not host_name
+        or len(host_name) > 63
+        or not all(c.isprintable() for c in host_name)
+        or any(c.isspace() for c in host_name)
+    ):
+        problems.add(
+            "fleet.host_name",
+            f"must be 1 to 63 printable characters without spaces, got {host_name!r}",
+        )
     if cfg.upload.backoff_initial_s > cfg.upload.backoff_max_s:
         problems.add("upload.backoff_initial_s", "must not exceed upload.backoff_max_s")
     if cfg.rate_limits.cooldown_initial_s > cfg.rate_limits.cooldown_max_s:
@@ -449,6 +485,25 @@ def _base_url_problem(url: str) -> str | None:
         return "must not contain a user name or password (the API key goes in MAVI_API_KEY)"
     if parts.query or parts.fragment:
         return "must not have a query (?...) or a fragment (#...)"
+    return None
+
+
+def _ledger_url_problem(url: str) -> str | None:
+    """Return what makes ``url`` unusable as a PostgreSQL ledger URL, or ``None``."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        return f"not a valid URL ({exc})"
+    if parts.scheme not in ("postgresql", "postgres"):
+        return f"must start with postgresql://, got {url!r}"
+    if not parts.hostname and "host=" not in parts.query:
+        return "has no host name"
+    if parts.password is not None:
+        # The config file is often world-readable; a password belongs in a 0600 file.
+        return "must not contain a password (use PGPASSFILE or ~/.pgpass, or PGPASSWORD)"
+    if not parts.path.strip("/"):
+        return "names no database (postgresql://HOST/DATABASE)"
     return None
 
 

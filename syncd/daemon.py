@@ -19,7 +19,7 @@ import signal
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from syncd import events
 from syncd.config import Config, WatchRoot, load_config
@@ -42,6 +42,7 @@ from syncd.ingest.watcher import (
     root_identity,
 )
 from syncd.ingest.writers import WriterCheck
+from syncd.ledger.postgres import PostgresLedger
 from syncd.ledger.sqlite import Ledger, LedgerLock, PathReader, prepare_ledger_dir
 from syncd.metrics import Metrics
 from syncd.notify import Notifier, watchdog_loop
@@ -147,6 +148,7 @@ class Daemon:
         self._new_dirs_event = asyncio.Event()
         # Set in run():
         self.ledger: Ledger
+        self._fleet: PostgresLedger | None = None  # the shared ledger, in fleet mode
         self.uploader: Uploader
         self.poller: Poller
         self.settler: Settler
@@ -201,6 +203,8 @@ class Daemon:
     async def run(self) -> int:
         """Run until stopped; returns the process exit code. Raises SyncdError at startup."""
         cfg = self.cfg
+        if cfg.ledger.url is not None:
+            return await self._run_fleet(cfg.ledger.url)
         lock = LedgerLock(cfg.ledger.path)
         await asyncio.to_thread(prepare_ledger_dir, cfg.ledger.path)
         await asyncio.to_thread(lock.acquire)
@@ -227,6 +231,24 @@ class Daemon:
                 with contextlib.suppress(OSError):
                     await asyncio.to_thread(lock.mark_clean)
             lock.release()
+
+    async def _run_fleet(self, url: str) -> int:
+        """Run on the shared PostgreSQL ledger of a fleet (``docs/fleet-ledger.md``): no lock
+        file, since hosts share it by design; claims keep them from doing the same work."""
+        store = await PostgresLedger.open(
+            url, host=self.cfg.fleet.host_name, lease_s=self.cfg.ledger.lease_s
+        )
+        self._fleet = store
+        # The pipeline is typed against the SQLite class until the store protocol lands; the
+        # PostgreSQL store has the same methods.
+        self.ledger = cast(Ledger, store)
+        try:
+            return await self._run_open()
+        finally:
+            # Claims on work not started go back at once instead of when their leases expire.
+            with contextlib.suppress(SyncdError):
+                await store.release_claims()
+            await store.close()
 
     async def _run_open(self) -> int:
         cfg = self.cfg
@@ -608,7 +630,11 @@ class Daemon:
         # connection) and hands on only what is new or changed; an unchanged file costs a
         # stat and nothing else, and nothing is written for it.
         report = ScanReport()
-        known = functools.partial(PathReader, self.ledger.path)
+        known = (
+            functools.partial(PathReader, self.ledger.path)
+            if self._fleet is None
+            else self._fleet.path_reader
+        )
         # Opening a watched folder queues inotify events of its own: the walk waits for room
         # in the kernel's queue before each folder, so it never overflows the queue itself.
         watcher = self._watcher

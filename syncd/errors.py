@@ -87,6 +87,18 @@ class LedgerUnwritable(LedgerError):
     exit_code = EXIT_CANTCREAT
 
 
+class LedgerUnreachable(LedgerUnwritable):
+    """The shared (PostgreSQL) ledger cannot be reached *for now*: the server is down,
+    restarting, refusing connections or out of resources. Writers wait and retry; reads fail
+    with this error until it is back. Given a message naming the server (never a password)."""
+
+
+class ClaimLost(LedgerError):
+    """This host no longer holds the claim on a content it was working on: its lease expired
+    and another host took the content over (or finished it). The send is abandoned. Given a
+    message naming the content."""
+
+
 class ApiError(SyncdError):
     """A failed exchange with the MAVI API, classified once at the client boundary.
 

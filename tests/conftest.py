@@ -8,11 +8,13 @@ short processing delays; it offers ``base_url``, ``root_url``, ``control_url``, 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
+from pg_support import PgServer, pg_server
 
 from syncd.emulator import EmulatorServer, EmulatorSettings, uniform_rates
 from syncd.emulator.clock import Clock
@@ -63,3 +65,22 @@ async def http_session() -> AsyncIterator[aiohttp.ClientSession]:
     """A plain aiohttp client session, closed at teardown."""
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PgServer]:
+    """A private PostgreSQL server for the whole session (see ``tests/pg_support.py``)."""
+    with pg_server() as server:
+        yield server
+
+
+@pytest.fixture
+async def pg_url(postgres: PgServer) -> str:
+    """The URL of a fresh, empty database on the session's private PostgreSQL server."""
+    name = postgres.new_database_name()
+    conn = await asyncpg.connect(postgres.url())
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return postgres.url(name)

@@ -91,6 +91,17 @@ def test_three_mistakes_are_reported_together_with_key_paths(tmp_path: Path) -> 
         ({"api": {"base_url": "ftp://x"}}, "api.base_url: must start with http"),
         ({"watch": [{"path": "/a"}, {"path": "/a/"}]}, "watch[1].path: same folder as watch[0]"),
         ({"bogus": 1}, "bogus: unknown key"),
+        ({"ledger": {"url": "mysql://db/x"}}, "ledger.url: must start with postgresql://"),
+        ({"ledger": {"url": "postgresql://u:pw@db/x"}}, "ledger.url: must not contain a password"),
+        ({"ledger": {"url": "postgresql://db"}}, "ledger.url: names no database"),
+        ({"ledger": {"url": "postgresql://db:99999/x"}}, "ledger.url: not a valid URL"),
+        (
+            {"ledger": {"url": "postgresql://db/x", "backup_dir": "/b"}},
+            "ledger.backup_dir: not used with ledger.url",
+        ),
+        ({"ledger": {"lease_s": 1}}, "ledger.lease_s: must be at least 5"),
+        ({"fleet": {"host_name": "two words"}}, "fleet.host_name: must be 1 to 63 printable"),
+        ({"fleet": {"redis": 1}}, "fleet.redis: unknown key"),
         ("just text", "<top>: expected a mapping"),
     ],
 )
@@ -183,3 +194,13 @@ def test_allowed_hosts_take_names_and_addresses() -> None:
     cfg = parse_config({"http": {"allowed_hosts": names}}, "t.yaml")
     assert cfg.http.allowed_hosts == tuple(names)
     assert parse_config(None, "t").http.allowed_hosts == ()
+
+
+def test_a_fleet_ledger_config_loads() -> None:
+    cfg = parse_config(
+        {"ledger": {"url": "postgresql://syncd@db.lan:5432/syncd"}, "fleet": {"host_name": "m1"}},
+        "t.yaml",
+    )
+    assert cfg.ledger.url == "postgresql://syncd@db.lan:5432/syncd"
+    assert cfg.ledger.lease_s == 600
+    assert cfg.fleet.host_name == "m1"

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from syncd.config import WatchRoot
-from syncd.errors import SyncdError
+from syncd.errors import LedgerError, SyncdError
 from syncd.fingerprint import Fingerprint
 from syncd.ingest.hashing import file_kind
 from syncd.ingest.pathfilter import PathFilter, display_path
@@ -71,6 +71,9 @@ class ScanEntry:
 # fingerprint it was settled with (holds a content, or was skipped) as a plain tuple (dev, ino,
 # size, mtime_ns, ctime_ns), or None when it is tracked but not settled (unsettled, in error).
 KnownRow = tuple[int, int, int, int, int] | None
+# What a ledger view raises when it cannot answer: SQLite's own errors, or the ledger errors of
+# a store whose queries run elsewhere (the PostgreSQL store answers on the event loop).
+_LEDGER_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, LedgerError)
 
 
 class KnownFiles(Protocol):
@@ -79,7 +82,7 @@ class KnownFiles(Protocol):
     def folder(self, path: str) -> tuple[dict[str, KnownRow], list[str]]:
         """Given a folder's absolute path, return the files directly in it that the ledger
         tracks (not gone), by name, and the names of its sub-folders holding such files.
-        Raises ``sqlite3.Error``."""
+        Raises ``sqlite3.Error`` or :class:`~syncd.errors.LedgerError`."""
         ...
 
     def close(self) -> None:
@@ -384,7 +387,7 @@ class _Walker:
             if self.known_factory is not None:
                 try:
                     self.known = self.known_factory()
-                except sqlite3.Error as exc:
+                except _LEDGER_ERRORS as exc:
                     self._lost_ledger(exc)
             self._drain(post, pending)
         finally:
@@ -395,7 +398,7 @@ class _Walker:
                 self.known.close()
                 self.known = None
 
-    def _lost_ledger(self, exc: sqlite3.Error) -> None:
+    def _lost_ledger(self, exc: Exception) -> None:
         """The ledger cannot be read from this thread: hand every file on (the event loop
         checks them against the ledger itself) and look for nothing gone."""
         log.warning(
@@ -404,7 +407,7 @@ class _Walker:
             exc,
         )
         if self.known is not None:
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(*_LEDGER_ERRORS):
                 self.known.close()
         self.known = None
         self.known_factory = None
@@ -417,7 +420,7 @@ class _Walker:
             return None
         try:
             return self.known.folder(dir_path)
-        except sqlite3.Error as exc:
+        except _LEDGER_ERRORS as exc:
             self._lost_ledger(exc)
             return None
 

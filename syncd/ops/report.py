@@ -27,10 +27,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, TextIO
+from typing import Any, NamedTuple, TextIO, cast
 
 from syncd.config import Config
 from syncd.errors import EXIT_FAILURE, EXIT_OK, SyncdError
+from syncd.ledger.postgres import PostgresLedger
 from syncd.ledger.sqlite import (
     CONTENT_STATES,
     PATH_STATES,
@@ -233,15 +234,30 @@ def _csv_cell(value: Any) -> Any:
 async def open_readonly(cfg: Config) -> Ledger:
     """Open the configured ledger read-only, skipping the slow integrity check (``syncd
     doctor`` runs it). Raises :class:`~syncd.errors.LedgerError` when there is none."""
+    if cfg.ledger.url is not None:
+        return await _open_fleet(cfg)
     return await Ledger.open(cfg.ledger.path, readonly=True, check=False)
 
 
 async def open_for_update(cfg: Config) -> Ledger:
     """Open the configured ledger for a short operator write, never creating one. Works while
     a daemon runs (each write is one transaction; SQLite serialises them)."""
+    if cfg.ledger.url is not None:
+        return await _open_fleet(cfg)
     if not await asyncio.to_thread(os.path.exists, cfg.ledger.path):
         raise SyncdError(f"no ledger at {cfg.ledger.path} (has the daemon run with this config?)")
     return await Ledger.open(cfg.ledger.path, check=False)
+
+
+async def _open_fleet(cfg: Config) -> Ledger:
+    """The shared PostgreSQL ledger as this host (``fleet.host_name``) sees it: its own paths,
+    every host's contents. Neither migrates nor claims anything."""
+    assert cfg.ledger.url is not None  # noqa: S101 - the callers checked
+    store = await PostgresLedger.open(
+        cfg.ledger.url, host=cfg.fleet.host_name, readonly=True, pool_size=1
+    )
+    # Typed as the SQLite class until the store protocol lands; the methods are the same.
+    return cast(Ledger, store)
 
 
 # --------------------------------------------------------------------------------------------
@@ -731,8 +747,19 @@ async def status_data(ledger: Ledger, cfg: Config, now: float | None = None) -> 
     """
     now = time.time() if now is None else now
     counts = await ledger.counts()
-    pid = await asyncio.to_thread(holder_pid, ledger.path + ".lock")
-    beat = await ledger.get_kv("daemon") if pid is not None else None
+    if cfg.ledger.url is not None:
+        # A shared ledger has no lock file: this host's daemon shows by its fresh heartbeat.
+        beat = await ledger.get_kv("daemon")
+        fresh = (
+            isinstance(beat, dict)
+            and not beat.get("stopping")
+            and isinstance(beat.get("updated_at"), int | float)
+            and now - float(beat["updated_at"]) <= HEARTBEAT_STALE_S
+        )
+        pid = int(beat["pid"]) if fresh and isinstance(beat, dict) else None
+    else:
+        pid = await asyncio.to_thread(holder_pid, ledger.path + ".lock")
+        beat = await ledger.get_kv("daemon") if pid is not None else None
     daemon = _daemon_json(pid, beat, now)
     if pid and isinstance(beat, dict) and beat.get("pid") != pid:
         beat = None  # a previous run's heartbeat says nothing about this daemon
@@ -784,7 +811,7 @@ async def status_data(ledger: Ledger, cfg: Config, now: float | None = None) -> 
     oldest = max(candidates, key=lambda c: c["age_s"], default=None)
     backlog_files = sum(counts["contents"][s] for s in BACKLOG_STATES)
     return {
-        "ledger": cfg.ledger.path,
+        "ledger": cfg.ledger.path if cfg.ledger.url is None else ledger.path,
         "files": counts["contents"],
         "paths": counts["paths"],
         "backlog": {"files": backlog_files, "bytes": counts["backlog"]["bytes"]},

@@ -30,6 +30,7 @@ from syncd.errors import (
     ApiPermanent,
     ApiRetryable,
     ApiThrottled,
+    ClaimLost,
     SignedUrlExpired,
 )
 from syncd.failpoints import failpoint
@@ -89,11 +90,21 @@ class _Finisher:
         self._ledger = ledger
         self._attempt_id = attempt_id
         self.entered = False
+        self.lost: ClaimLost | None = None
 
     async def enter(self) -> None:
         await self._lock.acquire()
         self.entered = True
-        await self._ledger.mark_finishing(self._attempt_id)
+        try:
+            await self._ledger.mark_finishing(self._attempt_id)
+        except ClaimLost as exc:
+            # The last bytes must not leave: raising here aborts the body mid-way, so the
+            # service never holds a complete file. Kept for the caller, whatever the HTTP
+            # client makes of the exception.
+            self.entered = False
+            self._lock.release()
+            self.lost = exc
+            raise
 
     def leave(self) -> None:
         if self.entered:
@@ -250,6 +261,10 @@ class Uploader:
             await self._upload(job)
         except asyncio.CancelledError:
             raise
+        except ClaimLost as exc:
+            # Fleet ledger: another host took this content over while this one waited (frozen,
+            # cut off from the ledger past its lease). Nothing more is sent; it is theirs now.
+            log.warning("%s", exc)
         except Exception:
             # A bug, not an API answer: keep the daemon alive, retry the content later.
             log.exception("internal error uploading %s", _short(job.content.sha256))
@@ -367,10 +382,14 @@ class Uploader:
                 )
                 raise
             except ApiError as exc:
+                if finisher.lost is not None:
+                    raise finisher.lost from None
                 self.metrics.inc("syncd_requests_total", endpoint="upload", status=_status(exc))
                 await self._api_failure(content, attempt, "upload", "direct", exc, started)
                 return
             except OSError as exc:
+                if finisher.lost is not None:
+                    raise finisher.lost from None
                 await self._unreadable_during_upload(content, attempt, path, exc)
                 return
             failpoint("answered")
