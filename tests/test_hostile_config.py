@@ -135,7 +135,7 @@ EXPECTED_PROBLEMS = {
     "upload.workers": "expected integer, got number 2.5",
     "upload.max_attempts": "must be at least 1, got 0",
     "upload.max_file_bytes": "is far too large (at most 10^15)",
-    "logs": "unknown key (known here: api, http, ledger, log, ",
+    "logs": "unknown key (known here: api, fleet, http, ledger, log, ",
 }
 
 
