@@ -186,6 +186,9 @@ async def test_a_postgresql_restart_mid_run_loses_nothing(
         await wait_for(
             lambda: any("unreachable" in m for m in a.messages()), 30, what="one clear line"
         )
+        # Long enough for the new files to settle (quiet_s 0.3) and reach the hash stage's
+        # ledger look-up while the server is still down: that look-up must wait, not end it.
+        await asyncio.sleep(3)
         assert a.alive
     finally:
         await asyncio.to_thread(postgres.start)

@@ -525,6 +525,32 @@ async def test_a_server_restart_is_a_clear_error_then_nothing_is_lost(
     assert {j.content.sha256 for j in await store.due_jobs(5)} == {SHA, OTHER}
 
 
+async def test_the_daemons_reads_wait_out_a_restart_instead_of_raising(
+    postgres: PgServer, open_store: OpenStore
+) -> None:
+    # The daemon opens its store with wait_out_outages: a look-up of a stage (the hash
+    # stage's get_path, the dispatcher's next_due_at) waits for the server like a write does.
+    store = await open_store("a", wait_out_outages=True)
+    await store.record_content("/a/x.mp4", "/a", fp(), SHA, "mp4")
+    await asyncio.to_thread(postgres.stop)
+    try:
+        reads = [
+            asyncio.create_task(store.get_path("/a/x.mp4")),
+            asyncio.create_task(store.next_due_at()),
+        ]
+        for _ in range(100):
+            if store.stalled is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert store.stalled is not None and "unreachable" in store.stalled
+        assert not any(r.done() for r in reads)
+    finally:
+        await asyncio.to_thread(postgres.start)
+    rec, _due = await asyncio.wait_for(asyncio.gather(*reads), timeout=60)
+    assert rec is not None and rec.sha256 == SHA
+    assert store.stalled is None
+
+
 async def test_pg_ctl_restart_mid_run_keeps_claims_and_attempts(
     postgres: PgServer, open_store: OpenStore
 ) -> None:

@@ -149,6 +149,26 @@ def _attempt(row: _Row) -> Attempt:
     return Attempt(*values)
 
 
+async def _wait_out(store: PostgresLedger, call: Callable[[], Coroutine[Any, Any, _R]]) -> _R:
+    """Run ``call()`` until it does not raise :class:`LedgerUnreachable`, backing off between
+    tries and logging once when the server is lost and once when it is back."""
+    delay = 0.5
+    while True:
+        try:
+            result = await call()
+        except LedgerUnreachable as exc:
+            if store.stalled is None:
+                log.error("%s; syncd stops claiming uploads until it is back", exc)
+            store.stalled = str(exc)
+            await asyncio.sleep(delay)
+            delay = min(RETRY_MAX_S, delay * 2)
+            continue
+        if store.stalled is not None:
+            log.warning("ledger %s is reachable again; resuming", store.path)
+            store.stalled = None
+        return result
+
+
 def _retry_unreachable(
     fn: Callable[Concatenate[PostgresLedger, _P], Coroutine[Any, Any, _R]],
 ) -> Callable[Concatenate[PostgresLedger, _P], Coroutine[Any, Any, _R]]:
@@ -160,21 +180,28 @@ def _retry_unreachable(
     """
 
     async def wrapper(self: PostgresLedger, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        delay = 0.5
-        while True:
-            try:
-                result = await fn(self, *args, **kwargs)
-            except LedgerUnreachable as exc:
-                if self.stalled is None:
-                    log.error("%s; syncd stops claiming uploads until it is back", exc)
-                self.stalled = str(exc)
-                await asyncio.sleep(delay)
-                delay = min(RETRY_MAX_S, delay * 2)
-                continue
-            if self.stalled is not None:
-                log.warning("ledger %s is reachable again; resuming", self.path)
-                self.stalled = None
-            return result
+        return await _wait_out(self, lambda: fn(self, *args, **kwargs))
+
+    functools.update_wrapper(wrapper, fn)
+    return wrapper
+
+
+def _pipeline_read(
+    fn: Callable[Concatenate[PostgresLedger, _P], Coroutine[Any, Any, _R]],
+) -> Callable[Concatenate[PostgresLedger, _P], Coroutine[Any, Any, _R]]:
+    """Make a read that the daemon's stages depend on wait out an outage, like a write, when
+    the store was opened with ``wait_out_outages`` (the daemon); elsewhere (the operator's
+    commands) it raises :class:`LedgerUnreachable` at once, so a command fails with one line
+    instead of hanging.
+
+    Without it, a file settling while the server restarts would stop the hash stage (its
+    look-up raised), and the dispatcher would end at its first look-up of the next due time.
+    """
+
+    async def wrapper(self: PostgresLedger, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        if not self.wait_out_outages:
+            return await fn(self, *args, **kwargs)
+        return await _wait_out(self, lambda: fn(self, *args, **kwargs))
 
     functools.update_wrapper(wrapper, fn)
     return wrapper
@@ -197,8 +224,10 @@ class PostgresLedger:
         clock: Callable[[], float],
         lease_s: float,
         renew_every_s: float | None,
+        wait_out_outages: bool = False,
     ) -> None:
         self._pool = pool
+        self.wait_out_outages = wait_out_outages
         self.url = url
         self.path = display_url(url)
         self.host = host
@@ -225,12 +254,15 @@ class PostgresLedger:
         pool_size: int = 4,
         connect_timeout_s: float = 10.0,
         command_timeout_s: float = 60.0,
+        wait_out_outages: bool = False,
     ) -> PostgresLedger:
         """Connect to the ledger at ``url`` (``postgresql://...``) and migrate its schema.
 
         Given the URL, this host's name (default: the machine's host name), whether to open
         for reading only (no migration, no lease renewal), the clock, the lease length and
-        how often claims are renewed (default: a third of the lease). Returns the open store;
+        how often claims are renewed (default: a third of the lease), and whether the reads the
+        daemon's stages make wait out an outage as writes do (the daemon) or raise at once (the
+        operator's commands). Returns the open store;
         raises :class:`LedgerUnreachable` when the server cannot be reached and
         :class:`LedgerError` for anything else (bad URL, unknown database, refused login).
         """
@@ -264,6 +296,7 @@ class PostgresLedger:
             clock=clock,
             lease_s=lease_s,
             renew_every_s=renew_every_s,
+            wait_out_outages=wait_out_outages,
         )
         try:
             if not readonly:
@@ -364,6 +397,7 @@ class PostgresLedger:
 
     # ---------------------------------------------------------------- key/value
 
+    @_pipeline_read
     async def get_kv(self, key: str) -> Any:
         """Return the JSON value this host stored under ``key``, or None."""
         rows = await self._read("SELECT value FROM kv WHERE host = $1 AND key = $2", self.host, key)
@@ -382,6 +416,7 @@ class PostgresLedger:
 
     # ---------------------------------------------------------------- paths (this host's)
 
+    @_pipeline_read
     async def get_path(self, path: str, *, host: str | None = None) -> PathRecord | None:
         """Return this host's (or ``host``'s) record of ``path``, or None."""
         rows = await self._read(
@@ -391,6 +426,7 @@ class PostgresLedger:
         )
         return _path(rows[0]) if rows else None
 
+    @_pipeline_read
     async def get_paths(self, paths: Sequence[str]) -> dict[str, PathRecord]:
         """Return the records of those of ``paths`` this host's ledger rows know."""
         rows = await self._read(
@@ -596,6 +632,7 @@ class PostgresLedger:
         """A :class:`PgPathReader` for a scan's walker thread (call it in that thread)."""
         return PgPathReader(self)
 
+    @_pipeline_read
     async def known_in_folder(
         self, folder: str
     ) -> tuple[dict[str, tuple[int, int, int, int, int] | None], list[str]]:
@@ -646,6 +683,7 @@ class PostgresLedger:
 
     # ---------------------------------------------------------------- contents
 
+    @_pipeline_read
     async def get_content(self, sha256: str) -> Content | None:
         """Return the content with this exact hash, or None."""
         rows = await self._read(f"SELECT {_CONTENT_COLS} FROM contents WHERE sha256 = $1", sha256)
@@ -769,6 +807,7 @@ class PostgresLedger:
 
         return await self._tx(tx)
 
+    @_pipeline_read
     async def next_due_at(self) -> float | None:
         """When the next content this host could claim becomes due (None if none waits):
         a content another host claims counts from when that claim expires (converted from
@@ -784,6 +823,7 @@ class PostgresLedger:
         )
         return rows[0][0] if rows else None
 
+    @_pipeline_read
     async def claimed_by(self, sha256: str) -> tuple[str | None, float | None]:
         """Who claims ``sha256`` and for how many more seconds (negative once expired)."""
         rows = await self._read(
@@ -967,6 +1007,7 @@ class PostgresLedger:
 
         await self._tx(tx)
 
+    @_pipeline_read
     async def accepted_since(self, mode: str, since: float, other_than: str) -> bool:
         """Whether another content's upload in ``mode`` (by any host) succeeded after ``since``."""
         rows = await self._read(
@@ -978,6 +1019,7 @@ class PostgresLedger:
         )
         return bool(rows[0][0])
 
+    @_pipeline_read
     async def previous_attempt_end(self, sha256: str, attempt_id: int) -> float | None:
         """When the attempt of ``sha256`` before ``attempt_id`` ended (None if it is the first)."""
         rows = await self._read(
@@ -1149,6 +1191,7 @@ class PostgresLedger:
         )
         return sorted((_content(r) for r in rows), key=lambda c: (c.next_poll_at or 0, c.sha256))
 
+    @_pipeline_read
     async def next_poll_at(self) -> float | None:
         """When the next status poll this host could take is due (None if none awaits)."""
         rows = await self._read(
@@ -1477,6 +1520,7 @@ class PostgresLedger:
         )
         return [(r[0], r[1], r[2]) for r in rows]
 
+    @_pipeline_read
     async def get_contents(self, sha256s: Sequence[str]) -> dict[str, Content]:
         """Return the contents among ``sha256s`` that the ledger knows."""
         rows = await self._read(
