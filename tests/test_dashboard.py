@@ -8,9 +8,11 @@ regenerates ``docs/img/dashboard.png`` this way).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,13 @@ from pipeline_support import config_data
 from samples import media_bytes, write_media
 
 from syncd.emulator import EmulatorServer
+from syncd.events import EventHub
+from syncd.fingerprint import Fingerprint
+from syncd.ingest.settle import Waiting
+from syncd.ledger.sqlite import Ledger
+from syncd.metrics import Metrics
+from syncd.ops.dashboard import DaemonView
+from syncd.ops.webapi import Health, bound_address, start_http, stop_http
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
@@ -208,3 +217,135 @@ async def test_the_page_in_the_browser_has_no_console_errors_and_polls_without_e
     await page.locator("#finished tbody tr", has_text="polled.mp4").wait_for(timeout=60_000)
     assert json.loads(await page.evaluate("JSON.stringify(document.title)")) == "syncd"
     assert problems == []
+
+
+class Scripted:
+    """A daemon's live side in a state the real one reaches only slowly or with root: uploads
+    paused after a 401, a cool-down, a watched folder gone, the inotify limit hit, a file held
+    open by this very process, an upload part-way."""
+
+    def __init__(self, folder: str) -> None:
+        self.hub = EventHub()
+        self.folder = folder
+        reason = "the API refused the key (HTTP 401): check MAVI_API_KEY / api.key_file"
+        until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 300))
+        self.state: dict[str, Any] = {
+            "healthy": False,
+            "ready": True,
+            "reason": reason,
+            "queue": {"settling": 1, "hashing": 0, "upload_queued": 0, "uploading": 1},
+            "paused": {"kind": "auth", "reason": reason, "until": until},
+            "cooldowns": [{"endpoint": "metadata", "remaining_s": 12.0}],
+            "roots": [
+                {"path": "/srv/gone", "available": False, "watched": False, "watch_limit_hits": 0},
+                {"path": "/srv/deep", "available": True, "watched": True, "watch_limit_hits": 3},
+            ],
+        }
+
+    def settling(self, limit: int, offset: int) -> tuple[int, list[Waiting]]:
+        held = Waiting(
+            f"{self.folder}/held.mp4",
+            self.folder,
+            time.time() - 3,
+            "proc",
+            (os.getpid(),),
+            "open for writing by process",
+        )
+        return 1, [held][offset : offset + limit]
+
+    def view(self) -> DaemonView:
+        return DaemonView(
+            hub=self.hub,
+            snapshot=lambda: self.state,
+            settling=self.settling,
+            roots=lambda: [self.folder],
+            limits_per_s={"upload": 1.0, "signed_url": 1.0, "metadata": 1.0},
+        )
+
+
+async def test_problems_the_pause_the_budget_and_odd_names_render_as_text(
+    tmp_path: Path, browser: Any
+) -> None:
+    ledger = await Ledger.open(str(tmp_path / "ledger.db"))
+    folder = "/srv/media"
+    # Every kind of odd name: markup, a newline, a tab, an escape sequence, a byte that is
+    # not UTF-8.
+    odd = os.fsdecode(folder.encode() + b"/<script>window.__pwned=1</script>\n\t\x1b[31m\xff.mp4")
+    for n, (path, state) in enumerate([(odd, "rejected"), (f"{folder}/broken.mp4", "failed")]):
+        sha = f"{n + 1:064x}"
+        await ledger.record_content(path, folder, Fingerprint(1, n, 10, 1, 1), sha, "mp4")
+        att = await ledger.begin_attempt(sha, path, "direct")
+        await ledger.give_up(
+            sha, att, state=state, outcome=state, error=f"HTTP 4{n}{n}", http_status=400
+        )
+    metrics = Metrics()
+    scripted = Scripted(folder)
+    unhealthy = Health(healthy=False, ready=True, reason=scripted.state["reason"])
+    runner = await start_http(
+        "127.0.0.1:0",
+        ledger=ledger,
+        metrics=metrics,
+        health=lambda: unhealthy,
+        daemon=scripted.view(),
+    )
+    try:
+        base = f"http://{bound_address(runner)}"
+        # Counted after the endpoint took its first reading: the plot's open bucket.
+        metrics.inc("syncd_requests_total", 2, endpoint="upload", status="200")
+        metrics.inc("syncd_requests_total", 3, endpoint="metadata", status="400")
+        metrics.inc("syncd_throttle_events_total", 3, endpoint="metadata")
+        scripted.hub.progress(f"{folder}/big.mov", 0, 1000)
+        scripted.hub.progress(f"{folder}/big.mov", 400, 1000)
+        await asyncio.sleep(1.2)  # the open bucket is shown once it is a second old
+
+        page = await browser.new_page(
+            viewport={"width": 1280, "height": 1000},
+            permissions=["clipboard-read", "clipboard-write"],
+        )
+        problems: list[str] = []
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        await page.goto(base + "/")
+        await page.wait_for_selector("#link:text('live')")
+
+        pause = page.locator("#pause")
+        await pause.wait_for()
+        text = await pause.text_content() or ""
+        assert text.startswith("Uploads paused: the API refused the key (HTTP 401): check"), text
+        assert "one upload tries again in 4 min" in text, text
+        assert await pause.get_attribute("data-kind") == "auth"
+        roots = await page.locator("#root-problems li").all_text_contents()
+        assert any("/srv/gone" in r and "not available" in r for r in roots), roots
+        assert any("/srv/deep" in r and "inotify watch limit" in r for r in roots), roots
+        assert "metadata cooling down for 12 s" in (await page.text_content("#cooldowns") or "")
+        assert await page.locator("#plot circle.throttled[data-endpoint=metadata]").count() == 1
+        assert await page.locator("#plot circle.throttled[data-endpoint=upload]").count() == 0
+        assert await page.locator("#plot polyline[data-endpoint=upload]").count() == 1
+
+        why = page.locator("#settling tbody tr", has_text="held.mp4").locator("td").nth(1)
+        assert (await why.text_content() or "").startswith("open for writing by ")
+        assert str(os.getpid()) in (await why.text_content() or "")
+        bar = page.locator("#uploading progress")
+        assert (await bar.get_attribute("max"), await bar.evaluate("b => b.value")) == ("1000", 400)
+
+        rows = page.locator("#problems tbody tr")
+        assert await rows.count() == 2
+        failed = page.locator("#problems tbody tr", has_text="broken.mp4")
+        assert "HTTP 411" in (await failed.text_content() or "")
+        await failed.locator("button:text('copy')").click()
+        await failed.locator("button:text('copied')").wait_for()
+        copied = await page.evaluate("navigator.clipboard.readText()")
+        assert copied == f"syncd retry {2:064x}"
+
+        # The odd name is one line of text: escaped, and no element made of it.
+        shown = folder + "/<script>window.__pwned=1</script>\\n\\t\\x1b[31m\\xff.mp4"
+        cell = page.locator("#problems tbody tr", has_text="HTTP 400").locator("td").first
+        assert await cell.text_content() == shown
+        assert await cell.evaluate("td => td.children.length") == 0
+        assert await page.evaluate("document.querySelectorAll('main script').length") == 0
+        assert await page.evaluate("window.__pwned === undefined")
+        await page.screenshot(path=str(tmp_path / "dashboard-problems.png"), full_page=True)
+        assert problems == []
+    finally:
+        await stop_http(runner)
+        await ledger.close()

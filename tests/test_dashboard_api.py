@@ -244,6 +244,28 @@ def test_rate_history_keeps_per_bucket_rates_throttles_and_the_byte_rate() -> No
     assert history.bytes_per_s(window_s=30) == pytest.approx(100.0)
 
 
+def test_the_open_bucket_shows_requests_and_throttles_before_the_next_sample() -> None:
+    metrics = Metrics()
+    clock = Clock()
+    history = RateHistory(metrics, bucket_s=10, span_s=60, clock=clock)
+    metrics.inc("syncd_requests_total", endpoint="upload", status="200")
+    clock.now += 0.5  # too young to be shown: one request would read as 2/s
+    assert history.json({})["ends"] == []
+    metrics.inc("syncd_requests_total", 3, endpoint="metadata", status="400")
+    metrics.inc("syncd_throttle_events_total", 3, endpoint="metadata")
+    clock.now += 1.5  # open for 2 s
+    doc = history.json({})
+    assert len(doc["ends"]) == 1
+    assert doc["endpoints"]["upload"]["requests_per_s"] == [0.5]  # 1 request in 2 s
+    assert doc["endpoints"]["metadata"]["requests_per_s"] == [1.5]
+    assert doc["endpoints"]["metadata"]["throttled"] == [3]
+    clock.now += 8
+    history.sample()  # the same requests, now in a closed bucket of 10 s
+    doc = history.json({})
+    assert doc["endpoints"]["metadata"]["requests_per_s"] == [0.3]
+    assert doc["endpoints"]["metadata"]["throttled"] == [3]
+
+
 async def test_the_page_and_its_files_are_served_with_their_types(
     served: tuple[str, Live], http_session: aiohttp.ClientSession
 ) -> None:

@@ -117,7 +117,11 @@ function renderPause(d) {
   const pause = $("pause");
   if (d.paused) {
     pause.hidden = false;
-    pause.textContent = `Uploads paused (${d.paused.kind}): ${visible(d.paused.reason)}`;
+    const p = d.paused;
+    const left = p.until ? (Date.parse(p.until) - Date.now()) / 1000 : null;
+    const probe = left === null ? "" : left > 0 ? `; one upload tries again in ${duration(left)}` : "; one upload is trying again";
+    pause.dataset.kind = p.kind;
+    pause.textContent = `Uploads paused: ${visible(p.reason)}${probe}.`;
   } else pause.hidden = true;
   const items = [];
   for (const r of d.roots || []) {
@@ -146,11 +150,13 @@ function renderPlot(rate) {
   const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "requests per second over the last hour" });
   const n = rate.ends.length;
   const slots = Math.max(n, Math.round(3600 / rate.bucket_s));
-  let top = 0.1;
-  for (const e of Object.values(rate.endpoints)) {
-    for (const v of e.requests_per_s) top = Math.max(top, v);
-    if (e.limit_per_s) top = Math.max(top, e.limit_per_s);
-  }
+  // The scale follows the traffic; a limit far above it (more than 5 times the busiest
+  // bucket) would flatten every line to the axis, so it is named in the legend instead.
+  let peak = 0;
+  for (const e of Object.values(rate.endpoints)) for (const v of e.requests_per_s) peak = Math.max(peak, v);
+  const onScale = (limit) => Boolean(limit) && (peak === 0 || limit <= 5 * peak);
+  let top = Math.max(peak, 0.1);
+  for (const e of Object.values(rate.endpoints)) if (onScale(e.limit_per_s)) top = Math.max(top, e.limit_per_s);
   top *= 1.15;
   const x = (i) => L + ((slots - n + i + 0.5) / slots) * (W - L - 4);
   const y = (v) => H - B - (v / top) * (H - B - 6);
@@ -164,19 +170,25 @@ function renderPlot(rate) {
   for (const [name, e] of Object.entries(rate.endpoints)) {
     const color = COLORS[name] || "#4a5568";
     const used = e.requests_per_s.some((v) => v > 0);
-    if (e.limit_per_s && (used || name === "upload" || name === "metadata")) {
+    if (onScale(e.limit_per_s) && (used || name === "upload" || name === "metadata")) {
       root.append(svg("line", { class: "limit", x1: L, x2: W, y1: y(e.limit_per_s), y2: y(e.limit_per_s), stroke: color }));
     }
     if (n) {
       const pts = e.requests_per_s.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
       root.append(svg("polyline", { class: "series", points: pts, stroke: color, "data-endpoint": name }));
+      // A line needs two points: the first bucket of a fresh daemon is a dot.
+      if (n === 1 && used) root.append(svg("circle", { cx: x(0), cy: y(e.requests_per_s[0]), r: 2.5, fill: color }));
     }
     e.throttled.forEach((t, i) => {
-      if (t > 0) root.append(svg("circle", { class: "throttled", cx: x(i), cy: y(e.requests_per_s[i]), r: 3 }, ""));
+      if (t <= 0) return;
+      const dot = svg("circle", { class: "throttled", cx: x(i), cy: y(e.requests_per_s[i]), r: 3, "data-endpoint": name });
+      dot.append(svg("title", {}, `${name}: ${t} throttled answer(s)`));
+      root.append(dot);
     });
     const sw = el("i", {});
     sw.style.background = color;
-    legend.append(el("span", {}, sw, `${name}${e.limit_per_s ? " (limit " + e.limit_per_s + "/s)" : ""}`));
+    const limit = e.limit_per_s ? ` (limit ${e.limit_per_s}/s${onScale(e.limit_per_s) ? "" : ", above the plot"})` : "";
+    legend.append(el("span", { "data-endpoint": name }, sw, name + limit));
   }
   legend.append(el("span", {}, "red dots: throttled answers"));
   $("plot").replaceChildren(root, legend);
@@ -232,6 +244,7 @@ async function loadFinished() {
 }
 
 function renderFinished() {
+  $("finished-count").textContent = S.finished.length ? "" : "none yet";
   fill("finished", S.finished.map((f) => el("tr", { "data-sha256": f.sha256 }, fileCell(f),
     el("td", { class: "mono asset" }, f.asset_id),
     el("td", { class: "state-" + (f.state || "") }, f.remote_status || f.state || ""),
