@@ -47,25 +47,36 @@ CHROMIUM_ARGS = [
 ]
 REPO = Path(__file__).resolve().parent.parent
 BIG_BYTES = 48 * 1024 * 1024
-# A name that would be markup if it were ever put in as HTML, with a newline and a byte that
-# is not UTF-8.
-HOSTILE = b"<img src=x onerror=window.__pwned=1>\n\xff.mp4"
+# A name that would be markup if it were ever put in as HTML, with a newline, a tab, an escape
+# sequence and a byte that is not UTF-8.
+HOSTILE = b"<img src=x onerror=window.__pwned=1>\n\t\x1b[31m\xff.mp4"
+HOSTILE_SHOWN = "<img src=x onerror=window.__pwned=1>\\n\\t\\x1b[31m\\xff.mp4"
+THROTTLED = "Request has exceeded the limit."
 
-# Records, from the first byte of the page on, every file name that appeared in each list and
-# every partial progress bar: the stages a file passes through, however briefly.
+# Records, from the first byte of the page on, every file name that appeared in each list (and
+# why each settling one waited), every partial progress bar, and every element that appeared
+# inside a cell meant for text: the stages a file passes through, however briefly.
 RECORDER = """
 window.__seen = {settling: [], uploading: [], finished: [], problems: []};
+window.__why = [];
 window.__partial = [];
+window.__injected = [];
 new MutationObserver(() => {
   for (const name of Object.keys(window.__seen)) {
-    for (const td of document.querySelectorAll(`#${name} tbody tr td:first-child`)) {
-      if (!window.__seen[name].includes(td.textContent)) window.__seen[name].push(td.textContent);
+    for (const tr of document.querySelectorAll(`#${name} tbody tr`)) {
+      const cells = [...tr.cells].map((td) => td.textContent);
+      if (!window.__seen[name].includes(cells[0])) window.__seen[name].push(cells[0]);
+      const why = [cells[0], cells[1]];
+      if (name === "settling" && !window.__why.some((w) => w[0] === why[0] && w[1] === why[1])) {
+        window.__why.push(why);
+      }
+      for (const child of tr.cells[0].children) window.__injected.push(child.outerHTML);
     }
   }
   for (const bar of document.querySelectorAll("#uploading progress")) {
     if (bar.value > 0 && bar.value < bar.max) window.__partial.push([bar.value, bar.max]);
   }
-}).observe(document, {subtree: true, childList: true});
+}).observe(document, {subtree: true, childList: true, characterData: true});
 """
 
 
@@ -116,10 +127,12 @@ async def test_a_dropped_file_goes_live_from_settling_to_done_and_odd_names_stay
 ) -> None:
     base, root = running
     # The big file's body is held back for 5 s after its first bytes: long enough to see its
-    # progress bar part-way. The rejected one is refused as an unsupported type (415).
+    # progress bar part-way. The rejected one is refused as an unsupported type (415). The
+    # first two status polls are throttled; later the key is refused (401) for one file.
     emulator.add_faults(
         {"endpoint": "upload", "filename": "big.mp4", "latency_s": 5, "count": 1},
         {"endpoint": "upload", "filename": "reject-me.mp4", "status": 415, "count": 100},
+        {"endpoint": "metadata", "status": 400, "msg": THROTTLED, "count": 2},
     )
     page = await browser.new_page(viewport={"width": 1280, "height": 1000})
     problems: list[str] = []
@@ -127,9 +140,22 @@ async def test_a_dropped_file_goes_live_from_settling_to_done_and_odd_names_stay
     page.on("pageerror", lambda e: problems.append(str(e)))
     loads: list[str] = []
     page.on("load", lambda: loads.append(page.url))
+    finished: list[Any] = []
+    page.on("requestfinished", lambda r: finished.append(r))
     await page.add_init_script(RECORDER)
     await page.goto(base + "/")
     await page.wait_for_selector("#link:text('live')")
+    await page.locator("#finished-count:text('none yet')").wait_for()
+
+    # The first load, as the browser received it (headers and bodies): the page, its files and
+    # the first answers of the API, the event stream's headers aside.
+    first_load = 0
+    for request in list(finished):
+        sizes = await request.sizes()
+        first_load += sizes["responseHeadersSize"] + sizes["responseBodySize"]
+    urls = {r.url.removeprefix(base) for r in finished}
+    assert {"/", "/static/app.js", "/static/app.css", "/v1/status"} <= urls, urls
+    assert 0 < first_load < 100 * 1024, first_load
 
     big = root / "big.mp4"
     big.write_bytes(media_bytes("mp4", BIG_BYTES, seed=1))
@@ -137,6 +163,14 @@ async def test_a_dropped_file_goes_live_from_settling_to_done_and_odd_names_stay
     hostile = os.fsdecode(os.fsencode(str(root)) + b"/" + HOSTILE)
     with open(os.fsencode(hostile), "wb") as f:
         f.write(media_bytes("mp4", 4096, seed=3))
+    # A file still being written: open, half of it, a pause, the rest.
+    held = root / "held.mp4"
+    with held.open("wb") as f:
+        f.write(media_bytes("mp4", 8192, seed=5)[:4096])
+        f.flush()
+        await page.locator("#settling tbody tr", has_text="held.mp4").wait_for(timeout=10_000)
+        await asyncio.sleep(3)
+        f.write(media_bytes("mp4", 8192, seed=5)[4096:])
 
     # Done with its asset id, in the finished list, without a reload.
     row = page.locator("#finished tbody tr", has_text="big.mp4")
@@ -153,6 +187,9 @@ async def test_a_dropped_file_goes_live_from_settling_to_done_and_odd_names_stay
         assert str(big) in seen[stage], (stage, seen)
     partial = await page.evaluate("window.__partial")
     assert any(value < top == BIG_BYTES for value, top in partial), partial
+    # Why the held file waited, in words, while it was open.
+    whys = [why for name, why in await page.evaluate("window.__why") if name == str(held)]
+    assert any(why.startswith("open for writing") for why in whys), whys
 
     # The rejected file, under problems, with its error and the command to retry it.
     bad = page.locator("#problems tbody tr", has_text="reject-me.mp4")
@@ -160,25 +197,51 @@ async def test_a_dropped_file_goes_live_from_settling_to_done_and_odd_names_stay
     text = await bad.text_content() or ""
     assert "rejected" in text and "syncd retry " in text
 
-    # The hostile name is text: escaped newline and byte, and no element made of it.
-    shown = str(root) + "/<img src=x onerror=window.__pwned=1>\\n\\xff.mp4"
+    # The hostile name is text: escaped newline, tab, escape and byte, and no element made of
+    # it, in any list it passed through.
+    shown = f"{root}/{HOSTILE_SHOWN}"
     await page.locator("#finished td", has_text="onerror").first.wait_for(timeout=30_000)
-    assert shown in seen["finished"] or shown in (await page.evaluate("window.__seen"))["finished"]
+    seen = await page.evaluate("window.__seen")
+    assert shown in seen["settling"] and shown in seen["finished"], seen
+    assert await page.evaluate("window.__injected") == []
     assert await page.evaluate("document.querySelectorAll('img').length") == 0
     assert await page.evaluate("window.__pwned === undefined")
 
-    # The counts catch up too: two files done, one rejected.
-    await page.locator("#counts [data-state=done] b:text-is('2')").wait_for(timeout=15_000)
+    # The counts catch up too: three files done, one rejected. The throttled polls are red
+    # dots on the metadata line of the plot.
+    await page.locator("#counts [data-state=done] b:text-is('3')").wait_for(timeout=15_000)
     await page.locator("#counts [data-state=rejected] b:text-is('1')").wait_for(timeout=15_000)
+    dots = page.locator("#plot circle.throttled[data-endpoint=metadata]")
+    await dots.first.wait_for(timeout=15_000)
 
-    # Search by asset id: the show view of the file.
+    # Search: by asset id, by a part of a path, by sha256; each shows the show view.
+    found = page.locator("#found-body")
+    await page.fill("#q", "reject-me")
+    await page.click("#search button")
+    await found.locator("dd:text('rejected')").wait_for(timeout=10_000)
+    sha = await found.locator("dt:text-is('sha256') + dd").text_content() or ""
+    assert len(sha) == 64
+    await page.fill("#q", sha)
+    await page.click("#search button")
+    await found.locator(f"li:text('{root}/reject-me.mp4')").wait_for(timeout=10_000)
     await page.fill("#q", asset_id)
     await page.click("#search button")
-    found = page.locator("#found-body")
     await found.locator(f"dd:text('{asset_id}')").wait_for(timeout=10_000)
     assert str(big) in (await found.text_content() or "")
 
+    # The key refused (401): uploads pause, and the page says why, problems first.
+    emulator.add_faults(
+        {"endpoint": "upload", "filename": "locked.mp4", "status": 401, "count": 1000}
+    )
+    write_media(root / "locked.mp4", seed=6)
+    pause = page.locator("#pause")
+    await pause.wait_for(timeout=30_000)
+    assert "the API refused the key (HTTP 401)" in (await pause.text_content() or "")
+
+    await page.click("#found-close")  # the picture shows the page as it opens
+    await page.locator("#found").wait_for(state="hidden")
     await page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+    print(f"screenshot: {tmp_path / 'dashboard.png'}")
     target = os.environ.get("SYNCD_SCREENSHOT")
     if target:
         shutil.copyfile(tmp_path / "dashboard.png", REPO / target)

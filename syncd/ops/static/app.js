@@ -119,7 +119,7 @@ function renderPause(d) {
     pause.hidden = false;
     const p = d.paused;
     const left = p.until ? (Date.parse(p.until) - Date.now()) / 1000 : null;
-    const probe = left === null ? "" : left > 0 ? `; one upload tries again in ${duration(left)}` : "; one upload is trying again";
+    const probe = left === null ? "" : left >= 1 ? `; one upload tries again in ${duration(left)}` : "; one upload is trying again";
     pause.dataset.kind = p.kind;
     pause.textContent = `Uploads paused: ${visible(p.reason)}${probe}.`;
   } else pause.hidden = true;
@@ -200,9 +200,24 @@ function fileCell(item) {
   return el("td", { class: "mono", title: item.path }, item.path === null ? "(no path)" : item.path);
 }
 
+// When a file left a live list (settled, upload ended), by key: a page asked for before that
+// moment may still hold it, and must not bring it back.
+const GONE = { settling: new Map(), uploads: new Map() };
+
+function gone(list, key) {
+  const now = Date.now();
+  GONE[list].set(key, now);
+  for (const [k, at] of GONE[list]) if (now - at > 60000) GONE[list].delete(k);
+}
+
+function current(list, items, askedAt) {
+  return new Map(items.filter((i) => !(GONE[list].get(keyOf(i)) >= askedAt)).map((i) => [keyOf(i), i]));
+}
+
 async function loadSettling() {
+  const askedAt = Date.now();
   const page = await getJSON("/v1/activity?kind=settling&limit=100");
-  S.settling = new Map(page.items.map((i) => [keyOf(i), i]));
+  S.settling = current("settling", page.items, askedAt);
   S.settlingTotal = page.total;
   renderSettling();
   if (S.settling.size) later("settling", 2000, () => loadSettling().catch(noteError));
@@ -217,8 +232,9 @@ function renderSettling() {
 }
 
 async function loadUploading() {
+  const askedAt = Date.now();
   const page = await getJSON("/v1/activity?kind=uploading&limit=100");
-  S.uploads = new Map(page.items.map((i) => [keyOf(i), i]));
+  S.uploads = current("uploads", page.items, askedAt);
   S.queued = page.queued || 0;
   renderUploading();
 }
@@ -322,20 +338,23 @@ function onEvent(type, doc) {
   const key = keyOf(doc);
   switch (type) {
     case "settling":
+      GONE.settling.delete(key);  // written to again: it settles anew
       if (!S.settling.has(key)) S.settling.set(key, { ...doc, why: null, since: doc.time });
       renderSettling();
       later("settling", 1000, () => loadSettling().catch(noteError));
       break;
     case "settled":
-      S.settling.delete(key); renderSettling(); break;
+      gone("settling", key); S.settling.delete(key); renderSettling(); break;
     case "upload_started": case "upload_progress":
+      if (type === "upload_started") GONE.uploads.delete(key);
+      else if (GONE.uploads.has(key)) break;  // a late progress of an attempt that ended
       S.uploads.set(key, { ...(S.uploads.get(key) || {}), ...doc }); renderUploading(); break;
     case "upload_finished":
       S.finished.unshift({ ...doc, state: "uploaded", remote_status: null, ended_at: doc.time });
       S.finished.length = Math.min(S.finished.length, FINISHED_MAX);
       renderFinished(); break;
     case "upload_ended":
-      S.uploads.delete(key); renderUploading(); break;
+      gone("uploads", key); S.uploads.delete(key); renderUploading(); break;
     case "status_changed":
       for (const f of S.finished) if (f.sha256 === doc.sha256) { f.remote_status = doc.status; f.state = doc.status === "SUCCESS" ? "done" : f.state; }
       renderFinished(); break;
