@@ -267,7 +267,8 @@ async def test_dns_rebinding_is_refused_by_the_running_daemon(
 async def test_the_page_in_the_browser_has_no_console_errors_and_polls_without_events(
     running: tuple[str, Path], browser: Any
 ) -> None:
-    """With EventSource gone (an old browser, a proxy that buffers), it polls instead."""
+    """With EventSource gone (an old browser, a proxy that buffers), it polls instead, and
+    still shows a watched folder that vanished."""
     base, root = running
     page = await browser.new_page()
     problems: list[str] = []
@@ -278,6 +279,11 @@ async def test_the_page_in_the_browser_has_no_console_errors_and_polls_without_e
     await page.wait_for_selector("#link:text('polling every 5 s')")
     write_media(root / "polled.mp4", seed=4)
     await page.locator("#finished tbody tr", has_text="polled.mp4").wait_for(timeout=60_000)
+    # The watched folder vanishes (moved away): a problem, by the next poll.
+    root.rename(root.with_name("moved-away"))
+    gone = page.locator("#root-problems li", has_text="is not available")
+    await gone.wait_for(timeout=30_000)
+    assert str(root) in (await gone.text_content() or "")
     assert json.loads(await page.evaluate("JSON.stringify(document.title)")) == "syncd"
     assert problems == []
 
@@ -409,6 +415,39 @@ async def test_problems_the_pause_the_budget_and_odd_names_render_as_text(
         assert await page.evaluate("window.__pwned === undefined")
         await page.screenshot(path=str(tmp_path / "dashboard-problems.png"), full_page=True)
         assert problems == []
+    finally:
+        await stop_http(runner)
+        await ledger.close()
+
+
+async def test_when_the_stream_is_refused_the_page_polls_the_status_instead(
+    tmp_path: Path, browser: Any
+) -> None:
+    """An endpoint without a daemon answers /v1/events with 503: the browser's EventSource
+    gives up for good on that, and the page must poll rather than wait for it."""
+    ledger = await Ledger.open(str(tmp_path / "ledger.db"))
+    sha = "ab" * 32
+    await ledger.record_content("/srv/a.mp4", "/srv", Fingerprint(1, 1, 10, 1, 1), sha, "mp4")
+    att = await ledger.begin_attempt(sha, "/srv/a.mp4", "direct")
+    await ledger.finish_upload(sha, att, "re_7", bytes_sent=10, http_status=200, next_poll_at=None)
+    runner = await start_http(
+        "127.0.0.1:0",
+        ledger=ledger,
+        metrics=Metrics(),
+        health=lambda: Health(healthy=True, ready=True, reason=""),
+    )
+    try:
+        base = f"http://{bound_address(runner)}"
+        page = await browser.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        await page.goto(base + "/")
+        await page.wait_for_selector("#link:text('polling every 5 s')", timeout=10_000)
+        assert await page.text_content("#health") == "no daemon"
+        await page.locator("#finished tbody tr", has_text="re_7").wait_for()
+        # The browser reports the refused stream itself; nothing else went wrong.
+        assert [e for e in errors if "503" not in e and "event-stream" not in e] == []
     finally:
         await stop_http(runner)
         await ledger.close()

@@ -382,10 +382,13 @@ function follow() {
   });
   for (const t of EVENT_TYPES) es.addEventListener(t, (e) => onEvent(t, JSON.parse(e.data)));
   es.addEventListener("dropped", () => { loadAll().catch(noteError); });
+  // The browser reconnects by itself after a dropped connection (readyState CONNECTING); it
+  // gives up for good on an answer that is not a stream (CLOSED). Poll then, and also after
+  // three failed reconnects in a row (a proxy that holds the stream back, say).
   es.onerror = () => {
     setLive(false);
     S.errors += 1;
-    if (S.errors >= 3 && es.readyState === EventSource.CLOSED) { es.close(); startPolling(); }
+    if (es.readyState === EventSource.CLOSED || S.errors >= 3) { es.close(); startPolling(); }
   };
 }
 
@@ -396,10 +399,11 @@ function setLive(on) {
 }
 
 function startPolling() {
-  if (S.polling) return;
-  S.polling = setInterval(() => loadAll().catch(noteError), 5000);
+  if (!S.polling) S.polling = setInterval(() => loadAll().catch(noteError), 5000);
   setLive(false);
-  setTimeout(() => { if (!S.live) follow(); }, 30000);  // try the stream again now and then
+  // Try the stream again now and then (every time it fails, 30 s later).
+  clearTimeout(S.timers.retry);
+  S.timers.retry = setTimeout(() => { if (!S.live) follow(); }, 30000);
 }
 
 function noteError(err) {
