@@ -246,6 +246,8 @@ async def test_a_dropped_file_goes_live_from_settling_to_done_and_odd_names_stay
     if target:
         shutil.copyfile(tmp_path / "dashboard.png", REPO / target)
     assert loads == [base + "/"]  # every change above came without a reload
+    # Read-only: the page never asked anything but GET, of its own origin only.
+    assert {(r.method, r.url.startswith(base + "/")) for r in finished} == {("GET", True)}
     assert problems == []
 
 
