@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from syncd.fingerprint import Fingerprint
 from syncd.ingest.settle import Waiting
 from syncd.ledger.sqlite import Ledger
 from syncd.metrics import Metrics
+from syncd.ops import dashboard
 from syncd.ops.dashboard import DaemonView, RateHistory
 from syncd.ops.webapi import Health, bound_address, start_http, stop_http
 
@@ -39,7 +41,10 @@ class Live:
             "queue": {"settling": 2, "hashing": 0, "upload_queued": 0, "uploading": 2},
             "paused": None,
             "cooldowns": [],
-            "roots": [{"path": "/media", "available": False, "watched": False}],
+            "roots": [
+                {"path": "/media", "available": False, "watched": False},
+                {"path": "/deep", "available": True, "watched": True, "watch_limit_hits": 3},
+            ],
         }
         self.waiting = [
             Waiting("/media/a.mp4", "/media", 1e9, "no", (), "changed 1 s ago; ..."),
@@ -116,6 +121,7 @@ async def test_status_counts_backlog_problems_and_the_live_daemon(
     assert doc["backlog"]["eta_s"] is None  # nothing uploaded yet: no rate to go by
     assert doc["problems"]["rejected"] == 1 and doc["problems"]["unsettled"] == 1
     assert doc["problems"]["roots_unavailable"] == 1
+    assert doc["problems"]["watch_limit_hits"] == 3
     assert doc["daemon"]["running"] is True and doc["daemon"]["queue"]["settling"] == 2
     rate = doc["rate"]
     assert rate["endpoints"]["upload"]["limit_per_s"] == 1.0
@@ -124,6 +130,28 @@ async def test_status_counts_backlog_problems_and_the_live_daemon(
     live.state["paused"] = {"kind": "auth", "reason": "the API refused the key", "until": None}
     doc = (await get(http_session, f"{base}/v1/status"))[1]
     assert doc["daemon"]["paused"]["kind"] == "auth"
+
+
+async def test_the_eta_is_the_bytes_left_at_the_rate_of_the_last_minutes(
+    ledger: Ledger, http_session: aiohttp.ClientSession
+) -> None:
+    metrics = Metrics()
+    runner = await start_http("127.0.0.1:0", ledger=ledger, metrics=metrics, health=healthy)
+    try:
+        base = f"http://{bound_address(runner)}"
+        history = runner.app[dashboard._DASHBOARD].history
+        # One bucket of a second rather than ten (the sampling task is asleep for ten).
+        history.bucket_s = 1.0
+        metrics.inc("syncd_bytes_uploaded_total", 2)
+        await asyncio.sleep(1.0)
+        history.sample()
+        _, doc = await get(http_session, f"{base}/v1/status")
+        backlog = doc["backlog"]
+        assert backlog["bytes"] == 7  # the pending file
+        assert 1.5 <= backlog["bytes_per_s"] <= 2.0  # 2 bytes in a bit over a second
+        assert 3 <= backlog["eta_s"] <= 5  # 7 bytes at that rate
+    finally:
+        await stop_http(runner)
 
 
 async def test_activity_pages(
@@ -242,6 +270,28 @@ def test_rate_history_keeps_per_bucket_rates_throttles_and_the_byte_rate() -> No
     assert doc["endpoints"]["metadata"]["requests_per_s"] == [0.0, 0.0, 0.0]
     assert len(doc["ends"]) == 3
     assert history.bytes_per_s(window_s=30) == pytest.approx(100.0)
+
+
+def test_the_open_bucket_shows_requests_and_throttles_before_the_next_sample() -> None:
+    metrics = Metrics()
+    clock = Clock()
+    history = RateHistory(metrics, bucket_s=10, span_s=60, clock=clock)
+    metrics.inc("syncd_requests_total", endpoint="upload", status="200")
+    clock.now += 0.5  # too young to be shown: one request would read as 2/s
+    assert history.json({})["ends"] == []
+    metrics.inc("syncd_requests_total", 3, endpoint="metadata", status="400")
+    metrics.inc("syncd_throttle_events_total", 3, endpoint="metadata")
+    clock.now += 1.5  # open for 2 s
+    doc = history.json({})
+    assert len(doc["ends"]) == 1
+    assert doc["endpoints"]["upload"]["requests_per_s"] == [0.5]  # 1 request in 2 s
+    assert doc["endpoints"]["metadata"]["requests_per_s"] == [1.5]
+    assert doc["endpoints"]["metadata"]["throttled"] == [3]
+    clock.now += 8
+    history.sample()  # the same requests, now in a closed bucket of 10 s
+    doc = history.json({})
+    assert doc["endpoints"]["metadata"]["requests_per_s"] == [0.3]
+    assert doc["endpoints"]["metadata"]["throttled"] == [3]
 
 
 async def test_the_page_and_its_files_are_served_with_their_types(

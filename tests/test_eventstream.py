@@ -210,3 +210,24 @@ async def test_the_daemon_publishes_and_its_shutdown_does_not_wait_for_open_stre
     finally:
         if daemon.alive:
             await daemon.kill()
+
+
+def test_every_event_the_pipeline_publishes_is_documented_and_followed_by_the_page() -> None:
+    """docs/operations.md lists each type in its /v1/events table, the page listens for each,
+    and the page's screenshot shown there exists."""
+    repo = Path(__file__).resolve().parent.parent
+    published = set()
+    for source in (repo / "syncd").rglob("*.py"):
+        published |= set(re.findall(r'publish\(\s*"(\w+)"', source.read_text(encoding="utf-8")))
+    published |= {"upload_started", "upload_progress"}  # EventHub.progress
+    assert {"settling", "settled", "hashed", "upload_finished", "upload_ended"} <= published
+    doc = (repo / "docs" / "operations.md").read_text(encoding="utf-8")
+    section = doc.split("#### Following the daemon: `/v1/events`", 1)[1].split("\n#### ", 1)[0]
+    documented = set(re.findall(r"^\| `(\w+)` \|", section, flags=re.MULTILINE))
+    assert published | {"hello", "dropped"} == documented
+    script = (repo / "syncd" / "ops" / "static" / "app.js").read_text(encoding="utf-8")
+    listened = re.search(r"const EVENT_TYPES = \[([^\]]*)\]", script)
+    assert listened is not None
+    assert set(re.findall(r'"(\w+)"', listened.group(1))) == published
+    (shot,) = re.findall(r"!\[[^\]]*\]\((img/dashboard\.png)\)", doc)
+    assert (repo / "docs" / shot).read_bytes().startswith(b"\x89PNG")

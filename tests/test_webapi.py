@@ -15,11 +15,20 @@ from aiohttp import web
 from test_metrics import parse
 
 from syncd.errors import SyncdError
+from syncd.events import EventHub
 from syncd.fingerprint import Fingerprint
 from syncd.ledger.sqlite import Ledger
 from syncd.metrics import Metrics
 from syncd.ops import report
-from syncd.ops.webapi import Health, bound_address, parse_listen, start_http, stop_http
+from syncd.ops.dashboard import DaemonView
+from syncd.ops.webapi import (
+    SECURITY_HEADERS,
+    Health,
+    bound_address,
+    parse_listen,
+    start_http,
+    stop_http,
+)
 
 SHA = "ab" * 32
 ODD = os.fsdecode(b"/media/caf\xe9.mp4")
@@ -343,4 +352,77 @@ def test_host_names_are_normalised() -> None:
         "::1",
         "nas.local",
         "fe80::1",
+    }
+
+
+async def test_the_page_the_dashboard_json_the_event_stream_and_every_error_carry_the_headers(
+    ledger: Ledger, daemon: Daemon
+) -> None:
+    """Successes, 304, 400, 404, 405, 421 and the open SSE stream alike; a preflight from
+    another origin gets no CORS header either."""
+    runner = await start_http(
+        "127.0.0.1:0",
+        ledger=ledger,
+        metrics=Metrics(),
+        health=daemon.health,
+        daemon=DaemonView(hub=EventHub()),
+    )
+    base = f"http://{bound_address(runner)}"
+    origin = {"Origin": "http://attacker.example"}
+    seen: dict[str, int] = {}
+
+    def check(what: str, resp: aiohttp.ClientResponse) -> None:
+        for name, value in SECURITY_HEADERS.items():
+            assert resp.headers.get(name) == value, (what, name)
+        assert not [h for h in resp.headers if h.lower().startswith("access-control-")], what
+        seen[what] = resp.status
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            for path in (
+                "/",
+                "/static/app.js",
+                "/v1/status",
+                "/v1/activity?kind=finished",
+                "/v1/search?q=re_42",
+                "/v1/activity?kind=nothing",
+                "/v1/search?q=",
+                "/static/nothing.css",
+            ):
+                async with session.get(base + path, headers=origin) as resp:
+                    check(path, resp)
+            async with session.get(base + "/") as resp:
+                etag = resp.headers["ETag"]
+            async with session.get(base + "/", headers={"If-None-Match": etag}) as resp:
+                check("304", resp)
+            async with session.request(
+                "OPTIONS",
+                base + "/v1/status",
+                headers={**origin, "Access-Control-Request-Method": "GET"},
+            ) as resp:
+                check("OPTIONS", resp)
+            async with session.delete(base + "/v1/status", headers=origin) as resp:
+                check("DELETE", resp)
+            async with session.get(base + "/", headers={"Host": "attacker.example"}) as resp:
+                check("421", resp)
+            async with session.get(base + "/v1/events", headers=origin) as resp:
+                check("/v1/events", resp)
+                assert resp.headers["Content-Type"].startswith("text/event-stream")
+                assert (await resp.content.readuntil(b"\n\n")).startswith(b"retry:")
+    finally:
+        await stop_http(runner)
+    assert seen == {
+        "/": 200,
+        "/static/app.js": 200,
+        "/v1/status": 200,
+        "/v1/activity?kind=finished": 200,
+        "/v1/search?q=re_42": 200,
+        "/v1/activity?kind=nothing": 400,
+        "/v1/search?q=": 400,
+        "/static/nothing.css": 404,
+        "304": 304,
+        "OPTIONS": 405,
+        "DELETE": 405,
+        "421": 421,
+        "/v1/events": 200,
     }

@@ -41,6 +41,9 @@ from syncd.ops.report import NotFound, iso, path_fields, resolve, show_data
 STATUS_MAX_AGE_S: Final = 5.0
 RATE_BUCKET_S: Final = 10.0
 RATE_SPAN_S: Final = 3600.0
+# The bucket still open is shown once it is this old: younger, one request would read as a
+# burst (1 request in 0.1 s is 10/s).
+OPEN_BUCKET_MIN_S: Final = 1.0
 # The byte rate behind the ETA is taken over this much of the recent history.
 ETA_WINDOW_S: Final = 600.0
 PAGE_DEFAULT: Final = 50
@@ -122,20 +125,40 @@ class RateHistory:
         span = max(self.bucket_s, now - (recent[0][0] - self.bucket_s))
         return sum(b[2] for b in recent) / span
 
+    def _open_bucket(self) -> tuple[float, dict[str, tuple[float, float]], float] | None:
+        """What was counted since the last sample, as a bucket of its own (its counts scaled
+        to a whole bucket), or None when less than :data:`OPEN_BUCKET_MIN_S` has passed."""
+        now = self.clock()
+        elapsed = now - self._last_at
+        if elapsed < OPEN_BUCKET_MIN_S:
+            return None
+        per, _ = self._totals()
+        last_per, _ = self._last
+        scale = self.bucket_s / min(elapsed, self.bucket_s)
+        delta = {e: ((per[e][0] - last_per[e][0]) * scale, per[e][1] - last_per[e][1]) for e in per}
+        return now, delta, 0.0
+
     def json(self, limits_per_s: Mapping[str, float]) -> dict[str, Any]:
         """The plot's data: per endpoint, the rate of each bucket (requests/s), the throttled
-        answers per bucket, and the configured limit; the time each bucket ended."""
+        answers per bucket, and the configured limit; the time each bucket ended. The last
+        bucket is the one still open (since the last sample, when that is at least
+        :data:`OPEN_BUCKET_MIN_S`), so a request or a throttled answer shows at once rather
+        than up to ``bucket_s`` later."""
+        buckets = list(self._buckets)
+        current = self._open_bucket()
+        if current is not None:
+            buckets.append(current)
         out: dict[str, Any] = {
             "bucket_s": self.bucket_s,
-            "ends": [iso(b[0]) for b in self._buckets],
+            "ends": [iso(b[0]) for b in buckets],
             "endpoints": {},
         }
         limit_of = {"storage": limits_per_s.get("upload")}
         for e in ENDPOINTS:
             out["endpoints"][e] = {
                 "limit_per_s": limits_per_s.get(e, limit_of.get(e)),
-                "requests_per_s": [round(b[1][e][0] / self.bucket_s, 3) for b in self._buckets],
-                "throttled": [int(b[1][e][1]) for b in self._buckets],
+                "requests_per_s": [round(b[1][e][0] / self.bucket_s, 3) for b in buckets],
+                "throttled": [int(b[1][e][1]) for b in buckets],
             }
         return out
 

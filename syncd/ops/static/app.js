@@ -117,7 +117,11 @@ function renderPause(d) {
   const pause = $("pause");
   if (d.paused) {
     pause.hidden = false;
-    pause.textContent = `Uploads paused (${d.paused.kind}): ${visible(d.paused.reason)}`;
+    const p = d.paused;
+    const left = p.until ? (Date.parse(p.until) - Date.now()) / 1000 : null;
+    const probe = left === null ? "" : left >= 1 ? `; one upload tries again in ${duration(left)}` : "; one upload is trying again";
+    pause.dataset.kind = p.kind;
+    pause.textContent = `Uploads paused: ${visible(p.reason)}${probe}.`;
   } else pause.hidden = true;
   const items = [];
   for (const r of d.roots || []) {
@@ -146,11 +150,13 @@ function renderPlot(rate) {
   const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "requests per second over the last hour" });
   const n = rate.ends.length;
   const slots = Math.max(n, Math.round(3600 / rate.bucket_s));
-  let top = 0.1;
-  for (const e of Object.values(rate.endpoints)) {
-    for (const v of e.requests_per_s) top = Math.max(top, v);
-    if (e.limit_per_s) top = Math.max(top, e.limit_per_s);
-  }
+  // The scale follows the traffic; a limit far above it (more than 5 times the busiest
+  // bucket) would flatten every line to the axis, so it is named in the legend instead.
+  let peak = 0;
+  for (const e of Object.values(rate.endpoints)) for (const v of e.requests_per_s) peak = Math.max(peak, v);
+  const onScale = (limit) => Boolean(limit) && (peak === 0 || limit <= 5 * peak);
+  let top = Math.max(peak, 0.1);
+  for (const e of Object.values(rate.endpoints)) if (onScale(e.limit_per_s)) top = Math.max(top, e.limit_per_s);
   top *= 1.15;
   const x = (i) => L + ((slots - n + i + 0.5) / slots) * (W - L - 4);
   const y = (v) => H - B - (v / top) * (H - B - 6);
@@ -164,19 +170,25 @@ function renderPlot(rate) {
   for (const [name, e] of Object.entries(rate.endpoints)) {
     const color = COLORS[name] || "#4a5568";
     const used = e.requests_per_s.some((v) => v > 0);
-    if (e.limit_per_s && (used || name === "upload" || name === "metadata")) {
+    if (onScale(e.limit_per_s) && (used || name === "upload" || name === "metadata")) {
       root.append(svg("line", { class: "limit", x1: L, x2: W, y1: y(e.limit_per_s), y2: y(e.limit_per_s), stroke: color }));
     }
     if (n) {
       const pts = e.requests_per_s.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
       root.append(svg("polyline", { class: "series", points: pts, stroke: color, "data-endpoint": name }));
+      // A line needs two points: the first bucket of a fresh daemon is a dot.
+      if (n === 1 && used) root.append(svg("circle", { cx: x(0), cy: y(e.requests_per_s[0]), r: 2.5, fill: color }));
     }
     e.throttled.forEach((t, i) => {
-      if (t > 0) root.append(svg("circle", { class: "throttled", cx: x(i), cy: y(e.requests_per_s[i]), r: 3 }, ""));
+      if (t <= 0) return;
+      const dot = svg("circle", { class: "throttled", cx: x(i), cy: y(e.requests_per_s[i]), r: 3, "data-endpoint": name });
+      dot.append(svg("title", {}, `${name}: ${t} throttled answer(s)`));
+      root.append(dot);
     });
     const sw = el("i", {});
     sw.style.background = color;
-    legend.append(el("span", {}, sw, `${name}${e.limit_per_s ? " (limit " + e.limit_per_s + "/s)" : ""}`));
+    const limit = e.limit_per_s ? ` (limit ${e.limit_per_s}/s${onScale(e.limit_per_s) ? "" : ", above the plot"})` : "";
+    legend.append(el("span", { "data-endpoint": name }, sw, name + limit));
   }
   legend.append(el("span", {}, "red dots: throttled answers"));
   $("plot").replaceChildren(root, legend);
@@ -188,9 +200,24 @@ function fileCell(item) {
   return el("td", { class: "mono", title: item.path }, item.path === null ? "(no path)" : item.path);
 }
 
+// When a file left a live list (settled, upload ended), by key: a page asked for before that
+// moment may still hold it, and must not bring it back.
+const GONE = { settling: new Map(), uploads: new Map() };
+
+function gone(list, key) {
+  const now = Date.now();
+  GONE[list].set(key, now);
+  for (const [k, at] of GONE[list]) if (now - at > 60000) GONE[list].delete(k);
+}
+
+function current(list, items, askedAt) {
+  return new Map(items.filter((i) => !(GONE[list].get(keyOf(i)) >= askedAt)).map((i) => [keyOf(i), i]));
+}
+
 async function loadSettling() {
+  const askedAt = Date.now();
   const page = await getJSON("/v1/activity?kind=settling&limit=100");
-  S.settling = new Map(page.items.map((i) => [keyOf(i), i]));
+  S.settling = current("settling", page.items, askedAt);
   S.settlingTotal = page.total;
   renderSettling();
   if (S.settling.size) later("settling", 2000, () => loadSettling().catch(noteError));
@@ -205,8 +232,9 @@ function renderSettling() {
 }
 
 async function loadUploading() {
+  const askedAt = Date.now();
   const page = await getJSON("/v1/activity?kind=uploading&limit=100");
-  S.uploads = new Map(page.items.map((i) => [keyOf(i), i]));
+  S.uploads = current("uploads", page.items, askedAt);
   S.queued = page.queued || 0;
   renderUploading();
 }
@@ -232,6 +260,7 @@ async function loadFinished() {
 }
 
 function renderFinished() {
+  $("finished-count").textContent = S.finished.length ? "" : "none yet";
   fill("finished", S.finished.map((f) => el("tr", { "data-sha256": f.sha256 }, fileCell(f),
     el("td", { class: "mono asset" }, f.asset_id),
     el("td", { class: "state-" + (f.state || "") }, f.remote_status || f.state || ""),
@@ -309,20 +338,23 @@ function onEvent(type, doc) {
   const key = keyOf(doc);
   switch (type) {
     case "settling":
+      GONE.settling.delete(key);  // written to again: it settles anew
       if (!S.settling.has(key)) S.settling.set(key, { ...doc, why: null, since: doc.time });
       renderSettling();
       later("settling", 1000, () => loadSettling().catch(noteError));
       break;
     case "settled":
-      S.settling.delete(key); renderSettling(); break;
+      gone("settling", key); S.settling.delete(key); renderSettling(); break;
     case "upload_started": case "upload_progress":
+      if (type === "upload_started") GONE.uploads.delete(key);
+      else if (GONE.uploads.has(key)) break;  // a late progress of an attempt that ended
       S.uploads.set(key, { ...(S.uploads.get(key) || {}), ...doc }); renderUploading(); break;
     case "upload_finished":
       S.finished.unshift({ ...doc, state: "uploaded", remote_status: null, ended_at: doc.time });
       S.finished.length = Math.min(S.finished.length, FINISHED_MAX);
       renderFinished(); break;
     case "upload_ended":
-      S.uploads.delete(key); renderUploading(); break;
+      gone("uploads", key); S.uploads.delete(key); renderUploading(); break;
     case "status_changed":
       for (const f of S.finished) if (f.sha256 === doc.sha256) { f.remote_status = doc.status; f.state = doc.status === "SUCCESS" ? "done" : f.state; }
       renderFinished(); break;
@@ -350,10 +382,13 @@ function follow() {
   });
   for (const t of EVENT_TYPES) es.addEventListener(t, (e) => onEvent(t, JSON.parse(e.data)));
   es.addEventListener("dropped", () => { loadAll().catch(noteError); });
+  // The browser reconnects by itself after a dropped connection (readyState CONNECTING); it
+  // gives up for good on an answer that is not a stream (CLOSED). Poll then, and also after
+  // three failed reconnects in a row (a proxy that holds the stream back, say).
   es.onerror = () => {
     setLive(false);
     S.errors += 1;
-    if (S.errors >= 3 && es.readyState === EventSource.CLOSED) { es.close(); startPolling(); }
+    if (es.readyState === EventSource.CLOSED || S.errors >= 3) { es.close(); startPolling(); }
   };
 }
 
@@ -364,10 +399,11 @@ function setLive(on) {
 }
 
 function startPolling() {
-  if (S.polling) return;
-  S.polling = setInterval(() => loadAll().catch(noteError), 5000);
+  if (!S.polling) S.polling = setInterval(() => loadAll().catch(noteError), 5000);
   setLive(false);
-  setTimeout(() => { if (!S.live) follow(); }, 30000);  // try the stream again now and then
+  // Try the stream again now and then (every time it fails, 30 s later).
+  clearTimeout(S.timers.retry);
+  S.timers.retry = setTimeout(() => { if (!S.live) follow(); }, 30000);
 }
 
 function noteError(err) {
