@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from bench import bigfile, dashboard, hashing, latency, ratelimit, restart, scaling, smallfiles
+from bench import (
+    backlog,
+    bigfile,
+    dashboard,
+    hashing,
+    idle,
+    latency,
+    ratelimit,
+    restart,
+    scaling,
+    smallfiles,
+)
 
 BENCHMARKS: tuple[ModuleType, ...] = (
     hashing,
@@ -19,4 +30,6 @@ BENCHMARKS: tuple[ModuleType, ...] = (
     latency,
     scaling,
     dashboard,
+    idle,
+    backlog,
 )

@@ -28,7 +28,10 @@ not share an event loop; nothing reaches the network.
 
 This file is generated: `python -m bench` runs the suite, writes one JSON file per benchmark
 into `bench/results/` (not committed) and rewrites this file from them;
-`python -m bench.report` rewrites it from the results already there.
+`python -m bench.report` rewrites it from the results already there. A benchmark without a
+result file keeps its section (and its summary rows) from the previous report, with the
+command, date and load average it was measured with, so running one benchmark alone
+replaces only its own section.
 
 ```console
 $ make bench                             # the whole suite: .venv/bin/python -m bench
@@ -224,6 +227,22 @@ def _extra_text(data: dict[str, Any]) -> str:
             f"{r['metadata_throttled']} throttled. From the drop to the last asset SUCCESS: "
             f"{_fmt(_median(extra['drop_to_all_success_s']))} s." + _delay_text(r.get("send_delay"))
         )
+    if name == "idle" and extra:
+        return (
+            f"Whole run of the daemon (start, scan, idle windows, shutdown): "
+            f"{_fmt(extra['daemon_cpu_s_whole_run'])} CPU-s; threads while idle: "
+            f"{max(extra['threads'])}; log lines after the scan (shutdown included): "
+            f"{extra['log_lines_after_scan']}."
+        )
+    if name == "backlog" and extra:
+        return (
+            f"Medians: the startup scan was done {_fmt(_median(extra['scan_s']))} s after the "
+            f"spawn and the first file queued at {_fmt(_median(extra['first_queued_s']))} s; "
+            f"the daemon used {_fmt(_median(extra['syncd_cpu_s']))} CPU-s in all (its threads "
+            f"together, shutdown included), peak RSS {_fmt(_median(extra['rss_mb']))} MB; "
+            f"{_median(extra['uploads']):.0f} uploads reached the emulator meanwhile (paced "
+            "at 1/s)."
+        )
     if name == "latency" and extra:
         return (
             f"Fastest file {_fmt(min(extra['min_ms']))} ms, slowest "
@@ -301,8 +320,30 @@ def _scaling_text(extra: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def render(results_dir: Path) -> str:
-    """Return the report's Markdown for the result files in ``results_dir``."""
+def _previous_parts(previous: str) -> tuple[dict[str, str], list[str]]:
+    """Split an earlier report into its sections (by ``## `` title) and its summary rows."""
+    sections: dict[str, str] = {}
+    title = ""
+    lines: list[str] = []
+    for line in [*previous.splitlines(), "## "]:
+        if line.startswith("## "):
+            if title:
+                sections[title] = "\n".join(lines).rstrip() + "\n"
+            title, lines = line[3:].strip(), [line]
+        elif title:
+            lines.append(line)
+    summary = sections.get("Summary", "")
+    rows = [r for r in summary.splitlines() if r.startswith("| ") and ": " in r.split("|")[1]]
+    return sections, rows
+
+
+def render(results_dir: Path, previous: str = "") -> str:
+    """Return the report's Markdown for the result files in ``results_dir``.
+
+    Given ``previous`` (the report as it was), a benchmark with no result file keeps its
+    section and its summary rows from it, with the command, date and load average they were
+    measured with: running one benchmark alone does not erase the others' figures.
+    """
     order = {m.NAME: i for i, m in enumerate(BENCHMARKS)}
     results: list[dict[str, Any]] = []
     for path in sorted(results_dir.glob("*.json")):
@@ -317,17 +358,42 @@ def render(results_dir: Path) -> str:
     if not results:
         parts.append("No results yet: run `python -m bench`.\n")
         return "\n".join(parts)
+    by_name = {d["benchmark"]: d for d in results}
+    kept, kept_rows = _previous_parts(previous)
+    summary = _summary(results).splitlines()
+    body: list[str] = []
+    for module in BENCHMARKS:
+        data = by_name.get(module.NAME)
+        if data is not None:
+            body.append(_section(data))
+            continue
+        old = kept.get(str(module.TITLE))
+        if old is None:
+            continue
+        body.append(old)
+        prefix = f"| {_title(module.NAME)}: "
+        rows = [r for r in kept_rows if r.startswith(prefix)]
+        # Kept rows go where the benchmark stands in the suite's order.
+        before = [m.NAME for m in BENCHMARKS[: BENCHMARKS.index(module)]]
+        at = 2 + sum(
+            1 for r in summary[2:] if any(r.startswith(f"| {_title(n)}: ") for n in before)
+        )
+        summary[at:at] = rows
     parts += ["## Machine", "", _machine(results), ""]
-    parts += ["## Summary", "", _summary(results), ""]
-    for data in results:
-        parts += [_section(data)]
+    parts += ["## Summary", "", "\n".join(summary), ""]
+    parts += body
     return "\n".join(parts).rstrip() + "\n"
 
 
 def write_report(results_dir: Path, docs: Path) -> None:
-    """Render the results in ``results_dir`` and write them to ``docs``."""
+    """Render the results in ``results_dir`` and write them to ``docs``, keeping the
+    sections of the benchmarks without a result from the report already there."""
     docs.parent.mkdir(parents=True, exist_ok=True)
-    docs.write_text(render(results_dir))
+    try:
+        previous = docs.read_text()
+    except FileNotFoundError:
+        previous = ""
+    docs.write_text(render(results_dir, previous))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,8 @@ NAMES = (
     "latency",
     "scaling",
     "dashboard",
+    "idle",
+    "backlog",
 )
 
 
@@ -82,6 +84,8 @@ def test_every_benchmark_runs_quick_and_reports(tmp_path: Path) -> None:
         assert f"## {title}" in report
     for title in ("5. Under the real rate limit", "6. Latency", "7. Scaling", "8. Dashboard"):
         assert f"## {title}" in report
+    for title in ("9. Idle daemon", "10. Backlog intake"):
+        assert f"## {title}" in report
     assert "Quick run (tiny sizes)" in report
     # Scratch folders are removed: only the two outputs stay behind.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.log", "benchmarks.md", "results"]
@@ -98,3 +102,63 @@ def test_an_unknown_benchmark_is_refused() -> None:
     )
     assert done.returncode == 2
     assert "unknown benchmark 'nosuch'" in done.stderr
+
+
+def test_a_benchmark_run_alone_replaces_only_its_own_section_of_the_report(
+    tmp_path: Path,
+) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    figure = {
+        "key": "wakeups",
+        "label": "Wakeups",
+        "value": {"median": 1.0, "min": 1.0, "max": 1.0, "n": 1, "values": [1.0], "unit": "/s"},
+        "reference": None,
+        "reference_label": "",
+        "ratio": None,
+        "target": None,
+        "target_on": "value",
+        "better": "lower",
+        "target_text": "",
+        "goal": None,
+        "met": None,
+    }
+    machine = {"nproc": 2, "cpu_model": "cpu", "sha_extensions": True, "mem_gib": 1.0}
+    machine |= {"python": "3", "openssl": "o", "aiohttp": "a", "kernel": "k", "loadavg": "1"}
+    data = {
+        "benchmark": "idle",
+        "command": "python -m bench idle",
+        "started_at": 0.0,
+        "duration_s": 1.0,
+        "machine": machine,
+        "params": {"folders": 3},
+        "figures": [figure],
+        "notes": [],
+        "extra": {},
+    }
+    (results / "idle.json").write_text(json.dumps(data))
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text(
+        "# Benchmarks\n\n## Summary\n\n| figure | syncd |\n|---|---|\n"
+        "| Restart over a big library: Restart to ready | 1.28 s |\n"
+        "| Idle daemon: Wakeups | 99 /s |\n\n"
+        "## 2. Restart over a big library\n\nOld restart text.\n\n"
+        "## 9. Idle daemon\n\nOld idle text.\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.report", "--results-dir", str(results), "--docs", str(docs)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = docs.read_text()
+    assert "## 2. Restart over a big library\n\nOld restart text.\n" in report
+    assert "| Restart over a big library: Restart to ready | 1.28 s |" in report
+    assert "Old idle text" not in report and "99 /s" not in report
+    assert "| Idle daemon: Wakeups | 1.00 /s |" in report
+    # The suite's order: restart (2) before idle (9), in the summary and in the sections.
+    assert report.index("| Restart over a big library:") < report.index("| Idle daemon:")
+    assert report.index("## 2. Restart") < report.index("## 9. Idle daemon")
