@@ -35,20 +35,16 @@ from syncd.errors import LedgerCorrupt, LedgerError, LedgerLocked, LedgerUnwrita
 from syncd.fingerprint import Fingerprint
 from syncd.ledger.migrations import migrate
 
-ContentState = Literal[
-    "pending", "allocated", "uploading", "uploaded", "done", "failed", "rejected"
-]
-PathState = Literal["present", "gone", "skipped", "unsettled", "error"]
-CONTENT_STATES: tuple[ContentState, ...] = (
-    "pending",
-    "allocated",
-    "uploading",
-    "uploaded",
-    "done",
-    "failed",
-    "rejected",
-)
-PATH_STATES: tuple[PathState, ...] = ("present", "gone", "skipped", "unsettled", "error")
+# The records moved to their own leaf module; re-exported here so that existing imports work.
+from syncd.ledger.records import CONTENT_STATES as CONTENT_STATES
+from syncd.ledger.records import PATH_STATES as PATH_STATES
+from syncd.ledger.records import Attempt as Attempt
+from syncd.ledger.records import Content as Content
+from syncd.ledger.records import ContentState as ContentState
+from syncd.ledger.records import Job as Job
+from syncd.ledger.records import PathRecord as PathRecord
+from syncd.ledger.records import PathState as PathState
+from syncd.ledger.records import RecoveryReport as RecoveryReport
 
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
@@ -63,84 +59,6 @@ def _b(path: str) -> bytes:
 
 def _s(blob: bytes | str) -> str:
     return os.fsdecode(blob) if isinstance(blob, bytes) else blob
-
-
-@dataclass(frozen=True, slots=True)
-class PathRecord:
-    """One path as the ledger knows it."""
-
-    path: str
-    root: str
-    state: PathState
-    sha256: str | None
-    reason: str | None
-    fingerprint: Fingerprint | None
-    open_since: float | None
-    first_seen: float
-    last_seen: float
-    gone_at: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class Content:
-    """One content (distinct bytes) and its remote asset."""
-
-    sha256: str
-    size: int
-    extension: str
-    state: ContentState
-    asset_id: str | None
-    remote_status: str | None
-    upload_mode: str | None
-    signed_url: str | None
-    signed_url_expires_at: float | None
-    attempts: int
-    throttle_count: int
-    remote_failures: int
-    possible_duplicates: int
-    last_error: str | None
-    next_attempt_at: float
-    next_poll_at: float | None
-    polls: int
-    created_at: float
-    updated_at: float
-    uploaded_at: float | None
-    done_at: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    """A content due for upload, with one present path that holds it (None if none does)."""
-
-    content: Content
-    path: str | None
-    fingerprint: Fingerprint | None
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One upload attempt, the audit trail behind ``syncd show``."""
-
-    id: int
-    sha256: str
-    path: str | None
-    mode: str
-    asset_id: str | None
-    started_at: float
-    ended_at: float | None
-    outcome: str | None
-    http_status: int | None
-    bytes_sent: int | None
-    error: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class RecoveryReport:
-    """What startup recovery found and did."""
-
-    interrupted_direct: int  # back to pending, counted as possible remote duplicates
-    resumed_signed_url: int  # back to allocated, resumed on the same asset id
-    polls_rescheduled: int
 
 
 _CONTENT_COLS = ", ".join(Content.__slots__)
