@@ -34,17 +34,17 @@ from urllib.parse import quote
 from syncd.errors import LedgerCorrupt, LedgerError, LedgerLocked, LedgerUnwritable
 from syncd.fingerprint import Fingerprint
 from syncd.ledger.migrations import migrate
-
-# The records moved to their own leaf module; re-exported here so that existing imports work.
-from syncd.ledger.records import CONTENT_STATES as CONTENT_STATES
-from syncd.ledger.records import PATH_STATES as PATH_STATES
-from syncd.ledger.records import Attempt as Attempt
-from syncd.ledger.records import Content as Content
-from syncd.ledger.records import ContentState as ContentState
-from syncd.ledger.records import Job as Job
-from syncd.ledger.records import PathRecord as PathRecord
-from syncd.ledger.records import PathState as PathState
-from syncd.ledger.records import RecoveryReport as RecoveryReport
+from syncd.ledger.records import (
+    CONTENT_STATES,
+    PATH_STATES,
+    Attempt,
+    Content,
+    ContentState,
+    Job,
+    PathRecord,
+    PathState,
+    RecoveryReport,
+)
 
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
