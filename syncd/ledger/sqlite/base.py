@@ -18,11 +18,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from syncd.errors import LedgerCorrupt, LedgerError, LedgerUnwritable
 from syncd.fingerprint import Fingerprint
-from syncd.ledger.records import (
-    Attempt,
-    Content,
-    PathRecord,
-)
+from syncd.ledger.records import Attempt, Content, PathRecord
 from syncd.ledger.sqlite.connection import _Connection, _fetch
 
 _T = TypeVar("_T")

@@ -27,13 +27,8 @@ from collections.abc import Callable
 from typing import Any
 
 from syncd.errors import LedgerCorrupt, LedgerError, LedgerUnwritable
-from syncd.ledger.records import (
-    RecoveryReport,
-)
-from syncd.ledger.sqlite.base import (
-    _retry_stalled,
-    classify_sqlite_error,
-)
+from syncd.ledger.records import RecoveryReport
+from syncd.ledger.sqlite.base import _retry_stalled, classify_sqlite_error
 from syncd.ledger.sqlite.connection import _connect, _Connection, _fetch, _prepare, _uri_path
 from syncd.ledger.sqlite.lock import prepare_ledger_dir
 from syncd.ledger.sqlite.pages import Pages

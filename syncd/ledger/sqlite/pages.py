@@ -7,20 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from syncd.ledger.records import (
-    Attempt,
-    Content,
-    PathRecord,
-)
-from syncd.ledger.sqlite.base import (
-    _PATH_COLS,
-    LedgerBase,
-    _attempt,
-    _b,
-    _content,
-    _path,
-    _s,
-)
+from syncd.ledger.records import Attempt, Content, PathRecord
+from syncd.ledger.sqlite.base import _PATH_COLS, LedgerBase, _attempt, _b, _content, _path, _s
 
 
 class Pages(LedgerBase):

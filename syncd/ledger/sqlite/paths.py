@@ -11,11 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from syncd.fingerprint import Fingerprint
-from syncd.ledger.records import (
-    Content,
-    PathRecord,
-    PathState,
-)
+from syncd.ledger.records import Content, PathRecord, PathState
 from syncd.ledger.sqlite.base import (
     _CONTENT_COLS,
     _IN_CHUNK,

@@ -6,16 +6,8 @@ from __future__ import annotations
 
 import sqlite3
 
-from syncd.ledger.records import (
-    Content,
-    ContentState,
-)
-from syncd.ledger.sqlite.base import (
-    _CONTENT_COLS,
-    LedgerBase,
-    _content,
-    _retry_stalled,
-)
+from syncd.ledger.records import Content, ContentState
+from syncd.ledger.sqlite.base import _CONTENT_COLS, LedgerBase, _content, _retry_stalled
 
 
 class Polling(LedgerBase):

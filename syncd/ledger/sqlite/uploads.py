@@ -10,10 +10,7 @@ from collections.abc import Iterable
 from typing import Literal
 
 from syncd.fingerprint import Fingerprint
-from syncd.ledger.records import (
-    Content,
-    Job,
-)
+from syncd.ledger.records import Content, Job
 from syncd.ledger.sqlite.base import (
     _CONTENT_COLS,
     LedgerBase,
