@@ -129,9 +129,9 @@ def _retry_stalled(
 
 class LedgerBase:
     """What every section of the ledger shares: the connections, the clock and the way a
-    transaction or a query is run on them. Owned and opened by :class:`~syncd.ledger.sqlite.
-    ledger.Ledger`; the sections (paths, uploads, polling, queries, pages) are subclasses that
-    add methods only.
+    transaction or a query is run on them. Owned and opened by
+    :class:`~syncd.ledger.sqlite.ledger.Ledger`; the sections (paths, uploads, polling,
+    queries, pages) are subclasses that add methods only.
 
     Every public coroutine is one transaction, run as one function on a connection's own
     thread (see :class:`~syncd.ledger.sqlite.connection._Connection`): writes on the writer

@@ -42,8 +42,8 @@ class Ledger(PathRows, Uploads, Polling, Queries, Pages):
     """Async access to the ledger: one owner of the connections, the lifecycle and recovery.
 
     Use :meth:`open`. The methods are those of the sections it is made of, one module each
-    (paths, uploads, polling, queries, pages; see :class:`~syncd.ledger.sqlite.base.
-    LedgerBase` for how each runs); this class adds opening, closing, checking and backing up
+    (paths, uploads, polling, queries, pages; see :class:`~syncd.ledger.sqlite.base.LedgerBase`
+    for how each runs); this class adds opening, closing, checking and backing up
     the file, the key/value rows and startup recovery. It implements
     :class:`~syncd.ledger.store.LedgerStore`.
     """
