@@ -65,6 +65,10 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,  # 57P01 admin shutdown, 57P03 cannot connect
     asyncpg.exceptions.InsufficientResourcesError,  # 53xxx: disk full, too many connections
     asyncpg.exceptions.TransactionRollbackError,  # serialization failure, deadlock: retry
+    # A connection the server dropped mid-statement can leave asyncpg's protocol in a state it
+    # does not expect ("cannot switch to state 15; another operation is in progress"): the
+    # connection is lost, not the query wrong. _conn terminates it so the pool opens a new one.
+    asyncpg.InternalClientError,
 )
 
 
@@ -214,7 +218,11 @@ class PgBase:
             raise LedgerError("internal error: the ledger is closed")
         try:
             async with self._pool.acquire() as conn:
-                yield conn
+                try:
+                    yield conn
+                except asyncpg.InternalClientError:
+                    conn.terminate()  # its protocol state is lost: never back into the pool
+                    raise
         except _UNREACHABLE as exc:
             raise LedgerUnreachable(_unreachable_text(self.path, exc)) from None
         except asyncpg.PostgresError as exc:
