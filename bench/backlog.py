@@ -61,6 +61,30 @@ QUIET_S = 0.2
 QUEUED_RE = re.compile(r"^queued .+ sha256=[0-9a-f]+ \(\d+ bytes\)$")
 RATIO_TARGET = 1.5
 
+# What profiling found (shown in the report next to a figure that misses its target).
+FINDINGS = {
+    "intake": (
+        "The reference spends ~0.11 ms a file (SHA-256 of 100 KiB at ~1.4 GB/s is 0.07 ms); "
+        "the daemon ~2-2.5 ms of wall time. It is not the hashing, and not the event loop "
+        "running flat out: per-thread CPU (`/proc/PID/task/*/stat`, 5,000 files) gives the "
+        "event loop's thread 3.9 CPU-s of an 11.7 s intake, the ledger's writer 2.0 s, the "
+        "others under 1 s each. The intake is latency-bound: each file goes, one step after "
+        "the other, through one of `upload.hash_workers` (2) tasks: a ledger read "
+        "(`get_path`), `read_head` in a thread, the hash in the hasher's pool, "
+        "`record_content` on the writer thread, and the `queued` log line written to stderr "
+        "from the event loop; each thread hop is a hand-over of the GIL (py-spy puts the "
+        "loop's samples in `ThreadPoolExecutor.submit`, the self-pipe and the stderr write, "
+        "where it waits to get the GIL back). Experiments (not shipped), same machine: "
+        "`upload.hash_workers: 8` took 8.5 s instead of 11.7 s, with 7.4 CPU-s instead of "
+        "10.7 (more files per ledger commit and per wakeup); `log.level: warning` 8.1 s; "
+        "`sys.setswitchinterval(0.0005)` 4.9-5.0 s instead of 5.6-6.2 s at 3,000 files "
+        "(figure 4 gained 8-10 % the same way). Proposed: for files a scan found (already "
+        "quiet), read the head and hash in the same thread call, a batch of files per call, "
+        "and record a batch per ledger transaction; more hash tasks than hash threads, so "
+        "that ledger and thread hops overlap."
+    ),
+}
+
 # The reference: every regular file under argv[1], walked with os.scandir, hashed with
 # hashlib.file_digest; prints how many it hashed (checked against the tree).
 REFERENCE = """\
