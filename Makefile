@@ -24,13 +24,15 @@ lint: install
 	$(BIN)/mypy
 
 # What the tests need beyond the venv, from Debian's packages (as root, non-interactive), installed
-# only when missing: the browser of tests/test_dashboard.py, and the PostgreSQL server binaries the
-# tests start private instances of (never the machine's own servers).
+# only when missing: the browser of tests/test_dashboard.py, and the PostgreSQL and Redis server
+# binaries the tests start private instances of (never the machine's own servers).
 test-deps:
 	@test -x /usr/bin/chromium || { apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }
+	@command -v redis-server >/dev/null || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; }
 
 test: lint test-deps
 	$(BIN)/pytest
