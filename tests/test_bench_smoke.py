@@ -21,6 +21,7 @@ NAMES = (
     "latency",
     "scaling",
     "dashboard",
+    "fleet",
 )
 
 

@@ -5,6 +5,7 @@ is void, and while Redis is down no request starts and none burst when it return
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import logging
 import subprocess
@@ -16,6 +17,9 @@ from typing import Any
 import pytest
 from redis_support import RedisServer
 
+from syncd.config import parse_config
+from syncd.metrics import Metrics
+from syncd.ops.fleet_status import fleet_budget, render_fleet_budget
 from syncd.upload.fleet_pacer import RedisPacer, connect, read_fleet_view
 
 pytestmark = pytest.mark.timeout(60)
@@ -63,6 +67,7 @@ async def grant_loop(pacer: RedisPacer, starts: list[int], until: float) -> None
 # A host in another process: acquires for the given seconds, prints each start's server time.
 CHILD = """
 import asyncio, sys, time
+from syncd.metrics import Metrics
 from syncd.upload.fleet_pacer import RedisPacer, connect
 
 async def main(url, seconds):
@@ -207,11 +212,15 @@ async def test_no_request_starts_while_redis_is_down_and_none_burst_when_it_retu
 async def test_the_fleet_view_lists_live_hosts_with_their_grant_rates(
     redis_url: str, make_pacer: MakePacer
 ) -> None:
-    a = await make_pacer(redis_url, "a")
+    metrics = Metrics()
+    a = await make_pacer(redis_url, "a", metrics=metrics)
     await make_pacer(redis_url, "b")
     for _ in range(3):
         await a.acquire("upload")
     await asyncio.sleep(0.7)  # one heartbeat
+    assert metrics.value("syncd_fleet_redis_up") == 1
+    assert metrics.value("syncd_fleet_hosts_alive") == 2
+    assert metrics.value("syncd_fleet_grants_per_second", host="a", endpoint="upload") > 0
     client = connect(redis_url)
     try:
         view = await read_fleet_view(client, "acct", ENDPOINTS)
@@ -220,3 +229,21 @@ async def test_the_fleet_view_lists_live_hosts_with_their_grant_rates(
     assert [h["host"] for h in view["hosts"]] == ["a", "b"]
     assert view["hosts"][0]["grants_per_s"]["upload"] > 0
     assert view["endpoints"][0]["granted"] == 3
+
+
+async def test_status_reports_an_unreachable_redis_instead_of_failing(
+    own_redis: RedisServer,
+) -> None:
+    cfg = parse_config(
+        {"fleet": {"redis_url": f"redis://:hunter2@127.0.0.1:{own_redis.port}/0", "account": "a"}},
+        "t.yaml",
+    )
+    await asyncio.to_thread(own_redis.stop)
+    doc = await fleet_budget(cfg)
+    assert doc is not None
+    assert doc["reachable"] is False and doc["error"]
+    assert "hunter2" not in doc["redis"]
+    out = io.StringIO()
+    render_fleet_budget(doc, out)
+    assert "NOT reachable" in out.getvalue() and "hunter2" not in out.getvalue()
+    assert await fleet_budget(parse_config({}, "t.yaml")) is None

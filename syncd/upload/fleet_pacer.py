@@ -288,6 +288,16 @@ class RedisPacer(Pacer):
         await self._redis.aclose()
 
     @property
+    def account(self) -> str:
+        """The account's name in the Redis keys."""
+        return self._account
+
+    @property
+    def host(self) -> str:
+        """This host's name in the fleet."""
+        return self._host
+
+    @property
     def connected(self) -> bool:
         """Whether the last call to Redis succeeded."""
         return not self._lost
@@ -593,4 +603,10 @@ async def build_pacer(cfg: Config, api_key: str | None, metrics: Metrics | None 
         cooldown_max_s=rl.cooldown_max_s,
     )
     await pacer.start()
+    log.info(
+        "pacer: sharing the fleet's budget on Redis at %s (account %s, host %s)",
+        safe_url(url),
+        pacer.account,
+        pacer.host,
+    )
     return pacer
