@@ -247,3 +247,25 @@ async def test_status_reports_an_unreachable_redis_instead_of_failing(
     render_fleet_budget(doc, out)
     assert "NOT reachable" in out.getvalue() and "hunter2" not in out.getvalue()
     assert await fleet_budget(parse_config({}, "t.yaml")) is None
+
+
+async def test_closing_pacers_mid_heartbeat_returns_promptly(redis_url: str) -> None:
+    # The client can swallow a cancel that lands inside a command; the pacer must still stop.
+    for i in range(10):
+        pacers = [
+            RedisPacer(
+                dict.fromkeys(ENDPOINTS, RATE_PER_S),
+                client=connect(redis_url),
+                account=f"close{i}",
+                host=host,
+                heartbeat_s=0.001,
+            )
+            for host in ("a", "b")
+        ]
+        for pacer in pacers:
+            await pacer.start()
+        await pacers[0].acquire("upload")
+        await asyncio.sleep(0.01)
+        for pacer in pacers:
+            await asyncio.wait_for(pacer.aclose(), 1.0)
+            assert pacer._heartbeat_task is not None and pacer._heartbeat_task.done()

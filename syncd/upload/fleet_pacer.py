@@ -170,6 +170,19 @@ return out
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
+def _raise_if_cancelling(exc: BaseException | None = None) -> None:
+    """Raise ``CancelledError`` when the current task was asked to cancel.
+
+    The client can swallow a cancel that lands while a command runs (the command then returns
+    normally, or fails as a lost connection): seen in a closing pacer, whose heartbeat kept
+    going after ``cancel()``. Checked after every call to Redis, so a cancelled caller (a
+    worker at shutdown) neither takes a slot nor retries for ever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc
+
+
 def account_name(cfg: Config, api_key: str | None) -> str:
     """Return the account's name in Redis keys: ``fleet.account``, else ``key-`` and the first
     12 hex digits of the API key's SHA-256 (hosts sharing a key agree; the key stays secret).
@@ -261,6 +274,7 @@ class RedisPacer(Pacer):
         self._shared: dict[str, dict[str, float]] = {}
         self._shared_at = 0.0
         self._background: set[asyncio.Task[Any]] = set()
+        self._closing = False
         self._heartbeat_task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -277,12 +291,14 @@ class RedisPacer(Pacer):
 
     async def aclose(self) -> None:
         """Stop the heartbeat and the pending reports, drop this host's heartbeat key, close."""
+        self._closing = True
         tasks = [*self._background]
         if self._heartbeat_task is not None:
             tasks.append(self._heartbeat_task)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.wait(tasks, timeout=REDIS_TIMEOUT_S)
         with contextlib.suppress(RedisError, OSError):
             await asyncio.wait_for(self._redis.delete(self._host_key), REDIS_TIMEOUT_S)
         await self._redis.aclose()
@@ -324,10 +340,12 @@ class RedisPacer(Pacer):
             try:
                 result = await script(keys=[key], args=list(args))
             except _UNREACHABLE as exc:
+                _raise_if_cancelling(exc)
                 self._mark_lost(exc)
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, BACKOFF_MAX_S)
                 continue
+            _raise_if_cancelling()
             self._mark_back()
             return result
 
@@ -499,10 +517,12 @@ class RedisPacer(Pacer):
 
     async def _heartbeat(self) -> None:
         """Publish this host's heartbeat and read the fleet's view, every ``heartbeat_s``."""
-        while True:
+        while not self._closing:
             try:
                 await self._beat()
+                _raise_if_cancelling()
             except _UNREACHABLE as exc:
+                _raise_if_cancelling(exc)
                 self._mark_lost(exc)
             except RedisError as exc:  # a server-side error: worth a line, not a crash
                 log.warning("pacer: fleet heartbeat failed: %s", exc)
