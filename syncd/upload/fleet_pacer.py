@@ -10,9 +10,10 @@ scripts on the **Redis server's clock** (``TIME``), never the hosts' clocks:
    polling, one outstanding reservation per host and endpoint.
 2. *Start*, when the caller wakes: a slot woken more than :data:`LATE_SLOT_S` late (a loaded
    box, a GC pause, SIGSTOP) is void and the caller reserves again, since sending late could land
-   inside another host's slot; a start closer than ``1 / rate`` to the fleet's last start (an
-   earlier host that was a little late) waits the difference; a cool-down that began meanwhile
-   voids the slot. Otherwise the start is recorded (``last_start``) and the request may go.
+   inside another host's slot; a start closer than the interval to the fleet's last start or
+   send (an earlier host that was a little late) waits the difference; a cool-down that began
+   meanwhile voids the slot. Otherwise the start is recorded (``last_start``) and the request
+   may go.
 
 Any host's 400/429 extends the shared cool-down for every host (one script, the same
 escalation as the local pacer: doubling from ``cooldown_initial_s`` to ``cooldown_max_s``, with
@@ -257,7 +258,10 @@ class RedisPacer(Pacer):
         self._metrics = metrics
         self._late_us = int(late_slot_s * _US)
         self._heartbeat_s = heartbeat_s
-        self._gaps_us = {name: int(_US / rate) for name, rate in rates_per_s.items()}
+        # The least distance between two starts (and from a send to the next start): the
+        # interval with its margin, as the local pacer keeps it after a send; without the
+        # margin, the variance between a send and its arrival at the API would have no room.
+        self._gaps_us = {name: int(b.interval_s * _US) for name, b in self._buckets.items()}
         self._locks = {name: asyncio.Lock() for name in rates_per_s}
         self._grants: dict[str, collections.deque[float]] = {
             name: collections.deque() for name in rates_per_s
