@@ -37,6 +37,7 @@ from bench.harness import (
     Stat,
     daemon_config,
     log,
+    ratios,
     rmtree,
     workdir,
 )
@@ -57,11 +58,21 @@ API_ENDPOINTS = ("upload", "metadata", "signed_url", "download", "delete")
 
 FINDINGS = {
     "*": (
-        "Alone, N hosts each spend their own 1/s: the account sees N requests/s, the emulator "
-        "throttles all but one per second, and every host's cool-down escalates, so more "
-        "hosts upload *less*. Sharing the budget keeps the account at one upload request per "
-        "1.04 s whatever N, with no throttle; the few percent below 0.96/s are slots lost to "
-        "the hand-over between hosts (a reservation round trip and the send after the grant)."
+        "Alone, N hosts each spend their own 1/s: the account receives N upload requests per "
+        "second (1.65/s with 8 hosts, thinned out by the 400s), up to N within one second, and "
+        "6, 21 and 42 requests answered 400/429 in 60 s with 2, 4 and 8 hosts. The emulator "
+        "lets one a second through and syncd's cool-downs keep the rejected ones from "
+        "escalating, so the successful rate stays at the ceiling (0.97/s): on this API the cost "
+        "of hosts pacing alone is the throttles (on an account that may be penalised for them) "
+        "and the wasted requests, not the throughput. Sharing the budget on Redis keeps the "
+        "whole fleet at one upload request per interval whatever N (never two within one "
+        "second), with no 400/429 at 2, 4 and 8 hosts, at 0.95/s: the hand-over between hosts "
+        "(a reservation round trip, the sleep to the slot, voided late slots) costs ~2 % "
+        "against one host alone. With one host on Redis, 1 or 2 requests of a 60 s run (a "
+        "status poll or an upload) were answered 400 in 3 of 4 runs on this loaded machine "
+        "(load average 3-4), arriving ~0.2 s less than 1 s after the previous one although "
+        "their starts were spaced on Redis's clock; not explained yet, and each cost a 2 s "
+        "cool-down (0.90/s)."
     ),
 }
 
@@ -230,6 +241,17 @@ def run(args: argparse.Namespace) -> Result:
                         runs.setdefault((n, fleet), []).append(got)
         finally:
             redis.close()
+    return build_result(sizes, duration_s, repeat, runs)
+
+
+def build_result(
+    sizes: list[int],
+    duration_s: float,
+    repeat: int,
+    runs: dict[tuple[int, bool], list[dict[str, Any]]],
+) -> Result:
+    """Given the sizes, the run length and every run's summary by (daemons, shared), return
+    the benchmark's result."""
     result = Result(
         NAME,
         {
@@ -249,6 +271,13 @@ def run(args: argparse.Namespace) -> Result:
                 value=Stat([r["uploads_ok_per_s"] for r in fleet_runs], "uploads/s"),
                 reference=Stat([r["uploads_ok_per_s"] for r in alone_runs], "uploads/s"),
                 reference_label="each alone",
+                ratio=Stat(
+                    ratios(
+                        [r["uploads_ok_per_s"] for r in fleet_runs],
+                        [r["uploads_ok_per_s"] for r in alone_runs],
+                    ),
+                    "x",
+                ),
                 target=0.9,
                 better="higher",
                 target_text=">= 0.9/s (of the 1/s budget)",
@@ -259,11 +288,9 @@ def run(args: argparse.Namespace) -> Result:
                 key=f"throttled_{n}",
                 label=f"{n} daemon(s): requests answered 400/429",
                 value=Stat([float(r["throttled"]) for r in fleet_runs], "requests"),
-                reference=Stat([float(r["throttled"]) for r in alone_runs], "requests"),
-                reference_label="each alone",
                 target=0.0,
                 better="lower",
-                target_text="0",
+                target_text="0 (each alone: in the table below)",
             )
         )
     rows = [
