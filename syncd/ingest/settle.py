@@ -255,6 +255,12 @@ class Settler:
 
     # -- state --------------------------------------------------------------------------------
 
+    @property
+    def settle_delay_s(self) -> float:
+        """The soonest a path offered now is handed on, in seconds: ``quiet_s`` without
+        changes, plus a second for the stats' spacing and the round that notices it."""
+        return self.quiet_s + 1
+
     def tracked(self) -> int:
         """Return how many paths are waiting to settle."""
         return len(self._tracks)

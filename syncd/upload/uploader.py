@@ -16,9 +16,9 @@ import logging
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from syncd import events
 from syncd.config import Config
@@ -112,6 +112,18 @@ class _Finisher:
             self._lock.release()
 
 
+class Resettle(Protocol):
+    """Where a file whose bytes changed under an upload goes back: the ingest stage."""
+
+    @property
+    def settle_delay_s(self) -> float:
+        """The soonest a path handed back now can be hashed again, in seconds."""
+        ...
+
+    async def resettle(self, path: str) -> None:
+        """Settle, hash and record ``path`` again."""
+
+
 def backoff_s(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
     """Exponential backoff with full jitter in its upper half: attempt 1 waits ~initial_s."""
     base = min(max_s, initial_s * 2.0 ** max(0, attempt - 1))
@@ -122,8 +134,9 @@ class Uploader:
     """Dispatcher plus ``cfg.upload.workers`` worker tasks.
 
     Given the config, the open ledger, the client, the shared pacer and metrics, plus
-    ``on_changed(path)``: called when a file's bytes changed under an upload, so the daemon can
-    send it back to settling.
+    ``resettle`` (where a file whose bytes changed under an upload goes back to settling, and
+    how long that takes at least) and ``on_uploaded()`` (called after an asset id is committed:
+    the daemon points it at the poller).
     """
 
     def __init__(
@@ -134,7 +147,8 @@ class Uploader:
         pacer: Pacer,
         metrics: Metrics,
         *,
-        on_changed: Callable[[str], Awaitable[None]],
+        resettle: Resettle,
+        on_uploaded: Callable[[], None] = lambda: None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -143,7 +157,8 @@ class Uploader:
         self.client = client
         self.pacer = pacer
         self.metrics = metrics
-        self.on_changed = on_changed
+        self.resettle = resettle
+        self.on_uploaded = on_uploaded
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
         self.clock = clock
         self.stats = UploadStats()
@@ -157,8 +172,6 @@ class Uploader:
         self._idle = asyncio.Event()  # set whenever no upload is in flight
         self._idle.set()
         self._finish_lock = asyncio.Lock()  # see _upload_direct: one finisher at a time
-        # Called after an asset id is committed (the daemon points it at the poller).
-        self.on_uploaded: Callable[[], None] = lambda: None
 
     # ------------------------------------------------------------ dispatcher
 
@@ -325,11 +338,11 @@ class Uploader:
                 None,
                 outcome="changed",
                 error="file changed since it was hashed",
-                next_attempt_at=self.clock() + self.cfg.settle.quiet_s + 1,
+                next_attempt_at=self.clock() + self.resettle.settle_delay_s,
                 count_attempt=False,
                 keep_allocation=content.state == "allocated",
             )
-            await self.on_changed(path)
+            await self.resettle.resettle(path)
             return
         pause = self.state.pause
         if pause is not None and pause.probe != content.sha256:
@@ -574,7 +587,7 @@ class Uploader:
             )
             self.stats.superseded += 1
             self.metrics.inc("syncd_uploads_total", outcome="superseded")
-            await self.on_changed(path)
+            await self.resettle.resettle(path)
             return
         await self.ledger.finish_upload(
             content.sha256,
