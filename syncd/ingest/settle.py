@@ -41,9 +41,9 @@ from datetime import UTC, datetime
 from typing import Final, Literal
 
 from syncd import events
+from syncd.display import display_path
+from syncd.files import file_kind
 from syncd.fingerprint import Fingerprint
-from syncd.ingest.hashing import file_kind
-from syncd.ingest.pathfilter import display_path
 from syncd.ingest.watcher import FsEvent
 from syncd.ingest.writers import WriterCheck
 

@@ -24,9 +24,10 @@ from syncd.config import Config
 from syncd.display import display_path
 from syncd.errors import EXIT_FAILURE, SyncdError
 from syncd.failpoints import failpoint
+from syncd.files import NotRegularFile
 from syncd.fingerprint import Fingerprint
 from syncd.formats import extension_of
-from syncd.ingest.hashing import FileChanged, Hasher, HasherClosed, NotRegularFile
+from syncd.ingest.hashing import FileChanged, Hasher, HasherClosed
 from syncd.ingest.intake import Roots
 from syncd.ingest.media import check_extension, preflight, read_head
 from syncd.ingest.settle import Settled, Settler

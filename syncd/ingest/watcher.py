@@ -52,9 +52,9 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from syncd.config import WatchRoot
+from syncd.display import display_path
 from syncd.errors import EXIT_CONFIG, SyncdError
 from syncd.ingest._inotify import JOIN_TIMEOUT_S, InotifyObserver, Overflow, sysctl
-from syncd.ingest.pathfilter import display_path
 
 log = logging.getLogger(__name__)
 

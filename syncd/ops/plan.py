@@ -35,7 +35,7 @@ from typing import Any, TextIO
 
 from syncd.config import Config, WatchRoot
 from syncd.errors import EXIT_FAILURE, EXIT_OK
-from syncd.ingest.hashing import NotRegularFile
+from syncd.files import NotRegularFile
 from syncd.ingest.media import check_extension, preflight, read_head
 from syncd.ingest.pathfilter import PathFilter
 from syncd.ingest.scanner import RootUnavailable, ScanEntry, scan_root

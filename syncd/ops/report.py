@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple, TextIO, cast
 
 from syncd.config import Config
+from syncd.display import display_path, one_line
 from syncd.errors import EXIT_FAILURE, EXIT_OK, SyncdError
 from syncd.ledger.postgres import PostgresLedger
 from syncd.ledger.sqlite import (
@@ -72,12 +73,6 @@ class NotFound(SyncdError):
 # Rendering helpers shared by every operator command (and the HTTP endpoint).
 
 
-def shown_path(path: str) -> str:
-    """Given a path (``os.fsdecode`` form), return it as text: bytes that are not UTF-8 are
-    escaped as ``\\xNN``."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
 def path_fields(path: str, key: str = "path") -> dict[str, str]:
     """Given a path, return ``{key: text}``, plus ``{key}_bytes_hex`` (the exact bytes) when
     the path is not valid UTF-8."""
@@ -86,14 +81,6 @@ def path_fields(path: str, key: str = "path") -> dict[str, str]:
         return {key: raw.decode("utf-8")}
     except UnicodeDecodeError:
         return {key: raw.decode("utf-8", "backslashreplace"), f"{key}_bytes_hex": raw.hex()}
-
-
-def one_line(text: str) -> str:
-    """Given text for a human table, return it with control characters (a newline in a file
-    name, say) escaped so that one record stays one line."""
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def iso(ts: float | None) -> str | None:
@@ -307,10 +294,10 @@ async def resolve(ledger: Ledger, key: str, *, filesystem: bool = True) -> Resol
             return Resolved(found[0].sha256, None, "sha256")
     if exists:
         raise NotFound(
-            f"{shown_path(key)}: the file exists but the ledger does not know it "
+            f"{display_path(key)}: the file exists but the ledger does not know it "
             "(not under a watched folder, or not settled and hashed yet)"
         )
-    raise NotFound(f"{one_line(shown_path(key))}: unknown path, asset id or sha256")
+    raise NotFound(f"{display_path(key)}: unknown path, asset id or sha256")
 
 
 def _path_json(rec: PathRecord | None, path: str) -> dict[str, Any]:
@@ -949,7 +936,7 @@ async def run_retry(args: argparse.Namespace, cfg: Config) -> int:
             if found.sha256 is None:
                 why = found.path.reason if found.path and found.path.reason else "not hashed"
                 print(
-                    f"syncd retry: {one_line(shown_path(key))}: holds no content to upload ({why})",
+                    f"syncd retry: {display_path(key)}: holds no content to upload ({why})",
                     file=sys.stderr,
                 )
                 status = EXIT_FAILURE
@@ -987,8 +974,8 @@ async def run_forget(args: argparse.Namespace, cfg: Config) -> int:
     finally:
         await ledger.close()
     if forgotten is None:
-        raise NotFound(f"{one_line(shown_path(args.path))}: the ledger does not track this path")
-    print(f"forgot {one_line(shown_path(forgotten))} (its content and remote asset are kept)")
+        raise NotFound(f"{display_path(args.path)}: the ledger does not track this path")
+    print(f"forgot {display_path(forgotten)} (its content and remote asset are kept)")
     return EXIT_OK
 
 

@@ -49,7 +49,6 @@ import math
 import os
 import re
 import secrets
-import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -61,6 +60,7 @@ from aiohttp.abc import AbstractStreamWriter
 from yarl import URL
 
 from syncd import __version__, events
+from syncd.display import display_path
 from syncd.errors import (
     EXIT_IOERR,
     ApiAuthError,
@@ -74,6 +74,7 @@ from syncd.errors import (
     SignedUrlExpired,
     SyncdError,
 )
+from syncd.files import NotRegularFile, open_regular
 from syncd.fingerprint import Fingerprint
 from syncd.formats import FORMATS, extension_of
 
@@ -112,7 +113,7 @@ class LocalFileError(SyncdError, OSError):
     exit_code = EXIT_IOERR
 
     def __init__(self, path: str, detail: str, errno: int | None = None) -> None:
-        super().__init__(f"cannot upload {printable_path(path)}: {detail}")
+        super().__init__(f"cannot upload {display_path(path)}: {detail}")
         self.path = path
         self.detail = detail
         self.errno = errno
@@ -173,11 +174,6 @@ class _Answer(NamedTuple):
     body_sent: bool  # for uploads: every byte of the request was handed to the transport
 
 
-def printable_path(path: str) -> str:
-    """Given a path (possibly with surrogate-escaped bytes), return a one-line printable form."""
-    return _CONTROL_RE.sub("?", _raw_name(path).decode("utf-8", "backslashreplace"))
-
-
 def multipart_filename(name: str) -> str:
     """Return ``name`` as it goes between the quotes of the multipart ``filename`` parameter.
 
@@ -216,23 +212,18 @@ def _open_regular(path: str, expected: Fingerprint | None) -> tuple[int, int]:
     """Runs in a worker thread: open ``path`` for reading; returns (fd, size).
 
     ``expected``, when given, is the fingerprint the caller checked: the file opened must be
-    exactly that file (a symlink or another file swapped in since is refused, unsent).
+    exactly that file (a symlink or another file swapped in since is refused, unsent). Raises
+    :class:`LocalFileError` for a file that cannot be opened or is not a regular file.
     """
     try:
-        # O_NONBLOCK: a FIFO in the file's place opens at once (and is refused below) instead
-        # of blocking this thread until a writer comes; reads of a regular file ignore it.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        fd, st = open_regular(path, follow_symlinks=True)
+    except NotRegularFile as exc:
+        raise LocalFileError(path, f"not a regular file (it is {exc.kind})") from None
     except OSError as exc:
         raise LocalFileError(path, exc.strerror or str(exc), exc.errno) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise LocalFileError(path, "not a regular file")
-        if expected is not None and Fingerprint.of(st) != expected:
-            raise LocalFileError(path, "changed since it was checked; nothing was sent")
-    except BaseException:
+    if expected is not None and Fingerprint.of(st) != expected:
         os.close(fd)
-        raise
+        raise LocalFileError(path, "changed since it was checked; nothing was sent")
     return fd, st.st_size
 
 

@@ -22,6 +22,7 @@ from typing import Literal, Protocol
 
 from syncd import events
 from syncd.config import Config
+from syncd.display import display_path
 from syncd.errors import (
     ApiAuthError,
     ApiError,
@@ -319,7 +320,7 @@ class Uploader:
         try:
             now_fp = await asyncio.to_thread(Fingerprint.stat, path)
         except OSError as exc:
-            error = f"{_display(path)}: {exc.strerror or exc}"
+            error = f"{display_path(path)}: {exc.strerror or exc}"
             await self._file_unavailable(path, exc, again=content.last_error == error)
             await self.ledger.retry_later(
                 content.sha256,
@@ -332,7 +333,7 @@ class Uploader:
             )
             return
         if job.fingerprint is not None and now_fp != job.fingerprint:
-            log.info("%s changed since it was hashed; settling it again", _display(path))
+            log.info("%s changed since it was hashed; settling it again", display_path(path))
             await self.ledger.retry_later(
                 content.sha256,
                 None,
@@ -573,7 +574,7 @@ class Uploader:
             )
             log.warning(
                 "%s: %s; asset %s kept as superseded, settling the file again",
-                _display(path),
+                display_path(path),
                 why,
                 asset_id,
             )
@@ -613,7 +614,7 @@ class Uploader:
         self._resume_if_paused()
         log.info(
             "uploaded %s sha256=%s asset=%s attempt=%d %.2fs %d bytes via %s",
-            _display(path),
+            display_path(path),
             _short(content.sha256),
             asset_id,
             content.attempts + 1,
@@ -808,7 +809,7 @@ class Uploader:
             content.sha256,
             attempt,
             outcome="file_error",
-            error=f"cannot read {_display(path)}: {exc.strerror or exc}",
+            error=f"cannot read {display_path(path)}: {exc.strerror or exc}",
             next_attempt_at=self.clock() + self.cfg.upload.backoff_initial_s,
             count_attempt=False,
             keep_allocation=keep_allocation,
@@ -820,11 +821,11 @@ class Uploader:
         # of an unreadable file (every backoff_initial_s) are not worth a warning each.
         if isinstance(exc, FileNotFoundError):
             await self.ledger.mark_gone(path)
-            log.info("%s vanished before or during its upload", _display(path))
+            log.info("%s vanished before or during its upload", display_path(path))
         elif again:
-            log.debug("still cannot read %s: %s", _display(path), exc.strerror or exc)
+            log.debug("still cannot read %s: %s", display_path(path), exc.strerror or exc)
         else:
-            log.warning("cannot read %s: %s", _display(path), exc.strerror or exc)
+            log.warning("cannot read %s: %s", display_path(path), exc.strerror or exc)
 
 
 def _status(exc: ApiError) -> str:
@@ -833,10 +834,3 @@ def _status(exc: ApiError) -> str:
 
 def _short(sha256: str) -> str:
     return sha256[:12]
-
-
-def _display(path: str) -> str:
-    # Undecodable bytes as \xNN; a name with a newline or another control character is quoted
-    # and escaped, so it cannot split or forge a log line.
-    text = os.fsencode(path).decode("utf-8", "backslashreplace")
-    return text if text.isprintable() else repr(text)
