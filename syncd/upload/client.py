@@ -15,8 +15,10 @@ answer                                          raises
 402                                             :class:`~syncd.errors.ApiNoCredits`
 408, 5xx, 3xx (redirects are never followed),   :class:`~syncd.errors.ApiRetryable`
 connection errors, timeouts, oversized,
-malformed or failure answers with HTTP 2xx,
+malformed or failure answers with HTTP 2xx
+(those: :class:`~syncd.errors.ApiUnusableAnswer`),
 an upload answered before all bytes were sent
+409 from the signed-URL host                    :class:`~syncd.errors.ApiAlreadyStored`
 other 4xx (404, 405, 409, 415, ...)             :class:`~syncd.errors.ApiPermanent`
 ==============================================  ===========================================
 
@@ -63,6 +65,7 @@ from syncd import __version__, events
 from syncd.display import display_path
 from syncd.errors import (
     EXIT_IOERR,
+    ApiAlreadyStored,
     ApiAuthError,
     ApiError,
     ApiNoCredits,
@@ -70,6 +73,7 @@ from syncd.errors import (
     ApiPermanent,
     ApiRetryable,
     ApiThrottled,
+    ApiUnusableAnswer,
     ConfigError,
     SignedUrlExpired,
     SyncdError,
@@ -752,6 +756,8 @@ class MaviClient:
             cls = ApiNoCredits
         elif status == 408:
             cls = ApiRetryable
+        elif storage and status == 409:
+            cls = ApiAlreadyStored
         elif 400 <= status < 500:
             cls = ApiPermanent
         else:
@@ -769,6 +775,10 @@ class MaviClient:
 
     def _error(self, cls: type[ApiError], endpoint: str, what: str, status: int | None) -> ApiError:
         """Build a one-line error that names the endpoint and status and hides the key."""
+        if cls is ApiRetryable and status is not None and 200 <= status < 300:
+            # The service took the request and answered success, yet named nothing usable:
+            # the uploader must know that an asset may exist (statuses stay in here).
+            cls = ApiUnusableAnswer
         where = f"HTTP {status}" if status is not None else "no answer"
         message = f"{endpoint}: {where}: {what}"
         message = _CONTROL_RE.sub(" ", _strip_query(message))

@@ -18,18 +18,15 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
 from syncd import events
 from syncd.config import Config
 from syncd.display import display_path
 from syncd.errors import (
-    ApiAuthError,
+    ApiAlreadyStored,
     ApiError,
-    ApiNoCredits,
     ApiNotFound,
-    ApiPermanent,
-    ApiRetryable,
     ApiThrottled,
     ClaimLost,
     SignedUrlExpired,
@@ -40,6 +37,7 @@ from syncd.ledger.sqlite import Content, Job, Ledger
 from syncd.metrics import Metrics
 from syncd.upload.client import MaviClient, UploadResult
 from syncd.upload.pacer import Pacer
+from syncd.upload.policy import Decision, GiveUp, PauseAll, RetryLater, Throttle, decide
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +121,6 @@ class Resettle(Protocol):
 
     async def resettle(self, path: str) -> None:
         """Settle, hash and record ``path`` again."""
-
-
-def backoff_s(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
-    """Exponential backoff with full jitter in its upper half: attempt 1 waits ~initial_s."""
-    base = min(max_s, initial_s * 2.0 ** max(0, attempt - 1))
-    return min(max_s, base * (0.5 + rng.random() * 0.5))
 
 
 class Uploader:
@@ -282,12 +274,14 @@ class Uploader:
         except Exception:
             # A bug, not an API answer: keep the daemon alive, retry the content later.
             log.exception("internal error uploading %s", _short(job.content.sha256))
-            await self.ledger.retry_later(
+            await self._apply(
                 job.content.sha256,
                 None,
-                outcome="internal_error",
-                error="internal error (see the daemon log)",
-                next_attempt_at=self.clock() + self.cfg.upload.backoff_max_s,
+                RetryLater(
+                    "internal_error",
+                    "internal error (see the daemon log)",
+                    self.cfg.upload.backoff_max_s,
+                ),
             )
         finally:
             events.publish("upload_ended", path=job.path, sha256=job.content.sha256)
@@ -322,40 +316,46 @@ class Uploader:
         except OSError as exc:
             error = f"{display_path(path)}: {exc.strerror or exc}"
             await self._file_unavailable(path, exc, again=content.last_error == error)
-            await self.ledger.retry_later(
+            await self._apply(
                 content.sha256,
                 None,
-                outcome="file_error",
-                error=error,
-                next_attempt_at=self.clock() + self.cfg.upload.backoff_initial_s,
-                count_attempt=False,
-                keep_allocation=content.state == "allocated",
+                RetryLater(
+                    "file_error",
+                    error,
+                    self.cfg.upload.backoff_initial_s,
+                    count_attempt=False,
+                    keep_allocation=content.state == "allocated",
+                ),
             )
             return
         if job.fingerprint is not None and now_fp != job.fingerprint:
             log.info("%s changed since it was hashed; settling it again", display_path(path))
-            await self.ledger.retry_later(
+            await self._apply(
                 content.sha256,
                 None,
-                outcome="changed",
-                error="file changed since it was hashed",
-                next_attempt_at=self.clock() + self.resettle.settle_delay_s,
-                count_attempt=False,
-                keep_allocation=content.state == "allocated",
+                RetryLater(
+                    "changed",
+                    "file changed since it was hashed",
+                    self.resettle.settle_delay_s,
+                    count_attempt=False,
+                    keep_allocation=content.state == "allocated",
+                ),
             )
             await self.resettle.resettle(path)
             return
         pause = self.state.pause
         if pause is not None and pause.probe != content.sha256:
             # Claimed before the pause began: put it back untouched, send nothing.
-            await self.ledger.retry_later(
+            await self._apply(
                 content.sha256,
                 None,
-                outcome="paused",
-                error=pause.reason,
-                next_attempt_at=pause.until,
-                count_attempt=False,
-                keep_allocation=content.state == "allocated",
+                RetryLater(
+                    "paused",
+                    pause.reason,
+                    pause.until - self.clock(),
+                    count_attempt=False,
+                    keep_allocation=content.state == "allocated",
+                ),
             )
             return
         mode = self._mode_for(content)
@@ -366,7 +366,6 @@ class Uploader:
 
     async def _upload_direct(self, content: Content, path: str, before: Fingerprint) -> None:
         await self.pacer.acquire("upload")
-        started = self.clock()
         self._in_flight()
         attempt = await self.ledger.begin_attempt(content.sha256, path, "direct")
         failpoint("attempt_started")
@@ -399,7 +398,7 @@ class Uploader:
                 if finisher.lost is not None:
                     raise finisher.lost from None
                 self.metrics.inc("syncd_requests_total", endpoint="upload", status=_status(exc))
-                await self._api_failure(content, attempt, "upload", "direct", exc, started)
+                await self._api_failure(content, attempt, "upload", "direct", exc)
                 return
             except OSError as exc:
                 if finisher.lost is not None:
@@ -469,7 +468,7 @@ class Uploader:
                 raise
             except ApiError as exc:
                 self.metrics.inc("syncd_requests_total", endpoint="signed_url", status=_status(exc))
-                await self._api_failure(content, attempt, "signed_url", "signed_url", exc, now)
+                await self._api_failure(content, attempt, "signed_url", "signed_url", exc)
                 return
             failpoint("allocated")
             self.metrics.inc("syncd_requests_total", endpoint="signed_url", status="200")
@@ -502,21 +501,16 @@ class Uploader:
             )
             self.wake()
             return
-        except ApiPermanent as exc:
+        except ApiAlreadyStored as exc:
             self.metrics.inc("syncd_requests_total", endpoint="storage", status=_status(exc))
-            if exc.status != 409:
-                await self._api_failure(
-                    content, attempt, "storage", "signed_url", exc, now, keep_allocation=True
-                )
-                return
-            # 409: the asset is past WAITING, so an earlier send (before a crash, or one whose
-            # answer was lost) delivered the bytes. The poller confirms its final status.
+            # An earlier send (before a crash, or one whose answer was lost) delivered the
+            # bytes. The poller confirms the asset's final status.
             await self.ledger.finish_upload(
                 content.sha256,
                 attempt,
                 asset_id,
                 bytes_sent=0,
-                http_status=409,
+                http_status=exc.status,
                 next_poll_at=self.clock(),
             )
             self.on_uploaded()
@@ -525,7 +519,7 @@ class Uploader:
         except ApiError as exc:
             self.metrics.inc("syncd_requests_total", endpoint="storage", status=_status(exc))
             await self._api_failure(
-                content, attempt, "storage", "signed_url", exc, now, keep_allocation=True
+                content, attempt, "storage", "signed_url", exc, keep_allocation=True
             )
             return
         except OSError as exc:
@@ -654,144 +648,102 @@ class Uploader:
         endpoint: str,
         mode: str,
         exc: ApiError,
-        started: float,
         *,
         keep_allocation: bool = False,
     ) -> None:
-        cfg = self.cfg.upload
-        sha = content.sha256
-        now = self.clock()
+        """An attempt failed at the API: gather the evidence, decide, write the decision."""
+        throttle = None
         if isinstance(exc, ApiThrottled):
             self.stats.throttled += 1
             self.metrics.inc("syncd_throttle_events_total", endpoint=endpoint)
-            pacer_endpoint = "upload" if endpoint == "storage" else endpoint
-            cool_s = self.pacer.throttled(pacer_endpoint)
-            # The ambiguous 400: it counts against this file only if the API accepted other
-            # files since this file's previous attempt; otherwise the whole account is being
-            # throttled. A file's first 400 counts (it alone never reaches reject_after).
-            previous_end = await self.ledger.previous_attempt_end(sha, attempt)
-            counted = previous_end is None or await self.ledger.accepted_since(
-                mode, previous_end, sha
+            cool_s = self.pacer.throttled("upload" if endpoint == "storage" else endpoint)
+            previous_end = await self.ledger.previous_attempt_end(content.sha256, attempt)
+            others = previous_end is not None and await self.ledger.accepted_since(
+                mode, previous_end, content.sha256
             )
-            if counted and content.throttle_count + 1 >= cfg.reject_after:
-                reason = (
-                    f"API answered HTTP {exc.status} {content.throttle_count + 1} times while "
-                    f"other uploads succeeded: rejected ({exc})"
-                )
-                await self._give_up(sha, attempt, "rejected", reason, exc.status)
-                return
-            delay = max(
-                cool_s, backoff_s(content.throttle_count + 1, cool_s, cfg.backoff_max_s, self.rng)
-            )
-            await self.ledger.retry_later(
-                sha,
+            throttle = Throttle(cool_s, previous_end is not None, others)
+        decision = decide(
+            exc,
+            attempts=content.attempts,
+            throttle_count=content.throttle_count,
+            mode=mode,
+            endpoint=endpoint,
+            cfg=self.cfg.upload,
+            rng=self.rng,
+            throttle=throttle,
+            keep_allocation=keep_allocation,
+        )
+        await self._apply(content.sha256, attempt, decision)
+
+    async def _apply(self, sha256: str, attempt: int | None, decision: Decision) -> None:
+        """Write a decision: the one caller of the ledger's ``retry_later`` and ``give_up``,
+        and the one place that counts, logs and publishes what became of a content."""
+        if isinstance(decision, GiveUp):
+            assert attempt is not None  # noqa: S101 - only an attempt can end a content
+            state, reason = decision.state, decision.reason
+            await self.ledger.give_up(
+                sha256,
                 attempt,
-                outcome="throttled",
-                error=str(exc),
-                http_status=exc.status,
-                next_attempt_at=now + delay,
-                count_attempt=False,
-                count_throttle=counted,
-                keep_allocation=keep_allocation,
+                state=state,
+                outcome=state,
+                error=reason,
+                http_status=decision.http_status,
             )
-            self.stats.retried += 1
-            log.info(
-                "retry %s in %.1fs: HTTP %s on %s (%s; cool-down %.1fs)",
-                _short(sha),
-                delay,
-                exc.status,
-                endpoint,
-                "counted against the file" if counted else "account throttled",
-                cool_s,
-            )
+            if state == "failed":
+                self.stats.failed += 1
+            else:
+                self.stats.rejected += 1
+            self.metrics.inc("syncd_uploads_total", outcome=state)
+            events.publish("problem", kind=state, sha256=sha256, reason=reason)
+            log.warning("gave up on %s: %s", _short(sha256), reason)
             return
-        if isinstance(exc, ApiAuthError | ApiNoCredits):
-            kind = "auth" if isinstance(exc, ApiAuthError) else "credits"
-            what = (
-                "the API refused the key (HTTP %s): check MAVI_API_KEY / api.key_file"
-                if kind == "auth"
-                else "the account is out of credits (HTTP %s): recharge it"
-            ) % exc.status
-            delay, news = self._set_pause(kind, what)
+        if isinstance(decision, PauseAll):
+            delay, news = self._set_pause(decision.kind, decision.reason)
             if news:
-                log.error("uploads paused: %s; probing again in %.0f s", what, delay)
-                events.publish("problem", kind=kind, reason=what)
-            await self.ledger.retry_later(
-                sha,
-                attempt,
-                outcome=kind,
-                error=what,
-                http_status=exc.status,
-                next_attempt_at=now + delay,
+                log.error("uploads paused: %s; probing again in %.0f s", decision.reason, delay)
+                events.publish("problem", kind=decision.kind, reason=decision.reason)
+            decision = RetryLater(
+                decision.kind,
+                decision.reason,
+                delay,
+                http_status=decision.http_status,
                 count_attempt=False,
-                keep_allocation=keep_allocation,
+                keep_allocation=decision.keep_allocation,
             )
-            return
-        if isinstance(exc, ApiPermanent) and not isinstance(exc, ApiNotFound):
-            await self._give_up(
-                sha, attempt, "rejected", f"the API refused this file: {exc}", exc.status
-            )
-            return
-        # Retryable (5xx, transport, timeouts, malformed answers) and anything unforeseen.
-        attempts = content.attempts + 1
-        if attempts >= cfg.max_attempts:
-            reason = f"{attempts} attempts failed; the last: {exc}"
-            await self._give_up(sha, attempt, "failed", reason, exc.status)
-            return
-        delay = backoff_s(attempts, cfg.backoff_initial_s, cfg.backoff_max_s, self.rng)
-        # A 2xx that names no usable asset (malformed, no or a wrong asset id, too long) came
-        # from a service that took the body: it may hold an asset nobody can name.
-        duplicate = mode == "direct" and exc.status is not None and 200 <= exc.status < 300
-        if duplicate:
+        if decision.possible_duplicate:
             self.metrics.inc("syncd_possible_duplicates_total")
         await self.ledger.retry_later(
-            sha,
+            sha256,
             attempt,
-            outcome="retryable" if isinstance(exc, ApiRetryable) else "error",
-            error=str(exc),
-            http_status=exc.status,
-            next_attempt_at=now + delay,
-            keep_allocation=keep_allocation,
-            possible_duplicate=duplicate,
+            outcome=decision.outcome,
+            error=decision.error,
+            http_status=decision.http_status,
+            next_attempt_at=self.clock() + decision.delay_s,
+            count_attempt=decision.count_attempt,
+            count_throttle=decision.count_throttle,
+            keep_allocation=decision.keep_allocation,
+            possible_duplicate=decision.possible_duplicate,
         )
-        self.stats.retried += 1
-        log.info("retry %s in %.1fs (attempt %d): %s", _short(sha), delay, attempts, exc)
-
-    async def _give_up(
-        self,
-        sha256: str,
-        attempt: int,
-        state: Literal["failed", "rejected"],
-        reason: str,
-        http_status: int | None,
-    ) -> None:
-        await self.ledger.give_up(
-            sha256, attempt, state=state, outcome=state, error=reason, http_status=http_status
-        )
-        if state == "failed":
-            self.stats.failed += 1
-        else:
-            self.stats.rejected += 1
-        self.metrics.inc("syncd_uploads_total", outcome=state)
-        events.publish("problem", kind=state, sha256=sha256, reason=reason)
-        log.warning("gave up on %s: %s", _short(sha256), reason)
+        if decision.note:
+            self.stats.retried += 1
+            log.info("retry %s in %.1fs%s", _short(sha256), decision.delay_s, decision.note)
 
     async def _interrupted(
         self, sha256: str, attempt: int, *, keep_allocation: bool, possible_duplicate: bool
     ) -> None:
         """Shutdown cancelled an attempt: back to the queue, not counted against the file."""
-        await self.ledger.retry_later(
+        await self._apply(
             sha256,
             attempt,
-            outcome="interrupted",
-            error="interrupted by shutdown",
-            next_attempt_at=self.clock(),
-            count_attempt=False,
-            keep_allocation=keep_allocation,
-            possible_duplicate=possible_duplicate,
+            RetryLater(
+                "interrupted",
+                "interrupted by shutdown",
+                0.0,
+                count_attempt=False,
+                keep_allocation=keep_allocation,
+                possible_duplicate=possible_duplicate,
+            ),
         )
-        if possible_duplicate:
-            self.metrics.inc("syncd_possible_duplicates_total")
         self.stats.interrupted += 1
 
     async def _unreadable_during_upload(
@@ -805,14 +757,16 @@ class Uploader:
     ) -> None:
         """The file could not be read while its body was sent: retry soon without counting an
         attempt (the API never saw the file), keeping a signed-URL allocation if asked."""
-        await self.ledger.retry_later(
+        await self._apply(
             content.sha256,
             attempt,
-            outcome="file_error",
-            error=f"cannot read {display_path(path)}: {exc.strerror or exc}",
-            next_attempt_at=self.clock() + self.cfg.upload.backoff_initial_s,
-            count_attempt=False,
-            keep_allocation=keep_allocation,
+            RetryLater(
+                "file_error",
+                f"cannot read {display_path(path)}: {exc.strerror or exc}",
+                self.cfg.upload.backoff_initial_s,
+                count_attempt=False,
+                keep_allocation=keep_allocation,
+            ),
         )
         await self._file_unavailable(path, exc)
 
