@@ -39,7 +39,7 @@ from syncd.errors import (
 from syncd.logs import add_secret, setup_logging
 
 if TYPE_CHECKING:
-    from syncd.daemon import Snapshot
+    from syncd.ops.live import Snapshot
 
 log = logging.getLogger("syncd.cli")
 

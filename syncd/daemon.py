@@ -9,7 +9,12 @@ stage does lives in the stage (``syncd.ingest.intake``, ``syncd.ingest.stage``,
 ``syncd.upload``); the daemon hands each a ``spawn`` callable so that a crashed task is logged at
 once and stops the daemon with its exit code. Signal handlers only set events. Shutdown stops
 intake, lets in-flight uploads finish within ``shutdown.grace_s``, cancels the rest (retried on
-the next start), flushes the ledger and logs one summary line with counters.
+the next start), flushes the ledger and logs one summary line with counters. What the
+running daemon shows of itself (summary, heartbeat, dashboard, progress line) is rendered from
+one ``snapshot()`` by ``syncd.ops.live``.
+
+A little over 500 lines: the wiring of five stages, the endpoint, SIGHUP reload, ``--once``
+and the two ledgers (SQLite with its lock, or the fleet's) is what is left, each a few lines.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ import os
 import signal
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
 from typing import Any, cast
 
 from syncd.config import Config, load_config
@@ -45,54 +49,17 @@ from syncd.ledger.sqlite import Ledger, LedgerLock, PathReader, prepare_ledger_d
 from syncd.metrics import Metrics
 from syncd.notify import Notifier, watchdog_loop
 from syncd.ops.dashboard import DaemonView
-from syncd.ops.report import iso, path_fields
+from syncd.ops.live import RootView, Snapshot, heartbeat_record, live_view, stopped_line
 from syncd.ops.webapi import Health, start_http, stop_http
 from syncd.upload.client import MaviClient
 from syncd.upload.pacer import Pacer
 from syncd.upload.poller import Poller
-from syncd.upload.uploader import Pause, Uploader
+from syncd.upload.uploader import Uploader
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 5.0
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """The running daemon at one moment: what the shutdown summary, the heartbeat, sd_notify's
-    STATUS= line, the dashboard and the CLI's progress line read (all from one value)."""
-
-    health: Health
-    uploaded: int
-    bytes_sent: int
-    done: int  # assets the poller saw reach their final status
-    in_flight: int  # uploads claimed and not finished
-    upload_queued: int  # claimed, waiting for a worker
-    settling: int  # paths the settler tracks
-    hashing: int  # paths a hash worker holds now
-    hash_depth: int  # settled paths queued for hashing or being hashed
-    pause: Pause | None
-    backlog_bytes: int  # bytes still to upload, as of the last heartbeat
-
-    def summary(self) -> str:
-        """One line for sd_notify STATUS= and progress logs."""
-        text = (
-            f"uploaded {self.uploaded}, done {self.done}, in flight {self.in_flight}, "
-            f"settling {self.settling}, hashing {self.hashing}"
-        )
-        if self.pause is not None:
-            text += f"; paused: {self.pause.reason}"
-        return text
-
-    def queue(self) -> dict[str, int]:
-        """Counts per in-memory stage, as the heartbeat and the dashboard show them."""
-        return {
-            "settling": self.settling,
-            "hashing": self.hash_depth,
-            "upload_queued": self.upload_queued,
-            "uploading": self.in_flight,
-        }
 
 
 class Daemon:
@@ -424,31 +391,17 @@ class Daemon:
         self.events.close()  # ends every /v1/events stream: none may hold the shutdown up
         if self._http is not None:
             await stop_http(self._http)
-        s = self.uploader.stats
-        c = self.counters
-        dups = await self.ledger.possible_duplicates()
         log.info(
-            "syncd stopped (%s): uploaded=%d bytes=%d done=%d retried=%d throttled=%d "
-            "rejected=%d failed=%d superseded=%d hashed=%d unchanged=%d duplicates=%d "
-            "skipped=%d unsettled=%d cancelled_in_flight=%d possible_remote_duplicates=%d "
-            "uptime_s=%.0f",
-            self._stop_reason or "done",
-            s.uploaded,
-            s.bytes_sent,
-            self.poller.done,
-            s.retried,
-            s.throttled,
-            s.rejected,
-            s.failed,
-            s.superseded,
-            c.hashed,
-            c.unchanged,
-            c.duplicates,
-            c.skipped,
-            c.unsettled,
-            cancelled,
-            dups,
-            time.time() - self.started_at,
+            "%s",
+            stopped_line(
+                self._stop_reason or "done",
+                self.uploader.stats,
+                self.counters,
+                done=self.poller.done,
+                cancelled_in_flight=cancelled,
+                possible_duplicates=await self.ledger.possible_duplicates(),
+                uptime_s=time.time() - self.started_at,
+            ),
         )
 
     # ---------------------------------------------------------------- state
@@ -487,54 +440,32 @@ class Daemon:
         return self.snapshot().summary()
 
     def live(self) -> dict[str, Any]:
-        """What the dashboard shows of the running daemon beyond the ledger (JSON-ready; see
-        :class:`~syncd.ops.dashboard.DaemonView`)."""
-        snap = self.snapshot()
-        h, pause = snap.health, snap.pause
+        """What the dashboard shows of the running daemon (see :func:`live_view`)."""
         hits = self.intake.watch_limit_hits()
-        return {
-            "pid": os.getpid(),
-            "started_at": iso(self.started_at),
-            "healthy": h.healthy,
-            "ready": h.ready,
-            "reason": h.reason,
-            "queue": snap.queue(),
-            "paused": None
-            if pause is None
-            else {"kind": pause.kind, "reason": pause.reason, "until": iso(pause.until)},
-            "cooldowns": [
-                {"endpoint": name, "remaining_s": round(st.cooldown_remaining_s, 1)}
-                for name, st in self.pacer.stats().items()
-                if st.cooldown_remaining_s > 0
+        return live_view(
+            self.snapshot(),
+            started_at=self.started_at,
+            cooldowns_s={n: st.cooldown_remaining_s for n, st in self.pacer.stats().items()},
+            roots=[
+                RootView(
+                    r.cfg.path,
+                    r.available,
+                    r.watched,
+                    hits.get(os.path.normpath(r.cfg.path), 0),
+                )
+                for r in self.roots
             ],
-            "roots": [
-                {
-                    **path_fields(state.cfg.path),
-                    "available": state.available,
-                    "watched": state.watched,
-                    "watch_limit_hits": hits.get(os.path.normpath(state.cfg.path), 0),
-                }
-                for state in self.roots
-            ],
-        }
+        )
 
     async def _write_heartbeat(self, snap: Snapshot, *, stopping: bool = False) -> None:
-        h = snap.health
-        await self.ledger.set_kv(
-            "daemon",
-            {
-                "pid": os.getpid(),
-                "started_at": self.started_at,
-                "updated_at": time.time(),
-                "healthy": h.healthy,
-                "ready": h.ready and not stopping,
-                "reason": h.reason,
-                "paused": snap.pause.reason if snap.pause else None,
-                "queue": snap.queue(),
-                "open_for_write": self.ingest.settler.open_for_write(),
-                "stopping": stopping,
-            },
+        record = heartbeat_record(
+            snap,
+            started_at=self.started_at,
+            now=time.time(),
+            open_for_write=self.ingest.settler.open_for_write(),
+            stopping=stopping,
         )
+        await self.ledger.set_kv("daemon", record)
 
     # ---------------------------------------------------------------- housekeeping
 
