@@ -41,7 +41,8 @@ from syncd.ingest.pathfilter import PathFilter
 from syncd.ingest.scanner import RootUnavailable, ScanEntry, scan_root
 from syncd.ingest.writers import WriterCheck
 from syncd.ledger.sqlite import Content, Ledger, PathRecord
-from syncd.ops.report import Command, add_format_arguments, human_bytes, human_duration, write_json
+from syncd.ops.render import add_format_arguments, human_bytes, human_duration, write_json
+from syncd.ops.report import Command
 
 CATEGORIES = ("upload", "queued", "duplicate", "failed", "waiting", "rejected")
 _DESCRIPTIONS = {
