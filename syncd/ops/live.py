@@ -20,7 +20,8 @@ from typing import Any
 from syncd.ingest.stage import Counters
 from syncd.ops.report import iso, path_fields
 from syncd.ops.webapi import Health
-from syncd.upload.uploader import Pause, UploadStats
+from syncd.upload.dispatcher import Pause
+from syncd.upload.outcomes import UploadStats
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ far, the upload settings, the evidence about an ambiguous 400 (:class:`Throttle`
 source for the jitter, it returns one of three values: :class:`RetryLater` (back to the queue
 after a delay, with what to count), :class:`GiveUp` (``failed`` or ``rejected``: kept until an
 operator retries it or its bytes change) or :class:`PauseAll` (the key or the account is at
-fault: every upload waits, probed slowly). The uploader writes the decision in one place
-(``Uploader._apply``), the only caller of the ledger's ``retry_later`` and ``give_up``.
+fault: every upload waits, probed slowly). The decision is written in one place
+(``Outcomes.apply`` in ``outcomes.py``), the only caller of the ledger's ``retry_later`` and
+``give_up``.
 
 The ambiguous 400 (``docs/architecture.md``, "Telling a throttle from a rejection"): the API
 answers 400 for "rate limit exceeded" and for several validation failures alike. A file's first
