@@ -40,7 +40,8 @@ from syncd.errors import (
 )
 from syncd.events import EventHub
 from syncd.ingest.hashing import Hasher
-from syncd.ingest.intake import Intake, Roots
+from syncd.ingest.intake import Intake
+from syncd.ingest.roots import Roots
 from syncd.ingest.scanner import KnownFiles
 from syncd.ingest.settle import Settler
 from syncd.ingest.stage import Counters, IngestStage

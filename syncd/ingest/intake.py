@@ -5,7 +5,8 @@ every task and stops the daemon when a critical one fails), the intake arms each
 that it is there and still the same file system, watches it, scans it), turns the watcher's
 events into settler calls and ledger marks (a file or folder gone), scans folders that appear
 (once per tree, not once per level), rescans periodically and after an overflow, and keeps
-checking that every root is still mounted. It hands candidate paths to the settler and nothing
+checking that every root is still mounted. The walks themselves are ``scans.py``'s and the
+roots' run-time state is ``roots.py``'s. It hands candidate paths to the settler and nothing
 further: hashing and recording are the ingest stage's (``stage.py``).
 """
 
@@ -16,26 +17,19 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from syncd.config import Config, WatchRoot
 from syncd.display import display_path
 from syncd.errors import SyncdError
 from syncd.ingest.pathfilter import PathFilter
-from syncd.ingest.scanner import (
-    KnownFiles,
-    RootUnavailable,
-    ScanEntry,
-    ScanReport,
-    scan_dir,
-    scan_root,
-)
+from syncd.ingest.roots import Roots, RootState, same_root
+from syncd.ingest.scanner import KnownFiles
+from syncd.ingest.scans import Scans
 from syncd.ingest.settle import Settler
 from syncd.ingest.watcher import (
     FsEvent,
-    RootIdentity,
     Watcher,
     WatchError,
     root_available,
@@ -53,58 +47,6 @@ log = logging.getLogger(__name__)
 NEW_DIRS_QUIET_S = 0.2
 NEW_DIRS_MAX_WAIT_S = 1.0
 ROOT_CHECK_S = 10.0
-
-
-@dataclass
-class RootState:
-    """One watched root at run time."""
-
-    cfg: WatchRoot
-    filt: PathFilter
-    available: bool = False
-    identity: RootIdentity | None = None  # what it was when first armed
-    watched: bool = False
-    reported: bool = False  # its unavailability was logged (once, until it comes back)
-    full_scan: asyncio.Task[None] | None = None
-    rescan_wanted: bool = False  # a full scan was asked for while one ran
-    following_up: bool = False  # the next full scan is a follow-up of a repeated request
-    pending_rescan: asyncio.TimerHandle | None = None
-    scans: set[asyncio.Task[None]] = field(default_factory=set)
-
-
-class Roots:
-    """The watched roots by configured path, and which of them owns a path (nested roots)."""
-
-    def __init__(self) -> None:
-        self.by_path: dict[str, RootState] = {}
-
-    def __getitem__(self, path: str) -> RootState:
-        return self.by_path[path]
-
-    def get(self, path: str) -> RootState | None:
-        """Given a configured root path, return its state, or None when it is not watched."""
-        return self.by_path.get(path)
-
-    def __iter__(self) -> Iterator[RootState]:
-        return iter(list(self.by_path.values()))
-
-    def __len__(self) -> int:
-        return len(self.by_path)
-
-    def root_of(self, path: str) -> RootState | None:
-        """The deepest root ``path`` lies under: with nested roots, the one that owns it."""
-        best: RootState | None = None
-        best_len = -1
-        for state in self.by_path.values():
-            root = os.path.normpath(state.cfg.path).rstrip("/") + "/"
-            if path.startswith(root) and len(root) > best_len:
-                best, best_len = state, len(root)
-        return best
-
-    def owns(self, root: str, path: str) -> bool:
-        """Whether the root configured as ``root`` owns ``path`` (no deeper root holds it)."""
-        owner = self.root_of(path)
-        return owner is None or owner.cfg.path == root
 
 
 class Intake:
@@ -142,7 +84,18 @@ class Intake:
         self._known = known
         self._watch = watch
         self.watcher: Watcher | None = None
-        self.scans_running = 0
+        self.scans = Scans(
+            cfg,
+            ledger,
+            settler,
+            roots,
+            counters=counters,
+            spawn=spawn,
+            stopping=stopping,
+            hashing=hashing,
+            known=known,
+            pace=self._pace_for,
+        )
         self._armed = False  # every configured root was armed once (startup is over)
         self._events: asyncio.Queue[FsEvent] = asyncio.Queue()
         # Folders that appeared (created or moved in) per root, waiting to be scanned; when the
@@ -168,7 +121,7 @@ class Intake:
         self._armed = True
         if not once:
             self._spawn(self._root_monitor(), "root-monitor", critical=False)
-            self._spawn(self._rescan_loop(), "rescan", critical=False)
+            self._spawn(self.scans.rescan_loop(), "rescan", critical=False)
 
     async def stop(self) -> None:
         """Shutdown step one: no more events (the watcher's threads are stopped)."""
@@ -177,7 +130,19 @@ class Intake:
 
     def idle(self) -> bool:
         """Whether no scan runs or is owed."""
-        return not self.scans_running and not any(s.scans for s in self.roots)
+        return self.scans.idle()
+
+    def _pace_for(self, root: str) -> Callable[[], None] | None:
+        # Opening a watched folder queues inotify events of its own: a walk waits for room in
+        # the kernel's queue before each folder, so it never overflows the queue itself.
+        watcher = self.watcher
+        if watcher is None:
+            return None
+
+        def pace() -> None:
+            watcher.wait_for_room(root)
+
+        return pace
 
     def watch_limit_hits(self) -> dict[str, int]:
         """Per root (normalised path), how often the kernel's watch limit was met."""
@@ -203,6 +168,7 @@ class Intake:
                 self.roots[root.path].cfg = root
                 self.roots[root.path].filt = PathFilter(root, new.settle.temp_patterns)
         self.cfg = new
+        self.scans.cfg = new
 
     # ---------------------------------------------------------------- roots
 
@@ -263,16 +229,13 @@ class Intake:
             except WatchError as exc:
                 log.error("%s; relying on periodic rescans for %s", exc, display_path(path))
         if self.cfg.scan.on_start or not self._watch or self._armed:
-            self.start_scan(state)
-
-    async def _same_root(self, state: RootState) -> bool:
-        return await asyncio.to_thread(root_available, state.cfg.path, state.identity)
+            self.scans.start(state)
 
     async def _root_monitor(self) -> None:
         while True:
             await asyncio.sleep(ROOT_CHECK_S)
             for state in self.roots:
-                if state.available and not await self._same_root(state):
+                if state.available and not await same_root(state):
                     log.error(
                         "watched folder %s disappeared or was unmounted; its files are not "
                         "taken as deleted (their ledger records stay as they were)",
@@ -284,135 +247,6 @@ class Intake:
                     state.reported = True
                 elif not state.available:
                     await self._arm_root(state)
-
-    # ---------------------------------------------------------------- scans
-
-    async def _rescan_loop(self) -> None:
-        interval = self.cfg.scan.rescan_interval_s
-        if interval <= 0:
-            return
-        while True:
-            await asyncio.sleep(interval)
-            for state in self.roots:
-                if state.available and not state.scans:
-                    self.start_scan(state)
-
-    def start_scan(self, state: RootState, subdir: str | None = None) -> None:
-        """Scan a root (or one folder in it) in a tracked task.
-
-        Full scans of a root never pile up: asking for one while one runs (an inotify
-        overflow, which a scan of a huge tree can itself cause) only asks for one more when
-        it ends. That one starts at once; if it too is asked to repeat, the next waits as long
-        as the last scan took (at most a minute), so a tree that overflows the queue on every
-        walk is rescanned steadily, not in a storm.
-        """
-        if subdir is None and state.full_scan is not None:
-            state.rescan_wanted = True
-            return
-        task = self._spawn(self._scan(state, subdir), f"scan {state.cfg.path}", critical=False)
-        state.scans.add(task)
-        follow_up = subdir is None and state.following_up
-        if subdir is None:
-            state.full_scan = task
-            state.following_up = False
-        started = time.monotonic()
-
-        def done(t: asyncio.Task[None]) -> None:
-            state.scans.discard(t)
-            if state.full_scan is not t:
-                return
-            state.full_scan = None
-            if state.rescan_wanted and not t.cancelled() and not self._stopping():
-                state.rescan_wanted = False
-                pause_s = min(60.0, time.monotonic() - started) if follow_up else 0.0
-                state.pending_rescan = asyncio.get_running_loop().call_later(
-                    pause_s, self._follow_up_scan, state
-                )
-
-        task.add_done_callback(done)
-
-    def _follow_up_scan(self, state: RootState) -> None:
-        state.pending_rescan = None
-        if not self._stopping() and state.available and self.roots.get(state.cfg.path):
-            state.following_up = True
-            self.start_scan(state)
-
-    async def _scan(self, state: RootState, subdir: str | None = None) -> None:
-        root = state.cfg
-        started = time.time()
-        t0 = time.monotonic()
-        all_roots = [r.cfg.path for r in self.roots]
-        # The walker thread compares each folder with the ledger (its own read-only
-        # connection) and hands on only what is new or changed; an unchanged file costs a
-        # stat and nothing else, and nothing is written for it.
-        report = ScanReport()
-        # Opening a watched folder queues inotify events of its own: the walk waits for room
-        # in the kernel's queue before each folder, so it never overflows the queue itself.
-        watcher = self.watcher
-        pace = None if watcher is None else _pace(watcher, root.path)
-        walker = (
-            scan_root(
-                root, state.filt, all_roots=all_roots, known=self._known, report=report, pace=pace
-            )
-            if subdir is None
-            else scan_dir(
-                root,
-                state.filt,
-                subdir,
-                all_roots=all_roots,
-                known=self._known,
-                report=report,
-                pace=pace,
-            )
-        )
-        self.scans_running += 1
-        try:
-            async with contextlib.aclosing(walker) as batches:
-                async for batch in batches:
-                    await self._offer_batch(batch)
-        except RootUnavailable as exc:
-            log.error("%s; will retry when it comes back", exc)
-            state.available = False
-            return
-        finally:
-            self.scans_running -= 1
-        seen, unchanged = report.seen, report.unchanged
-        self.counters.scanned += seen
-        self.counters.unchanged += unchanged
-        if subdir is None and report.unreadable:
-            # Files under a folder the walk could not read were not seen, not deleted.
-            log.info(
-                "not looking for deleted files under %s: %d folder(s) could not be read",
-                display_path(root.path),
-                len(report.unreadable),
-            )
-        elif subdir is None and not report.compared:
-            log.info(
-                "not looking for deleted files under %s: the scan could not read the ledger",
-                display_path(root.path),
-            )
-        elif subdir is None and await self._same_root(state):
-            gone = await self.ledger.mark_missing_gone(
-                root.path, report.missing, report.vanished, started
-            )
-            if gone:
-                log.info("%d file(s) under %s are gone since the last scan", gone, root.path)
-        log.info(
-            "scan of %s done: %d file(s), %d unchanged, %d to settle (%.2f s)",
-            display_path(subdir or root.path),
-            seen,
-            unchanged,
-            seen - unchanged,
-            time.monotonic() - t0,
-        )
-
-    async def _offer_batch(self, batch: list[ScanEntry]) -> None:
-        """Offer to settle what the walk found new or changed (it left out what the ledger
-        has unchanged). A path back with the bytes it had when it went is made present
-        again by the hasher's fingerprint check, without reading it."""
-        for entry in batch:
-            if entry.path not in self._hashing and self.roots.owns(entry.root, entry.path):
-                await self.settler.offer(entry.path, entry.root, entry.fingerprint)
 
     # ---------------------------------------------------------------- events
 
@@ -453,7 +287,7 @@ class Intake:
                 continue
             for path in paths:
                 if not _has_ancestor_in(path, paths):
-                    self.start_scan(state, path)
+                    self.scans.start(state, path)
 
     async def handle_event(self, ev: FsEvent) -> None:
         """Act on one watcher event: settle, scan, or mark gone. Raises SyncdError when the
@@ -466,7 +300,7 @@ class Intake:
             # The watcher logged it. Events were lost: the settler stops trusting what it had
             # derived about writers (/proc decides), and the rescan finds what was missed.
             self.settler.event(ev)
-            self.start_scan(state)
+            self.scans.start(state)
             return
         if kind == "root_gone":
             # The watcher logged it with the fix; the root monitor re-arms it when it is back.
@@ -502,13 +336,6 @@ class Intake:
         if not state.filt.accepts(ev.path):
             return
         self.settler.event(ev)
-
-
-def _pace(watcher: Watcher, root: str) -> Callable[[], None]:
-    def pace() -> None:
-        watcher.wait_for_room(root)
-
-    return pace
 
 
 def _has_ancestor_in(path: str, paths: set[str]) -> bool:

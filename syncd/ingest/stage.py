@@ -28,8 +28,8 @@ from syncd.files import NotRegularFile
 from syncd.fingerprint import Fingerprint
 from syncd.formats import extension_of
 from syncd.ingest.hashing import FileChanged, Hasher, HasherClosed
-from syncd.ingest.intake import Roots
 from syncd.ingest.media import check_extension, preflight, read_head
+from syncd.ingest.roots import Roots
 from syncd.ingest.settle import Settled, Settler
 from syncd.ingest.writers import WriterCheck
 from syncd.ledger.sqlite import Ledger
