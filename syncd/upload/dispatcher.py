@@ -10,13 +10,13 @@ the workers (``uploader.py``) report back through :meth:`Dispatcher.finished`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from syncd.ledger.records import Job
 from syncd.ledger.store import UploadLedger
+from syncd.upload.wake import Wake
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class Dispatcher:
         self._state = state
         self._clock = clock
         self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=slots)
-        self._wake = asyncio.Event()
+        self._wake = Wake()
         self._intake_open = True
 
     def wake(self) -> None:
@@ -112,9 +112,7 @@ class Dispatcher:
             await self._sleep_or_wake(delay)
 
     async def _sleep_or_wake(self, delay_s: float) -> None:
-        self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=delay_s)
+        await self._wake.sleep(delay_s)
 
     async def get(self) -> Job:
         """For a worker: the next claimed content (waits until there is one)."""
