@@ -12,6 +12,7 @@ from bench import (
     backlog,
     bigfile,
     dashboard,
+    fleet,
     hashing,
     idle,
     latency,
@@ -30,6 +31,7 @@ BENCHMARKS: tuple[ModuleType, ...] = (
     latency,
     scaling,
     dashboard,
+    fleet,
     idle,
     backlog,
 )

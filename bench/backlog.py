@@ -45,7 +45,7 @@ from bench.harness import (
 )
 
 NAME = "backlog"
-TITLE = "10. Backlog intake"
+TITLE = "11. Backlog intake"
 DESCRIPTION = (
     "5,000 new 100 KiB files (100 a folder) present when the daemon starts, the real rate "
     "limit on (1 request/s, enforced by the emulator and paced by the daemon): time from "

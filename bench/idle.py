@@ -42,7 +42,7 @@ from bench.harness import (
 )
 
 NAME = "idle"
-TITLE = "9. Idle daemon"
+TITLE = "10. Idle daemon"
 DESCRIPTION = (
     "The daemon over 10,000 watched folders (an already-synced library, one file in each), "
     "after its startup scan found nothing to do: CPU (clock ticks of the whole process), "

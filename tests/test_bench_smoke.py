@@ -21,6 +21,7 @@ NAMES = (
     "latency",
     "scaling",
     "dashboard",
+    "fleet",
     "idle",
     "backlog",
 )
@@ -84,7 +85,8 @@ def test_every_benchmark_runs_quick_and_reports(tmp_path: Path) -> None:
         assert f"## {title}" in report
     for title in ("5. Under the real rate limit", "6. Latency", "7. Scaling", "8. Dashboard"):
         assert f"## {title}" in report
-    for title in ("9. Idle daemon", "10. Backlog intake"):
+    assert "## 9. A fleet on one account" in report
+    for title in ("10. Idle daemon", "11. Backlog intake"):
         assert f"## {title}" in report
     assert "Quick run (tiny sizes)" in report
     # Scratch folders are removed: only the two outputs stay behind.
@@ -143,7 +145,7 @@ def test_a_benchmark_run_alone_replaces_only_its_own_section_of_the_report(
         "| Restart over a big library: Restart to ready | 1.28 s |\n"
         "| Idle daemon: Wakeups | 99 /s |\n\n"
         "## 2. Restart over a big library\n\nOld restart text.\n\n"
-        "## 9. Idle daemon\n\nOld idle text.\n"
+        "## 10. Idle daemon\n\nOld idle text.\n"
     )
     done = subprocess.run(
         [sys.executable, "-m", "bench.report", "--results-dir", str(results), "--docs", str(docs)],
@@ -161,4 +163,4 @@ def test_a_benchmark_run_alone_replaces_only_its_own_section_of_the_report(
     assert "| Idle daemon: Wakeups | 1.00 /s |" in report
     # The suite's order: restart (2) before idle (9), in the summary and in the sections.
     assert report.index("| Restart over a big library:") < report.index("| Idle daemon:")
-    assert report.index("## 2. Restart") < report.index("## 9. Idle daemon")
+    assert report.index("## 2. Restart") < report.index("## 10. Idle daemon")
