@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
+from syncd.chunksums import ChunkSumsCache
 from syncd.config import Config, load_config
 from syncd.errors import (
     EXIT_FAILURE,
@@ -276,6 +277,8 @@ class Daemon:
             read_timeout_s=cfg.api.read_timeout_s,
             verify_tls=cfg.api.verify_tls,
         )
+        # What the hash pass saw of each chunk, for the upload to check what it sends.
+        self.chunk_sums = ChunkSumsCache()
         # The stages wake one another in a ring (ingest -> uploader -> poller -> uploader):
         # the first of each pair is built before the second exists, so it is handed a
         # callable that looks the second up when called.
@@ -287,6 +290,7 @@ class Daemon:
             counters=self.counters,
             spawn=self._spawn,
             on_queued=lambda: self.uploader.wake(),
+            chunk_sums=self.chunk_sums,
         )
         self.uploader = Uploader(
             cfg,
@@ -296,6 +300,7 @@ class Daemon:
             self.metrics,
             resettle=self.ingest,
             on_uploaded=lambda: self.poller.wake(),
+            chunk_sums=self.chunk_sums,
         )
         self.poller = Poller(
             cfg, self.ledger, self.client, self.pacer, self.metrics, on_requeued=self.uploader.wake

@@ -40,7 +40,15 @@ from syncd.errors import (
     ConfigError,
     SignedUrlExpired,
 )
-from syncd.upload.client import AssetStatus, LocalFileError, MaviClient, multipart_filename
+from syncd.fingerprint import Fingerprint
+from syncd.ingest.hashing import Hasher
+from syncd.upload.client import (
+    AssetStatus,
+    BytesChanged,
+    LocalFileError,
+    MaviClient,
+    multipart_filename,
+)
 
 KEY = "sk-mavi-T3stK3y0123456789abcdefXYZ"
 BASE_PATH = "/serve/api/v2"
@@ -837,6 +845,67 @@ async def test_emulator_signed_url_upload_reaches_success_without_the_key(
     assert record.sha256 == sha
     (put,) = emulator.requests("storage")
     assert put.key is None  # no Authorization header reached the storage route
+
+
+CHUNK = 256 << 10
+
+
+async def _hash_chunks(path: Path) -> tuple[str, Fingerprint, Any]:
+    async with Hasher(buffer_bytes=CHUNK) as hasher:
+        hashed = await hasher.hash(str(path))
+    return hashed.sha256, hashed.fingerprint, hashed.chunks()
+
+
+async def _send(
+    c: MaviClient, mode: str, path: Path, fingerprint: Fingerprint, verify: Any, **kw: Any
+) -> tuple[str, str | None]:
+    """Upload directly or to a signed URL; returns (sha256 sent, asset id)."""
+    if mode == "direct":
+        result = await c.upload(
+            str(path), filename=path.name, expected=fingerprint, verify=verify, **kw
+        )
+        return result.sha256, result.asset_id
+    signed = await c.allocate_signed_url(path.name)
+    result = await c.upload_to_signed_url(
+        signed.url, str(path), filename=path.name, expected=fingerprint, verify=verify, **kw
+    )
+    return result.sha256, signed.asset_id
+
+
+@pytest.mark.parametrize("mode", ["direct", "signed_url"])
+async def test_chunks_checked_against_the_hash_pass_send_the_hashed_bytes(
+    emulator: EmulatorServer, emu_client: MaviClient, tmp_path: Path, mode: str
+) -> None:
+    path = tmp_path / "big.mp4"
+    sha = write_media(path, size=4 * CHUNK + 1000)
+    hashed_sha, fingerprint, verify = await _hash_chunks(path)
+    assert hashed_sha == sha and verify.count == 5
+    sent_sha, asset_id = await _send(emu_client, mode, path, fingerprint, verify)
+    assert sent_sha == sha
+    (record,) = emulator.assets()
+    assert (record.asset_id, record.sha256) == (asset_id, sha)
+
+
+@pytest.mark.parametrize("mode", ["direct", "signed_url"])
+async def test_a_chunk_changed_during_the_upload_stops_the_body_before_its_end(
+    emulator: EmulatorServer, emu_client: MaviClient, tmp_path: Path, mode: str
+) -> None:
+    path = tmp_path / "changing.mp4"
+    write_media(path, size=4 * CHUNK + 1000)
+    _sha, fingerprint, verify = await _hash_chunks(path)
+
+    def overwrite_chunk_2() -> None:
+        # Same size, other bytes, once the request is under way (the file was opened and its
+        # fingerprint checked before): only the check of each chunk sent can see it.
+        with open(path, "r+b") as f:
+            f.seek(2 * CHUNK + 10)
+            f.write(b"\xff" * 100)
+
+    with pytest.raises(BytesChanged, match="chunk 2 ") as info:
+        await _send(emu_client, mode, path, fingerprint, verify, on_headers_sent=overwrite_chunk_2)
+    assert info.value.index == 2
+    # The body stopped at the changed chunk: the service holds no file at all.
+    assert [a for a in emulator.assets() if a.sha256 is not None] == []
 
 
 @pytest.mark.parametrize(

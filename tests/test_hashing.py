@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import xxhash
 from samples import write_media
 from unprivileged import run_unprivileged, shared_folder
 
@@ -50,13 +51,22 @@ async def wait_until_open(path: Path, deadline_s: float = 30.0) -> None:
 @pytest.mark.parametrize(
     "size", [0, 1, SMALL_BUFFER - 1, SMALL_BUFFER, SMALL_BUFFER + 1, 3 * SMALL_BUFFER + 7]
 )
-async def test_digest_equals_hashlib_at_buffer_boundaries(tmp_path: Path, size: int) -> None:
+async def test_digest_and_chunk_checksums_equal_hashlib_and_xxh3_at_buffer_boundaries(
+    tmp_path: Path, size: int
+) -> None:
     data = os.urandom(size)
     path = tmp_path / "clip.mp4"
     path.write_bytes(data)
     async with Hasher(buffer_bytes=SMALL_BUFFER) as hasher:
         result = await hasher.hash(str(path))
-    assert result == Hashed(hashlib.sha256(data).hexdigest(), size, Fingerprint.stat(str(path)))
+    # One checksum per buffer-sized chunk (one for an empty file), as the upload reads them.
+    chunks = [data[i : i + SMALL_BUFFER] for i in range(0, size, SMALL_BUFFER)] or [b""]
+    sums = b"".join(xxhash.xxh3_64_digest(c) for c in chunks)
+    fingerprint = Fingerprint.stat(str(path))
+    expected = Hashed(hashlib.sha256(data).hexdigest(), size, fingerprint, SMALL_BUFFER, sums)
+    assert result == expected
+    checks = result.chunks()
+    assert checks is not None and checks.count == len(chunks) and checks.covers(size)
 
 
 async def test_default_buffer_and_counters(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 
+from syncd.chunksums import ChunkSums, new_sum
 from syncd.display import display_path
 from syncd.errors import SyncdError
 from syncd.files import open_regular
@@ -31,12 +32,21 @@ DEFAULT_BUFFER_BYTES = 1 << 20
 
 @dataclass(frozen=True, slots=True)
 class Hashed:
-    """The SHA-256 (lower-case hex) of a file, the bytes read, and the fingerprint the file had
-    when it was opened (which it still had when hashing ended)."""
+    """The SHA-256 (lower-case hex) of a file, the bytes read, the fingerprint the file had
+    when it was opened (which it still had when hashing ended), and the xxh3 checksum of each
+    chunk of ``chunk_bytes`` read in the same pass (:mod:`syncd.chunksums`)."""
 
     sha256: str
     size: int
     fingerprint: Fingerprint
+    chunk_bytes: int = 0
+    chunk_sums: bytes = b""  # per chunk of ``chunk_bytes``, see syncd.chunksums
+
+    def chunks(self) -> ChunkSums | None:
+        """Return the per-chunk checksums taken with the SHA-256, or None if there are none."""
+        if not self.chunk_bytes:
+            return None
+        return ChunkSums(self.sha256, self.fingerprint, self.chunk_bytes, self.chunk_sums)
 
 
 class FileChanged(SyncdError):
@@ -173,18 +183,33 @@ class Hasher:
             chunk = len(view)
             readinto = f.readinto
             update = digest.update
+            # The same bytes also go to a cheap per-chunk checksum, which the upload checks
+            # chunk by chunk instead of hashing what it sends with SHA-256 again.
+            xsum = new_sum()
+            sums = bytearray()
             done = 0
+            in_chunk = 0
             # Read exactly the size seen at open: a file that keeps growing is caught by the
-            # fstat below instead of being chased forever.
+            # fstat below instead of being chased forever. A read never crosses a chunk's
+            # end, so a short read cannot shift the chunks the checksums cover.
             while done < size:
                 if job.cancelled or self._closed:
                     raise HasherClosed(f"hashing of {display_path(path)} was stopped")
-                want = size - done
-                n = readinto(view if want >= chunk else view[:want])
+                want = min(size - done, chunk - in_chunk)
+                n = readinto(view if want == chunk else view[:want])
                 if not n:
                     break
-                update(view[:n])
+                data = view[:n]
+                update(data)
+                xsum.update(data)
                 done += n
+                in_chunk += n
+                if in_chunk == chunk or done == size:
+                    sums += xsum.digest()
+                    xsum.reset()
+                    in_chunk = 0
+            if size == 0:
+                sums += xsum.digest()  # one (empty) chunk, as the upload reads it
             if done != size:
                 raise FileChanged(path, f"shrank while being hashed ({size} -> {done} bytes)")
             # The path first: a file deleted or renamed away (which also changes its ctime)
@@ -195,7 +220,7 @@ class Hasher:
             after = Fingerprint.of(os.fstat(fd))
             if after != seen:
                 raise FileChanged(path, f"changed while being hashed ({_diff(seen, after)})")
-        return Hashed(digest.hexdigest(), size, seen)
+        return Hashed(digest.hexdigest(), size, seen, chunk, bytes(sums))
 
 
 def _diff(old: Fingerprint, new: Fingerprint) -> str:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from syncd import events
+from syncd.chunksums import ChunkSumsCache
 from syncd.config import Config
 from syncd.display import display_path
 from syncd.errors import EXIT_FAILURE, SyncdError
@@ -66,7 +67,9 @@ class IngestStage:
     """The settler, the hash queue and its ``upload.hash_workers`` workers.
 
     Given the config, the open ledger, the metrics, the shared ``roots``, ``counters``,
-    ``spawn`` and ``on_queued()`` (a content may be due for upload now).
+    ``spawn`` and ``on_queued()`` (a content may be due for upload now), and where to keep
+    the per-chunk checksums of each content queued for upload (``chunk_sums``, for the
+    uploader's send-side check; None keeps none).
     """
 
     def __init__(
@@ -79,8 +82,10 @@ class IngestStage:
         counters: Counters,
         spawn: Spawn,
         on_queued: Callable[[], None],
+        chunk_sums: ChunkSumsCache | None = None,
     ) -> None:
         self.cfg = cfg
+        self.chunk_sums = chunk_sums
         self.ledger = ledger
         self.metrics = metrics
         self.roots = roots
@@ -223,6 +228,9 @@ class IngestStage:
         events.publish(
             "hashed", path=path, sha256=hashed.sha256, size=hashed.size, state=content.state
         )
+        chunks = hashed.chunks()
+        if content.state == "pending" and self.chunk_sums is not None and chunks is not None:
+            self.chunk_sums.put(chunks)
         if content.created_at >= time.time() - 5 and content.state == "pending":
             self.counters.new_contents += 1
             log.info(

@@ -59,6 +59,7 @@ import aiohttp
 from yarl import URL
 
 from syncd import __version__
+from syncd.chunksums import ChunkSums
 from syncd.errors import ApiRetryable, ConfigError
 from syncd.fingerprint import Fingerprint
 from syncd.upload.answers import (
@@ -73,6 +74,7 @@ from syncd.upload.answers import (
     string,
 )
 from syncd.upload.filebody import (
+    BytesChanged,
     FilePayload,
     LocalFileError,
     clean_name,
@@ -84,6 +86,7 @@ __all__ = [
     "ASSET_ID_RE",
     "MAX_ANSWER_BYTES",
     "AssetStatus",
+    "BytesChanged",
     "LocalFileError",
     "MaviClient",
     "SignedUrl",
@@ -234,6 +237,7 @@ class MaviClient:
         on_headers_sent: Callable[[], None] | None = None,
         expected: Fingerprint | None = None,
         before_last_bytes: Callable[[], Awaitable[None]] | None = None,
+        verify: ChunkSums | None = None,
     ) -> UploadResult:
         """Upload the file at ``path`` with ``POST /upload`` as the multipart ``file`` part.
 
@@ -242,9 +246,13 @@ class MaviClient:
         body goes out (from then on the service may create an asset), and optionally the
         fingerprint the opened file must have (else nothing is sent), and an optional
         coroutine function awaited before the body's last bytes (the closing boundary) are
-        sent, after which the service may hold a complete file. Returns the asset id,
+        sent, after which the service may hold a complete file, and optionally the checksums
+        the hash pass took of the file's chunks (``verify``: each chunk is checked against its
+        checksum instead of being hashed with SHA-256 again). Returns the asset id,
         the SHA-256 and count of the bytes sent, and the HTTP status. Raises an
-        :class:`~syncd.errors.ApiError` subclass, or :class:`LocalFileError`.
+        :class:`~syncd.errors.ApiError` subclass, or :class:`LocalFileError` (its subclass
+        :class:`BytesChanged` when a chunk differed from its checksum: the body was stopped
+        before its end).
         """
         answer, payload = await self._send_file(
             "upload",
@@ -255,6 +263,7 @@ class MaviClient:
             on_headers_sent,
             expected,
             before_last_bytes,
+            verify,
         )
         data = self._answers.success_data("upload", answer)
         if not answer.body_sent:
@@ -262,7 +271,7 @@ class MaviClient:
                 ApiRetryable, "upload", "answered before the whole file was sent", answer.status
             )
         asset_id = self._answers.asset_id_of("upload", data, answer.status)
-        return UploadResult(asset_id, payload.sha256.hexdigest(), payload.bytes_sent, answer.status)
+        return UploadResult(asset_id, payload.sent_sha256(), payload.bytes_sent, answer.status)
 
     async def allocate_signed_url(self, original_filename: str) -> SignedUrl:
         """Allocate an asset id and a signed upload URL (``POST /upload/signed-url``).
@@ -300,11 +309,12 @@ class MaviClient:
         filename: str,
         on_headers_sent: Callable[[], None] | None = None,
         expected: Fingerprint | None = None,
+        verify: ChunkSums | None = None,
     ) -> UploadResult:
         """Upload the file at ``path`` to a signed URL, without the ``Authorization`` header.
 
         Given the URL from :meth:`allocate_signed_url`, the path and the file name to send
-        (``on_headers_sent`` and ``expected`` as for :meth:`upload`).
+        (``on_headers_sent``, ``expected`` and ``verify`` as for :meth:`upload`).
         Any 2xx means the bytes were accepted (the answer is not an envelope). Returns an
         :class:`UploadResult` whose ``asset_id`` is ``None``. Raises
         :class:`~syncd.errors.SignedUrlExpired` when the storage host refuses the URL (401,
@@ -314,7 +324,14 @@ class MaviClient:
         if not is_http_url(url):
             raise ValueError("the signed URL is not an http(s) URL")
         answer, payload = await self._send_file(
-            "storage", URL(url, encoded=True), path, filename, False, on_headers_sent, expected
+            "storage",
+            URL(url, encoded=True),
+            path,
+            filename,
+            False,
+            on_headers_sent,
+            expected,
+            verify=verify,
         )
         if not 200 <= answer.status < 300:
             raise self._answers.status_error("storage", answer)
@@ -322,7 +339,7 @@ class MaviClient:
             raise self._answers.error(
                 ApiRetryable, "storage", "answered before the whole file was sent", answer.status
             )
-        return UploadResult(None, payload.sha256.hexdigest(), payload.bytes_sent, answer.status)
+        return UploadResult(None, payload.sent_sha256(), payload.bytes_sent, answer.status)
 
     async def metadata(self, asset_id: str) -> AssetStatus:
         """Fetch an asset's status (``GET /{asset_id}/metadata``).
@@ -392,6 +409,7 @@ class MaviClient:
         on_headers_sent: Callable[[], None] | None,
         expected: Fingerprint | None,
         before_last_bytes: Callable[[], Awaitable[None]] | None = None,
+        verify: ChunkSums | None = None,
     ) -> tuple[Answer, FilePayload]:
         fd, size = await asyncio.to_thread(open_checked, path, expected)
         try:
@@ -404,6 +422,7 @@ class MaviClient:
                 stall_timeout_s=self._read_timeout_s,
                 on_headers_sent=on_headers_sent,
                 before_last_bytes=before_last_bytes,
+                verify=verify,
             )
             answer = await self._exchange("POST", url, endpoint=endpoint, auth=auth, body=payload)
             return answer, payload

@@ -4,8 +4,11 @@
 one the caller checked); :class:`FilePayload` is the ``multipart/form-data`` body (or, for a
 signed URL, the same stream) aiohttp sends with a ``Content-Length``: each chunk is read and
 hashed (SHA-256) in one worker-thread call, so the digest is of exactly the bytes that were
-sent, and each write to the socket must make progress within the stall timeout. File problems
-raise :class:`LocalFileError`, an ``OSError``: the file, not the API, is at fault.
+sent, or, given the checksums the hash pass took of each chunk (:mod:`syncd.chunksums`),
+checked against the checksum of the same chunk (one SHA-256 pass per byte instead of two,
+and a change is caught at the chunk it hit); each write to the socket must make progress
+within the stall timeout. File problems raise :class:`LocalFileError`, an ``OSError``: the
+file, not the API, is at fault.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import aiohttp
 from aiohttp.abc import AbstractStreamWriter
 
 from syncd import events
+from syncd.chunksums import ChunkSums, chunk_sum
 from syncd.display import display_path
 from syncd.errors import EXIT_IOERR, SyncdError
 from syncd.files import NotRegularFile, open_regular
@@ -115,11 +119,37 @@ def open_checked(path: str, expected: Fingerprint | None) -> tuple[int, int]:
     return fd, st.st_size
 
 
+class BytesChanged(LocalFileError):
+    """A chunk read for sending is not the chunk that was hashed: the file changed under the
+    upload. The body was stopped there, before its end, so the service holds no complete file.
+
+    Given the path, the chunk's index and its first and last byte offsets.
+    """
+
+    def __init__(self, path: str, index: int, start: int, end: int) -> None:
+        super().__init__(
+            path,
+            f"chunk {index} (bytes {start}-{end - 1}) changed since it was hashed; "
+            "stopped before the end of the body",
+        )
+        self.index = index
+
+
+def _read_and_check(fd: int, size: int, offset: int, expected: bytes) -> tuple[bytes, bool]:
+    """Runs in a worker thread: read up to ``size`` bytes at ``offset``; returns them and
+    whether they are exactly ``size`` bytes whose checksum is ``expected``."""
+    data = os.pread(fd, size, offset)
+    return data, len(data) == size and chunk_sum(data) == expected
+
+
 class FilePayload(aiohttp.Payload):
     """A ``multipart/form-data`` body with one ``file`` part streamed from an open file.
 
     The size is known up front, so aiohttp sends a ``Content-Length``. Each chunk is read and
-    hashed in one worker-thread call; each write to the socket must make progress within
+    hashed (SHA-256) in one worker-thread call; given ``verify`` (the checksums the hash pass
+    took of this file's chunks), each chunk of ``verify.chunk_bytes`` is instead read and
+    checked against the checksum of the same chunk, and the body stops at the first that
+    differs (:class:`BytesChanged`). Each write to the socket must make progress within
     ``stall_timeout_s``.
     """
 
@@ -134,6 +164,7 @@ class FilePayload(aiohttp.Payload):
         stall_timeout_s: float,
         on_headers_sent: Callable[[], None] | None,
         before_last_bytes: Callable[[], Awaitable[None]] | None = None,
+        verify: ChunkSums | None = None,
     ) -> None:
         boundary = "syncd-" + secrets.token_hex(16)
         super().__init__(None, content_type=f"multipart/form-data; boundary={boundary}")
@@ -144,6 +175,7 @@ class FilePayload(aiohttp.Payload):
         self._stall_timeout_s = stall_timeout_s
         self._on_headers_sent = on_headers_sent
         self._before_last_bytes = before_last_bytes
+        self._verify = verify if verify is not None and verify.covers(file_size) else None
         self._head = (
             f"--{boundary}\r\n"
             f'Content-Disposition: form-data; name="file"; '
@@ -160,6 +192,13 @@ class FilePayload(aiohttp.Payload):
         self.on_complete: Callable[[], None] | None = None
         self.local_error: LocalFileError | None = None
         self.stalled = False
+
+    def sent_sha256(self) -> str:
+        """The SHA-256 (hex) of the file bytes sent: computed while sending, or, when every
+        chunk was checked against the hash pass's checksums, that pass's SHA-256."""
+        if self._verify is not None:
+            return self._verify.sha256
+        return self.sha256.hexdigest()
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         raise TypeError("a streamed file body cannot be decoded")
@@ -182,10 +221,25 @@ class FilePayload(aiohttp.Payload):
         events.progress(self._path, 0, self._file_size)
         await self._send(writer, self._head)
         offset = 0
+        verify = self._verify
+        chunk_bytes = verify.chunk_bytes if verify is not None else self._chunk_bytes
+        index = 0
         while offset < self._file_size:
-            want = min(self._chunk_bytes, self._file_size - offset)
+            want = min(chunk_bytes, self._file_size - offset)
             try:
-                data = await asyncio.to_thread(_read_and_hash, self._fd, want, offset, self.sha256)
+                if verify is None:
+                    data = await asyncio.to_thread(
+                        _read_and_hash, self._fd, want, offset, self.sha256
+                    )
+                else:
+                    data, same = await asyncio.to_thread(
+                        _read_and_check, self._fd, want, offset, verify.of(index)
+                    )
+                    if not same:
+                        self.local_error = BytesChanged(self._path, index, offset, offset + want)
+                        raise self.local_error
+            except BytesChanged:
+                raise
             except OSError as exc:
                 self.local_error = LocalFileError(self._path, exc.strerror or str(exc), exc.errno)
                 raise self.local_error from None
@@ -195,6 +249,7 @@ class FilePayload(aiohttp.Payload):
                 )
                 raise self.local_error
             await self._send(writer, data)
+            index += 1
             offset += len(data)
             self.bytes_sent = offset
             events.progress(self._path, offset, self._file_size)

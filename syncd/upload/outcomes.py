@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from syncd import events
+from syncd.chunksums import ChunkSumsCache
 from syncd.config import Config
 from syncd.display import display_path
 from syncd.errors import ApiError, ApiThrottled
@@ -25,7 +26,7 @@ from syncd.fingerprint import Fingerprint
 from syncd.ledger.records import Content
 from syncd.ledger.store import UploadLedger
 from syncd.metrics import Metrics
-from syncd.upload.client import UploadResult
+from syncd.upload.client import BytesChanged, UploadResult
 from syncd.upload.dispatcher import Pause, UploaderState
 from syncd.upload.pacer import Pacer
 from syncd.upload.policy import Decision, GiveUp, PauseAll, RetryLater, Throttle, decide
@@ -75,6 +76,7 @@ class Outcomes:
         resettle: Resettle,
         on_uploaded: Callable[[], None],
         rng: random.Random,
+        chunk_sums: ChunkSumsCache | None = None,
         clock: Callable[[], float],
     ) -> None:
         self.cfg = cfg
@@ -84,6 +86,7 @@ class Outcomes:
         self.state = state
         self.resettle = resettle
         self.on_uploaded = on_uploaded
+        self.chunk_sums = chunk_sums
         self.rng = rng
         self.clock = clock
         self.stats = UploadStats()
@@ -136,6 +139,8 @@ class Outcomes:
             http_status=result.http_status,
             next_poll_at=self.clock() + self.cfg.poll.initial_s,
         )
+        if self.chunk_sums is not None:
+            self.chunk_sums.discard(content.sha256)  # its bytes are sent: no longer needed
         self.on_uploaded()
         events.publish(
             "upload_finished",
@@ -289,6 +294,34 @@ class Outcomes:
             ),
         )
         self.stats.interrupted += 1
+
+    async def changed_during_upload(
+        self,
+        content: Content,
+        attempt: int,
+        path: str,
+        exc: BytesChanged,
+        *,
+        keep_allocation: bool = False,
+    ) -> None:
+        """A chunk read for sending differed from the chunk hashed: the body was stopped before
+        its end (the service holds no complete file), the file goes back to settling, and the
+        content waits, without counting an attempt, for bytes that hash to it."""
+        log.info("%s; settling it again", exc)
+        if self.chunk_sums is not None:
+            self.chunk_sums.discard(content.sha256)
+        await self.apply(
+            content.sha256,
+            attempt,
+            RetryLater(
+                "changed",
+                "file changed during the upload",
+                self.resettle.settle_delay_s,
+                count_attempt=False,
+                keep_allocation=keep_allocation,
+            ),
+        )
+        await self.resettle.resettle(path)
 
     async def unreadable_during_upload(
         self,

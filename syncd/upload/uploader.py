@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 
 from syncd import events
+from syncd.chunksums import ChunkSums, ChunkSumsCache
 from syncd.config import Config
 from syncd.display import display_path
 from syncd.errors import (
@@ -35,7 +36,7 @@ from syncd.fingerprint import Fingerprint
 from syncd.ledger.records import Content, Job
 from syncd.ledger.store import UploadLedger
 from syncd.metrics import Metrics
-from syncd.upload.client import MaviClient, UploadResult
+from syncd.upload.client import BytesChanged, MaviClient, UploadResult
 from syncd.upload.dispatcher import Dispatcher, UploaderState
 from syncd.upload.outcomes import Outcomes, Resettle
 from syncd.upload.pacer import Pacer
@@ -80,7 +81,10 @@ class Uploader:
     Given the config, the open ledger, the client, the shared pacer and metrics, plus
     ``resettle`` (where a file whose bytes changed under an upload goes back to settling, and
     how long that takes at least) and ``on_uploaded()`` (called after an asset id is committed:
-    the daemon points it at the poller).
+    the daemon points it at the poller), and optionally where the ingest stage keeps the
+    per-chunk checksums of the contents it hashed (``chunk_sums``): an upload that finds its
+    content's there checks every chunk it sends against them instead of hashing the body with
+    SHA-256 again.
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class Uploader:
         *,
         resettle: Resettle,
         on_uploaded: Callable[[], None] = lambda: None,
+        chunk_sums: ChunkSumsCache | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -103,6 +108,7 @@ class Uploader:
         self.metrics = metrics
         self.resettle = resettle
         self.on_uploaded = on_uploaded
+        self.chunk_sums = chunk_sums
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
         self.clock = clock
         self.state = UploaderState()
@@ -115,6 +121,7 @@ class Uploader:
             self.state,
             resettle=resettle,
             on_uploaded=on_uploaded,
+            chunk_sums=chunk_sums,
             rng=self.rng,
             clock=clock,
         )
@@ -271,12 +278,17 @@ class Uploader:
             )
             return
         mode = self._mode_for(content)
+        verify = (
+            self.chunk_sums.get(content.sha256, now_fp) if self.chunk_sums is not None else None
+        )
         if mode == "signed_url":
-            await self._upload_signed(content, path, now_fp)
+            await self._upload_signed(content, path, now_fp, verify)
         else:
-            await self._upload_direct(content, path, now_fp)
+            await self._upload_direct(content, path, now_fp, verify)
 
-    async def _upload_direct(self, content: Content, path: str, before: Fingerprint) -> None:
+    async def _upload_direct(
+        self, content: Content, path: str, before: Fingerprint, verify: ChunkSums | None
+    ) -> None:
         await self.pacer.acquire("upload")
         self._in_flight()
         attempt = await self.ledger.begin_attempt(content.sha256, path, "direct")
@@ -293,6 +305,7 @@ class Uploader:
                     path,
                     filename=os.path.basename(path),
                     expected=before,
+                    verify=verify,
                     before_last_bytes=finisher.enter,
                     # The API counts arrivals: keep the spacing from when the request left.
                     on_headers_sent=lambda: self.pacer.sent("upload"),
@@ -312,6 +325,9 @@ class Uploader:
                 self.metrics.inc("syncd_requests_total", endpoint="upload", status=_status(exc))
                 await self.outcomes.api_failure(content, attempt, "upload", "direct", exc)
                 return
+            except BytesChanged as exc:
+                await self.outcomes.changed_during_upload(content, attempt, path, exc)
+                return
             except OSError as exc:
                 if finisher.lost is not None:
                     raise finisher.lost from None
@@ -328,7 +344,9 @@ class Uploader:
         finally:
             finisher.leave()
 
-    async def _upload_signed(self, content: Content, path: str, before: Fingerprint) -> None:
+    async def _upload_signed(
+        self, content: Content, path: str, before: Fingerprint, verify: ChunkSums | None
+    ) -> None:
         now = self.clock()
         asset_id, url = content.asset_id, content.signed_url
         expires = content.signed_url_expires_at or 0.0
@@ -395,7 +413,7 @@ class Uploader:
         t0 = time.monotonic()
         try:
             result = await self.client.upload_to_signed_url(
-                url, path, filename=os.path.basename(path), expected=before
+                url, path, filename=os.path.basename(path), expected=before, verify=verify
             )
         except asyncio.CancelledError:
             await self.outcomes.interrupted(
@@ -432,6 +450,11 @@ class Uploader:
             self.metrics.inc("syncd_requests_total", endpoint="storage", status=_status(exc))
             await self.outcomes.api_failure(
                 content, attempt, "storage", "signed_url", exc, keep_allocation=True
+            )
+            return
+        except BytesChanged as exc:
+            await self.outcomes.changed_during_upload(
+                content, attempt, path, exc, keep_allocation=True
             )
             return
         except OSError as exc:
