@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from syncd.config import Config
 from syncd.display import display_path
+from syncd.heap import trim_heap
 from syncd.ingest.roots import Roots, RootState, same_root
 from syncd.ingest.scanner import (
     KnownFiles,
@@ -193,6 +194,11 @@ class Scans:
             seen - unchanged,
             time.monotonic() - t0,
         )
+        if subdir is None:
+            # The walk's listings and ledger rows are freed now: hand their memory back, or
+            # an idle daemon keeps the peak of its last scan (~5 MB at 10,000 folders). The
+            # collection holds the GIL for ~30 ms there, once per full scan.
+            await asyncio.to_thread(trim_heap)
 
     async def _offer_batch(self, batch: list[ScanEntry]) -> None:
         """Offer to settle what the walk found new or changed (it left out what the ledger
