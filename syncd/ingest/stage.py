@@ -39,6 +39,9 @@ from syncd.metrics import Metrics
 log = logging.getLogger(__name__)
 
 
+TASKS_PER_HASH_THREAD = 4
+
+
 class Spawn(Protocol):
     """Starts ``coro`` as a task named ``name`` that the daemon tracks and reaps; a
     ``critical`` task that fails stops the daemon with its exit code. Returns the task."""
@@ -93,7 +96,9 @@ class IngestStage:
         self._spawn = spawn
         self._on_queued = on_queued
         self.hasher = Hasher(cfg.upload.hash_workers)
-        self._queue: asyncio.Queue[Settled] = asyncio.Queue(maxsize=cfg.upload.hash_workers * 4)
+        self._queue: asyncio.Queue[Settled] = asyncio.Queue(
+            maxsize=cfg.upload.hash_workers * TASKS_PER_HASH_THREAD * 2
+        )
         self.hashing: set[str] = set()  # paths a worker holds now
         self.settler = Settler(
             quiet_s=cfg.settle.quiet_s,
@@ -112,7 +117,9 @@ class IngestStage:
     def start(self) -> None:
         """Start the settler and the hash workers."""
         self._spawn(self.settler.run(), "settler")
-        for i in range(self.cfg.upload.hash_workers):
+        # More tasks than hashing threads: a file's ledger read, head read and ledger write
+        # overlap another's hash, and the writer commits several files' records at once.
+        for i in range(self.cfg.upload.hash_workers * TASKS_PER_HASH_THREAD):
             self._spawn(self._hash_worker(), f"hasher-{i}")
 
     async def aclose(self) -> None:
