@@ -220,11 +220,11 @@ class Daemon:
     async def _run_fleet(self, url: str) -> int:
         """Run on the shared PostgreSQL ledger of a fleet (``docs/fleet-ledger.md``): no lock
         file, since hosts share it by design; claims keep them from doing the same work."""
-        # The stages wait out a server restart, reads included: a file that settles meanwhile
-        # is held (the bounded hash queue and the settler make the walks wait), not dropped.
         # Imported here: the driver (asyncpg) costs every start ~35 ms and ~3 MB otherwise.
         from syncd.ledger.postgres import PostgresLedger
 
+        # The stages wait out a server restart, reads included: a file that settles meanwhile
+        # is held (the bounded hash queue and the settler make the walks wait), not dropped.
         store = await PostgresLedger.open(
             url,
             host=self.cfg.fleet.host_name,
