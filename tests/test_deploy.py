@@ -264,6 +264,8 @@ def test_python_and_dependencies_run_under_memory_deny_write_execute() -> None:
         "import aiohttp, aiosqlite, asyncpg, redis.asyncio, yaml, watchdog.observers.inotify\n"
         "import syncd.config, syncd.notify, syncd.cli, syncd.ledger.postgres\n"
         "import syncd.upload.fleet_pacer\n"
+        "import xxhash, syncd.chunksums, syncd.heap\n"
+        "assert len(syncd.chunksums.chunk_sum(b'x')) == 8 and syncd.heap.trim_heap()\n"
         "assert ctypes.CFUNCTYPE(ctypes.c_int)(lambda: 7)() == 7\n"
         "print('ok')\n"
     )
