@@ -43,7 +43,6 @@ from syncd.ledger.records import (
 )
 from syncd.ledger.sqlite import Ledger, holder_pid
 from syncd.ledger.store import OperatorLedger
-from syncd.ops.fleet_status import fleet_budget, render_fleet_budget
 from syncd.ops.render import (
     LS_HEADER,
     RowWriter,
@@ -635,6 +634,9 @@ async def run_status(args: argparse.Namespace, cfg: Config) -> int:
         doc = await status_data(ledger, cfg)
     finally:
         await ledger.close()
+    # Imported here: the Redis client costs every daemon start ~6 MB otherwise.
+    from syncd.ops.fleet_status import fleet_budget, render_fleet_budget
+
     budget = await fleet_budget(cfg)  # None unless fleet.redis_url is set
     if budget is not None:
         doc["fleet_budget"] = budget
