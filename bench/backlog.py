@@ -80,8 +80,10 @@ FINDINGS = {
         "`sys.setswitchinterval(0.0005)` 4.9-5.0 s instead of 5.6-6.2 s at 3,000 files "
         "(figure 4 gained 8-10 % the same way). Proposed: for files a scan found (already "
         "quiet), read the head and hash in the same thread call, a batch of files per call, "
-        "and record a batch per ledger transaction; more hash tasks than hash threads, so "
-        "that ledger and thread hops overlap."
+        "and record a batch per ledger transaction. Done since: four hash tasks per hashing "
+        "thread (`syncd/ingest/stage.py`), so that one file's ledger and thread hops overlap "
+        "another's hash: measured back to back (load average 4-8), 15.1 (13.2-15.4) s and "
+        "11.6 CPU-s before, 12.9 (9.9-14.0) s and 8.4 CPU-s after."
     ),
 }
 
