@@ -84,14 +84,15 @@ FINDINGS = {
     ),
     "throughput": (
         "On two cores shared with the emulator (which spends 5-9 CPU-s receiving 2 GiB) the "
-        "bound is CPU. Without the one-pass change these runs reach ~0.6-0.7x curl; with it "
-        "0.80x (0.8x was the median of three back-to-back runs, see below; it swings with "
-        "the load)."
+        "bound is CPU, and the ratio swings with the load: measured back to back, 0.71x "
+        "curl before the one-pass change and 0.80x after (see below); this run, with it, at "
+        "load average ~4.5, 0.70x."
     ),
     "cpu_per_gb": (
         "A run of code without the one-pass change (two SHA-256 passes: the content hash, "
         "then the hash of the bytes as they are sent) spends ~1.9 CPU-s per GB; with it "
-        "~1.3 (see below): the rest is the one SHA-256 pass, the copies and Python per chunk."
+        "1.3-1.5 (see below): the rest is the one SHA-256 pass, the copies and Python per "
+        "chunk."
     ),
 }
 
