@@ -35,6 +35,10 @@ DEFAULT_CONFIG_PATH = "/etc/syncd/config.yaml"
 DEFAULT_BASE_URL = "https://mavi-backend.memories.ai/serve/api/v2"
 CREDENTIAL_NAME = "mavi_api_key"
 
+# The ending of the files syncd itself writes next to an uploaded one (``NAME.mavi.json``):
+# never candidates for upload, whatever a root includes.
+SIDECAR_SUFFIX = ".mavi.json"
+
 # Names that writers use while a file is incomplete: dotfiles (rsync's ``.name.XXXXXX``),
 # browser and torrent partials, editors' swap and lock files.
 DEFAULT_TEMP_PATTERNS: tuple[str, ...] = (

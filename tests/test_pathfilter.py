@@ -223,3 +223,13 @@ def test_display_path_keeps_one_line() -> None:
     shown = display_path("/a/x\ny.mp4")
     assert "\n" not in shown and "\\n" in shown
     assert display_path("/a/\udcff") == repr("/a/\udcff")
+
+
+def test_sidecar_files_are_never_candidates_even_when_included() -> None:
+    filt = make(include=("*.json", "*.mp4"))
+    assert filt.reason(f"{ROOT}/clip.mp4.mavi.json") == "a sidecar file syncd writes (*.mavi.json)"
+    assert not filt.accepts(f"{ROOT}/sub/x.mavi.json")
+    assert filt.accepts(f"{ROOT}/clip.mp4")
+    assert filt.accepts(f"{ROOT}/clip.mavi.json.mp4")
+    # The temporary name a sidecar is written under is a dot name.
+    assert not make().accepts(f"{ROOT}/.clip.mp4.mavi.json.k3j2.tmp")
