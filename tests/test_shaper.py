@@ -7,14 +7,8 @@ import datetime as dt
 
 import pytest
 
-from syncd.upload.shaper import (
-    ByteShaper,
-    Timetable,
-    Window,
-    parse_byte_rate,
-    parse_clock_time,
-    parse_days,
-)
+from syncd.units import parse_byte_rate, parse_clock_time, parse_days
+from syncd.upload.shaper import ByteShaper, Timetable, Window
 
 MB = 10**6
 
