@@ -28,6 +28,7 @@ from typing import Any, Literal
 import yaml
 
 from syncd.errors import ConfigError
+from syncd.units import parse_byte_rate, parse_clock_time, parse_days
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,20 @@ def _meta(
     exclusive_min: bool = False,
     *,
     absolute: bool = False,
+    byte_rate: bool = False,
+    key: str | None = None,
 ) -> Any:
-    return {"doc": doc, "minimum": minimum, "exclusive_min": exclusive_min, "absolute": absolute}
+    """A field's schema: its doc line, bounds, whether a string must be an absolute path,
+    whether an integer may be written as a byte count (``50M``), and its YAML key when that
+    is not the field's name (``from`` is a Python keyword)."""
+    return {
+        "doc": doc,
+        "minimum": minimum,
+        "exclusive_min": exclusive_min,
+        "absolute": absolute,
+        "byte_rate": byte_rate,
+        "key": key,
+    }
 
 
 @dataclass(frozen=True)
@@ -149,6 +162,16 @@ class ScanConfig:
 
 
 @dataclass(frozen=True)
+class ScheduleWindow:
+    days: tuple[str, ...] = field(metadata=_meta("mon..sun, mon-fri, weekdays, weekend, daily"))
+    from_: str = field(metadata=_meta("start, HH:MM local time", key="from"))
+    to: str = field(metadata=_meta("end, HH:MM local time (24:00 allowed)"))
+    max_bytes_per_s: int = field(
+        metadata=_meta("limit in this window (50M, 500k); 0: no uploads", 0, byte_rate=True)
+    )
+
+
+@dataclass(frozen=True)
 class UploadConfig:
     workers: int = field(default=4, metadata=_meta("concurrent uploads", minimum=1))
     hash_workers: int = field(default=2, metadata=_meta("concurrent hashing threads", minimum=1))
@@ -172,6 +195,15 @@ class UploadConfig:
     pause_max_s: float = field(
         default=600.0,
         metadata=_meta("longest wait between probes", minimum=0, exclusive_min=True),
+    )
+    max_bytes_per_s: int | None = field(
+        default=None,
+        metadata=_meta(
+            "bytes per second for all workers (50M, 500k); null: none", 1, byte_rate=True
+        ),
+    )
+    schedule: tuple[ScheduleWindow, ...] = field(
+        default=(), metadata=_meta("windows with their own byte rate; the first match wins")
     )
 
 
@@ -319,6 +351,12 @@ def _convert(value: Any, tp: Any, path: str, meta: Mapping[str, Any], problems: 
             problems.add(path, f"expected true or false, got {_yaml_kind(value)}")
             return _MISSING
         return value
+    if tp is int and meta.get("byte_rate") and isinstance(value, str):
+        try:
+            value = parse_byte_rate(value)
+        except ValueError as exc:
+            problems.add(path, str(exc))
+            return _MISSING
     if tp is int or tp is float:
         ok = isinstance(value, int) and not isinstance(value, bool)
         if tp is float:
@@ -377,7 +415,7 @@ def _build(cls: Any, data: Any, path: str, problems: _Problems) -> Any:
         problems.add(path, f"expected a mapping, got {_yaml_kind(data)}")
         return _MISSING
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    fields = {_key(f): f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     kwargs: dict[str, Any] = {}
     ok = True
     for key in data:
@@ -392,12 +430,17 @@ def _build(cls: Any, data: Any, path: str, problems: _Problems) -> Any:
                 problems.add(sub, "required key is missing")
                 ok = False
             continue
-        value = _convert(data[name], hints[name], sub, f.metadata, problems)
+        value = _convert(data[name], hints[f.name], sub, f.metadata, problems)
         if value is _MISSING:
             ok = False
         else:
-            kwargs[name] = value
+            kwargs[f.name] = value
     return cls(**kwargs) if ok else _MISSING
+
+
+def _key(f: dataclasses.Field[Any]) -> str:
+    """A field's YAML key."""
+    return str(f.metadata.get("key") or f.name)
 
 
 def _join(path: str, key: str) -> str:
@@ -436,6 +479,7 @@ def _check_semantics(cfg: Config, problems: _Problems) -> None:
     if cfg.poll.initial_s > cfg.poll.max_s:
         problems.add("poll.initial_s", "must not exceed poll.max_s")
     _check_roots(cfg.watch, problems)
+    _check_schedule(cfg.upload.schedule, problems)
     if cfg.http.listen is not None:
         listen = cfg.http.listen
         if listen.startswith("unix:"):
@@ -535,6 +579,25 @@ def _check_roots(roots: tuple[WatchRoot, ...], problems: _Problems) -> None:
                 )
 
 
+def _check_schedule(windows: tuple[ScheduleWindow, ...], problems: _Problems) -> None:
+    for i, window in enumerate(windows):
+        where = f"upload.schedule[{i}]"
+        try:
+            parse_days(window.days)
+        except ValueError as exc:
+            problems.add(f"{where}.days", str(exc))
+        times = {}
+        for key, text in (("from", window.from_), ("to", window.to)):
+            try:
+                times[key] = parse_clock_time(text)
+            except ValueError as exc:
+                problems.add(f"{where}.{key}", str(exc))
+        if times.get("from") == 24 * 60:
+            problems.add(f"{where}.from", "a window cannot start at 24:00")
+        elif len(times) == 2 and times["from"] == times["to"]:
+            problems.add(f"{where}.to", "equals from (a whole day is from 00:00 to 24:00)")
+
+
 def _inside(path: str, folder: str) -> bool:
     return path.startswith(folder.rstrip("/") + "/")
 
@@ -581,6 +644,38 @@ class _StrictLoader(yaml.SafeLoader):
                     key_node.start_mark,
                 )
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 reads 17:30 as the base-60 number 1050, so a time of day written without quotes
+# would be a number; YAML 1.2 dropped base 60. The config loader follows 1.2 here: the same
+# resolvers as SafeLoader, less the base-60 branch of integers and floats.
+_INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT_TAG, _FLOAT_TAG)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver(
+    _INT_TAG,
+    re.compile(
+        r"""^(?:[-+]?0b[0-1_]+
+        |[-+]?0[0-7_]+
+        |[-+]?(?:0|[1-9][0-9_]*)
+        |[-+]?0x[0-9a-fA-F_]+)$""",
+        re.X,
+    ),
+    list("-+0123456789"),
+)
+_StrictLoader.add_implicit_resolver(
+    _FLOAT_TAG,
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?
+        |\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -709,17 +804,19 @@ def resolve_api_key(cfg: Config, env: Mapping[str, str] | None = None) -> str:
 
 def effective_config(cfg: Config) -> dict[str, Any]:
     """Return the settings as plain data (for ``syncd config check``); holds no key."""
-    data = dataclasses.asdict(cfg)
-    data.pop("source", None)
 
     def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {
+                _key(f): plain(getattr(v, f.name))
+                for f in dataclasses.fields(v)
+                if not f.metadata.get("internal")
+            }
         if isinstance(v, tuple | list):
             return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
         return v
 
-    result: dict[str, Any] = plain(data)
+    result: dict[str, Any] = plain(cfg)
     return result
 
 
@@ -733,7 +830,7 @@ def schema_docs() -> list[tuple[str, str, str]]:
             if f.metadata.get("internal"):
                 continue
             tp = hints[f.name]
-            path = _join(prefix, f.name)
+            path = _join(prefix, _key(f))
             rows.append((path, _type_name(tp), f.metadata.get("doc", "")))
             inner = typing.get_args(tp)[0] if typing.get_origin(tp) is tuple else tp
             if dataclasses.is_dataclass(inner):

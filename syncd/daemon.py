@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -52,6 +53,7 @@ from syncd.ops.webapi import Health, start_http, stop_http
 from syncd.upload.client import MaviClient
 from syncd.upload.pacer import Pacer
 from syncd.upload.poller import Poller
+from syncd.upload.shaper import ByteShaper, timetable_from
 from syncd.upload.uploader import Uploader
 
 log = logging.getLogger(__name__)
@@ -282,12 +284,15 @@ class Daemon:
             writers=writers,
         )
         self.settler.follow_symlink_roots = {r.path for r in cfg.watch if r.follow_symlinks}
+        # One byte budget for every worker's file bodies (upload.max_bytes_per_s, schedule).
+        self.shaper = ByteShaper(timetable_from(cfg.upload))
         client = MaviClient(
             cfg.api.base_url,
             self._key,
             connect_timeout_s=cfg.api.connect_timeout_s,
             read_timeout_s=cfg.api.read_timeout_s,
             verify_tls=cfg.api.verify_tls,
+            shaper=self.shaper,
         )
         self.uploader = Uploader(
             cfg, self.ledger, client, self.pacer, self.metrics, on_changed=self._resettle
@@ -1006,11 +1011,23 @@ class Daemon:
             elif root != next(r for r in self.cfg.watch if r.path == root.path):
                 self._roots[root.path].cfg = root
                 self._roots[root.path].filt = PathFilter(root, new.settle.temp_patterns)
+        timetable = timetable_from(new.upload)
+        if timetable != self.shaper.timetable:
+            self.shaper.update(timetable)
+            log.info("SIGHUP: upload.max_bytes_per_s and upload.schedule are in force")
+        # The byte budget is reloaded above: it does not count as a change to upload.
+        reloaded_upload = dataclasses.replace(
+            new.upload,
+            max_bytes_per_s=self.cfg.upload.max_bytes_per_s,
+            schedule=self.cfg.upload.schedule,
+        )
         unchanged = [
             name
-            for name in ("api", "ledger", "upload", "rate_limits", "http", "settle", "poll")
+            for name in ("api", "ledger", "rate_limits", "http", "settle", "poll")
             if getattr(new, name) != getattr(self.cfg, name)
         ]
+        if reloaded_upload != self.cfg.upload:
+            unchanged.insert(2, "upload")
         if unchanged:
             log.warning(
                 "SIGHUP: changes to %s take effect at the next restart", ", ".join(unchanged)

@@ -7,8 +7,9 @@ import datetime as dt
 
 import pytest
 
+from syncd.config import parse_config
 from syncd.units import parse_byte_rate, parse_clock_time, parse_days
-from syncd.upload.shaper import ByteShaper, Timetable, Window
+from syncd.upload.shaper import ByteShaper, Timetable, Window, timetable_from
 
 MB = 10**6
 
@@ -182,6 +183,7 @@ async def test_no_request_burst_when_a_paused_window_opens() -> None:
     grants: list[tuple[float, int]] = []
 
     async def worker() -> None:
+        await shaper.wait_open()
         for _ in range(20):
             n = await shaper.take(10_000)
             grants.append((clock.now, n))
@@ -193,14 +195,31 @@ async def test_no_request_burst_when_a_paused_window_opens() -> None:
     assert first_tenth <= 100_000 + 10_000
 
 
-async def test_a_new_timetable_wakes_a_sender_held_by_a_pause() -> None:
-    paused = Timetable(default=0)
-    shaper = ByteShaper(paused)
-    sender = asyncio.create_task(shaper.take(1000))
+async def test_a_body_under_way_when_a_pause_begins_finishes_at_the_rate_before() -> None:
+    clock = FakeClock(WEDNESDAY_NOON.replace(hour=8, minute=59, second=59))
+    table = Timetable(
+        default=None,
+        windows=(
+            Window(frozenset(range(7)), 0, 9 * 60, MB),
+            Window(frozenset(range(7)), 9 * 60, 10 * 60, 0),
+        ),
+    )
+    shaper = shaper_on(clock, table, grant_bytes=10_000)
+    sent = 0
+    while sent < 2 * MB:  # two seconds at 1 MB/s: the pause begins half way
+        sent += await shaper.take(2 * MB - sent)
+    assert 1.9 < clock.now < 2.0
+    assert shaper.paused_for_s() is not None  # a new upload would wait
+
+
+async def test_a_new_timetable_wakes_an_upload_held_by_a_pause() -> None:
+    shaper = ByteShaper(Timetable(default=0))
+    waiter = asyncio.create_task(shaper.wait_open())
     await asyncio.sleep(0.05)
-    assert not sender.done()
+    assert not waiter.done()
     shaper.update(Timetable(default=None))
-    assert await asyncio.wait_for(sender, timeout=5) == 1000
+    await asyncio.wait_for(waiter, timeout=5)
+    assert await shaper.take(1000) == 1000
 
 
 async def test_without_a_limit_a_grant_is_immediate_and_at_most_one_grant() -> None:
@@ -217,3 +236,21 @@ async def test_a_slow_limit_moves_in_grants_of_a_twentieth_of_a_second() -> None
     clock = FakeClock(WEDNESDAY_NOON)
     shaper = shaper_on(clock, Timetable(default=1000))
     assert await shaper.take(10**6) == 50
+
+
+def test_the_configured_timetable_is_the_one_the_shaper_follows() -> None:
+    cfg = parse_config(
+        {
+            "upload": {
+                "max_bytes_per_s": "50M",
+                "schedule": [
+                    {"days": ["weekdays"], "from": "9:00", "to": "17:00", "max_bytes_per_s": 0}
+                ],
+            }
+        },
+        "test",
+    )
+    table = timetable_from(cfg.upload)
+    assert table.rate_at(WEDNESDAY_NOON) == 0
+    assert table.rate_at(WEDNESDAY_NOON.replace(hour=18)) == 50 * MB
+    assert timetable_from(parse_config({}, "test").upload) == Timetable(default=None)

@@ -76,6 +76,7 @@ from syncd.errors import (
 )
 from syncd.fingerprint import Fingerprint
 from syncd.formats import FORMATS, extension_of
+from syncd.upload.shaper import ByteShaper
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +242,8 @@ class _FilePayload(aiohttp.Payload):
 
     The size is known up front, so aiohttp sends a ``Content-Length``. Each chunk is read and
     hashed in one worker-thread call; each write to the socket must make progress within
-    ``stall_timeout_s``.
+    ``stall_timeout_s``. With a ``shaper``, each chunk is at most what it grants, after its
+    wait: the byte budget every worker shares.
     """
 
     def __init__(
@@ -255,6 +257,7 @@ class _FilePayload(aiohttp.Payload):
         stall_timeout_s: float,
         on_headers_sent: Callable[[], None] | None,
         before_last_bytes: Callable[[], Awaitable[None]] | None = None,
+        shaper: ByteShaper | None = None,
     ) -> None:
         boundary = "syncd-" + secrets.token_hex(16)
         super().__init__(None, content_type=f"multipart/form-data; boundary={boundary}")
@@ -265,6 +268,7 @@ class _FilePayload(aiohttp.Payload):
         self._stall_timeout_s = stall_timeout_s
         self._on_headers_sent = on_headers_sent
         self._before_last_bytes = before_last_bytes
+        self._shaper = shaper
         self._head = (
             f"--{boundary}\r\n"
             f'Content-Disposition: form-data; name="file"; '
@@ -305,6 +309,8 @@ class _FilePayload(aiohttp.Payload):
         offset = 0
         while offset < self._file_size:
             want = min(self._chunk_bytes, self._file_size - offset)
+            if self._shaper is not None:
+                want = await self._shaper.take(want)
             try:
                 data = await asyncio.to_thread(_read_and_hash, self._fd, want, offset, self.sha256)
             except OSError as exc:
@@ -347,8 +353,9 @@ class MaviClient:
 
     Given the base URL (``.../serve/api/v2``), the raw API key (sent as ``Authorization``
     without ``Bearer``), the connect and read timeouts, whether to verify TLS certificates,
-    and the upload chunk size. Use it as ``async with MaviClient(...) as client`` or call
-    :meth:`close`. Raises :class:`~syncd.errors.ConfigError` for an unusable base URL or key.
+    the upload chunk size, and the byte budget file bodies are sent under (``None``: none).
+    Use it as ``async with MaviClient(...) as client`` or call :meth:`close`. Raises
+    :class:`~syncd.errors.ConfigError` for an unusable base URL or key.
     """
 
     def __init__(
@@ -360,6 +367,7 @@ class MaviClient:
         read_timeout_s: float = 120,
         verify_tls: bool = True,
         chunk_bytes: int = 1 << 20,
+        shaper: ByteShaper | None = None,
     ) -> None:
         try:
             base = URL(base_url.rstrip("/"))
@@ -377,6 +385,7 @@ class MaviClient:
         self._read_timeout_s = float(read_timeout_s)
         self._verify_tls = verify_tls
         self._chunk_bytes = chunk_bytes
+        self.shaper = shaper
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
@@ -604,6 +613,7 @@ class MaviClient:
                 stall_timeout_s=self._read_timeout_s,
                 on_headers_sent=on_headers_sent,
                 before_last_bytes=before_last_bytes,
+                shaper=self.shaper,
             )
             answer = await self._exchange("POST", url, endpoint=endpoint, auth=auth, body=payload)
             return answer, payload

@@ -3,7 +3,10 @@
 Given a default limit (``upload.max_bytes_per_s``, ``None`` for none) and a list of windows
 (``upload.schedule``: days, from, to, limit; a limit of 0 means no uploads in that window),
 :class:`ByteShaper` hands out bytes to whoever sends them, a grant of at most ``grant_bytes``
-at a time. The budget is a token bucket kept as a theoretical arrival time (GCRA): each grant
+at a time. A zero window holds new uploads back (:meth:`ByteShaper.wait_open`, called before
+a request starts); a body already on its way when one opens finishes at the last limit in
+force before it, because a body held back for hours would only be dropped by the server and
+sent again. The budget is a token bucket kept as a theoretical arrival time (GCRA): each grant
 moves ``tat`` on by ``n / rate``, and a sender waits until ``tat`` reached its turn. The bucket
 holds no credit for idle time, so nothing bursts when a window opens or a worker comes back;
 the largest burst is one grant.
@@ -22,6 +25,9 @@ import datetime as dt
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+from syncd.config import UploadConfig
+from syncd.units import parse_clock_time, parse_days
 
 # A grant covers at most this long at the current rate, so a slow limit still moves in small
 # steps and a window that opens or closes takes effect within about this time.
@@ -98,6 +104,17 @@ class Timetable:
         return None
 
 
+def timetable_from(upload: UploadConfig) -> Timetable:
+    """Given the validated ``upload`` settings, return their timetable."""
+    windows = tuple(
+        Window(
+            parse_days(w.days), parse_clock_time(w.from_), parse_clock_time(w.to), w.max_bytes_per_s
+        )
+        for w in upload.schedule
+    )
+    return Timetable(upload.max_bytes_per_s, windows)
+
+
 def local_now(epoch_s: float) -> dt.datetime:
     """Given seconds since the epoch, return the host's local wall-clock time (naive)."""
     return dt.datetime.fromtimestamp(epoch_s)
@@ -130,10 +147,11 @@ class ByteShaper:
         self._sleep = sleep
         self._tat = monotonic()
         self._changed = asyncio.Event()
+        self._last_rate: int | None = timetable.default or None
         self.granted_bytes = 0
 
     def update(self, timetable: Timetable) -> None:
-        """Use a new timetable from now on (SIGHUP); senders held by a pause look again."""
+        """Use a new timetable from now on (SIGHUP); uploads held by a pause look again."""
         self.timetable = timetable
         self._changed.set()
         self._changed = asyncio.Event()
@@ -153,21 +171,10 @@ class ByteShaper:
             return PAUSED_RECHECK_S
         return min(PAUSED_RECHECK_S, max(0.01, (change - now).total_seconds()))
 
-    async def take(self, wanted: int) -> int:
-        """Given how many bytes the caller has left to send (at least 1), wait for its turn
-        and return how many it may send now (at least 1, at most ``wanted`` and one grant).
-        Raises ``ValueError`` for ``wanted < 1``."""
-        if wanted < 1:
-            raise ValueError(f"wanted must be at least 1, got {wanted}")
-        while True:
-            rate = self.rate_now()
-            if rate is None:
-                n = min(wanted, self.grant_bytes)
-                self.granted_bytes += n
-                return n
-            if rate > 0:
-                break
-            wait_s = self.paused_for_s() or PAUSED_RECHECK_S
+    async def wait_open(self) -> None:
+        """Return once no zero window holds (at once when none does); a new timetable
+        (:meth:`update`) makes waiters look again."""
+        while (wait_s := self.paused_for_s()) is not None:
             changed = self._changed
             sleeper = asyncio.ensure_future(self._sleep(wait_s))
             woken = asyncio.ensure_future(changed.wait())
@@ -178,6 +185,23 @@ class ByteShaper:
                 woken.cancel()
             # A pause must not leave credit behind: the budget starts afresh when it ends.
             self._tat = max(self._tat, self._monotonic())
+
+    async def take(self, wanted: int) -> int:
+        """Given how many bytes the caller has left to send (at least 1), wait for its turn
+        and return how many it may send now (at least 1, at most ``wanted`` and one grant).
+        In a zero window the last limit before it applies (see the module docstring).
+        Raises ``ValueError`` for ``wanted < 1``."""
+        if wanted < 1:
+            raise ValueError(f"wanted must be at least 1, got {wanted}")
+        rate = self.rate_now()
+        if rate == 0:
+            rate = self._last_rate
+        elif rate is not None:
+            self._last_rate = rate
+        if rate is None:
+            n = min(wanted, self.grant_bytes)
+            self.granted_bytes += n
+            return n
         n = min(wanted, self.grant_bytes, max(1, int(rate * GRANT_S)))
         now = self._monotonic()
         start = max(now, self._tat)

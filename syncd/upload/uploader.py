@@ -344,6 +344,10 @@ class Uploader:
                 keep_allocation=content.state == "allocated",
             )
             return
+        shaper = self.client.shaper
+        if shaper is not None:
+            # A zero-rate window of upload.schedule: no upload starts until it ends.
+            await shaper.wait_open()
         mode = self._mode_for(content)
         if mode == "signed_url":
             await self._upload_signed(content, path, now_fp)

@@ -1,0 +1,170 @@
+"""Config of transfer shaping: byte rates written as people write them and the transfer
+timetable; every bad value is one line with its key path, from the schema and from
+``syncd config check``."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from syncd.config import effective_config, load_config, parse_config
+from syncd.errors import EXIT_CONFIG, ConfigError
+from syncd.units import parse_clock_time, parse_days
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "config.example.yaml"
+
+
+def problems_of(doc: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc, "test")
+    return info.value.problems
+
+
+def test_byte_rates_may_be_written_with_units() -> None:
+    cfg = parse_config(
+        {
+            "upload": {
+                "max_bytes_per_s": "50M",
+                "schedule": [
+                    {"days": ["weekdays"], "from": "09:00", "to": "17:00", "max_bytes_per_s": 0},
+                    {"days": ["sat"], "from": "22:00", "to": "06:00", "max_bytes_per_s": "8MiB"},
+                ],
+            }
+        },
+        "test",
+    )
+    assert cfg.upload.max_bytes_per_s == 50_000_000
+    assert [w.max_bytes_per_s for w in cfg.upload.schedule] == [0, 8 * 1024 * 1024]
+    assert cfg.upload.schedule[0].from_ == "09:00"
+    shown = effective_config(cfg)["upload"]["schedule"][0]
+    assert list(shown) == ["days", "from", "to", "max_bytes_per_s"]
+
+
+def test_times_of_day_without_quotes_are_read_as_times(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "upload:\n  schedule:\n    - {days: [mon], from: 9:30, to: 17:00, max_bytes_per_s: 1M}\n"
+        "  workers: 8\n  backoff_initial_s: 1.5\n"
+    )
+    cfg = load_config(path)
+    window = cfg.upload.schedule[0]
+    assert (window.from_, window.to) == ("9:30", "17:00")  # not YAML 1.1's 570 and 1020
+    assert (cfg.upload.workers, cfg.upload.backoff_initial_s) == (8, 1.5)
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        ({"upload": {"max_bytes_per_s": "fast"}}, "upload.max_bytes_per_s: expected a byte count"),
+        ({"upload": {"max_bytes_per_s": 0}}, "upload.max_bytes_per_s: must be at least 1"),
+        ({"upload": {"max_bytes_per_s": "0.5"}}, "upload.max_bytes_per_s: is not a whole number"),
+        (
+            {"upload": {"schedule": [{"days": ["mon"], "from": "1:00", "to": "2:00"}]}},
+            "upload.schedule[0].max_bytes_per_s: required key is missing",
+        ),
+        (
+            {
+                "upload": {
+                    "schedule": [
+                        {"days": ["x"], "from": "1:00", "to": "2:00", "max_bytes_per_s": 1}
+                    ]
+                }
+            },
+            "upload.schedule[0].days: expected day names",
+        ),
+        (
+            {
+                "upload": {
+                    "schedule": [
+                        {"days": ["mon"], "from": "25:00", "to": "2:00", "max_bytes_per_s": 1}
+                    ]
+                }
+            },
+            "upload.schedule[0].from: expected a time of day HH:MM",
+        ),
+        (
+            {
+                "upload": {
+                    "schedule": [
+                        {"days": ["mon"], "from": "2:00", "to": "2:00", "max_bytes_per_s": 1}
+                    ]
+                }
+            },
+            "upload.schedule[0].to: equals from",
+        ),
+        (
+            {
+                "upload": {
+                    "schedule": [
+                        {"days": ["mon"], "from": "24:00", "to": "2:00", "max_bytes_per_s": 1}
+                    ]
+                }
+            },
+            "upload.schedule[0].from: a window cannot start at 24:00",
+        ),
+        (
+            {
+                "upload": {
+                    "schedule": [
+                        {"days": ["mon"], "from": "1:00", "to": "2:00", "max_bytes_per_s": -1}
+                    ]
+                }
+            },
+            "upload.schedule[0].max_bytes_per_s: must be at least 0",
+        ),
+    ],
+)
+def test_each_bad_value_is_one_line_with_its_key_path(doc: dict[str, Any], expected: str) -> None:
+    problems = problems_of(doc)
+    assert any(p.startswith(expected) for p in problems), problems
+    assert all("\n" not in p for p in problems)
+
+
+def test_the_schedule_windows_shown_in_the_example_are_valid() -> None:
+    lines = [
+        line.strip().removeprefix("#").strip()
+        for line in EXAMPLE.read_text().splitlines()
+        if re.match(r"\s*#\s+- \{days:", line)
+    ]
+    assert lines, "config.example.yaml shows no schedule window"
+    windows = yaml.safe_load("\n".join(lines))
+    cfg = parse_config({"upload": {"schedule": windows}}, "example")
+    for window in cfg.upload.schedule:
+        parse_days(window.days)
+        parse_clock_time(window.from_)
+        parse_clock_time(window.to)
+
+
+def test_config_check_lists_every_problem_and_exits_78(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "upload:\n  schedule:\n"
+        "    - {days: [someday], from: 1:00, to: 2:00, max_bytes_per_s: 5M}\n"
+        "    - {days: [mon], from: 1:00, to: 1:00, max_bytes_per_s: 5M}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAVI_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "syncd", "config", "check", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == EXIT_CONFIG
+    assert "Traceback" not in proc.stderr
+    for key in ("upload.schedule[0].days: ", "upload.schedule[1].to: "):
+        assert re.search(rf"^  - {re.escape(key)}", proc.stderr, flags=re.M), proc.stderr
+
+
+def test_the_example_sets_no_byte_limit() -> None:
+    cfg = load_config(EXAMPLE)
+    assert cfg.upload.max_bytes_per_s is None and cfg.upload.schedule == ()
