@@ -20,7 +20,7 @@ import signal
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from syncd import events
 from syncd.config import Config, WatchRoot, load_config
@@ -45,6 +45,7 @@ from syncd.ingest.watcher import (
 from syncd.ingest.writers import WriterCheck
 from syncd.ledger.postgres import PostgresLedger
 from syncd.ledger.sqlite import Ledger, LedgerLock, PathReader, prepare_ledger_dir
+from syncd.ledger.store import LedgerStore
 from syncd.metrics import Metrics
 from syncd.notify import Notifier, watchdog_loop
 from syncd.ops.dashboard import DaemonView
@@ -149,7 +150,7 @@ class Daemon:
         self._new_dirs_since = self._new_dirs_last = 0.0
         self._new_dirs_event = asyncio.Event()
         # Set in run():
-        self.ledger: Ledger
+        self.ledger: LedgerStore
         self._fleet: PostgresLedger | None = None  # the shared ledger, in fleet mode
         self.uploader: Uploader
         self.poller: Poller
@@ -246,9 +247,7 @@ class Daemon:
             wait_out_outages=True,
         )
         self._fleet = store
-        # The pipeline is typed against the SQLite class until the store protocol lands; the
-        # PostgreSQL store has the same methods.
-        self.ledger = cast(Ledger, store)
+        self.ledger = store
         try:
             return await self._run_open()
         finally:

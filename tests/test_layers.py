@@ -144,3 +144,17 @@ def test_the_checker_sees_forbidden_imports_at_any_depth(tmp_path: Path) -> None
         "ops",
         "daemon",
     }
+
+
+def test_the_pipeline_stages_know_the_ledger_only_through_its_protocol() -> None:
+    """``upload/`` and ``ingest/`` are typed against ``syncd.ledger.store`` (its facets) and
+    ``syncd.ledger.records``, never against a concrete store: either store can take its place."""
+    concrete = ("syncd.ledger.sqlite", "syncd.ledger.postgres")
+    found = sorted(
+        f"{module_name(p)} imports {m}"
+        for p in MODULES
+        if module_name(p).startswith(("syncd.upload", "syncd.ingest"))
+        for m in syncd_imports(p)
+        if m.startswith(concrete)
+    )
+    assert found == []

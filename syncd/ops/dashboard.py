@@ -5,7 +5,7 @@ one style sheet, an icon; no build step, nothing loaded from elsewhere), served 
 with an ``ETag``. It reads only these routes and ``/v1/events``; scripts may too (they
 are documented in ``docs/operations.md``). Nothing here reads a whole table: the counts are one
 ``GROUP BY`` per table, cached for :data:`STATUS_MAX_AGE_S`; every list is one page of an
-index-backed query (:meth:`~syncd.ledger.sqlite.Ledger.recent_uploads` and its neighbours)
+index-backed query (:meth:`~syncd.ledger.store.DashboardLedger.recent_uploads` and its neighbours)
 or of the daemon's memory.
 
 :class:`DaemonView` is what the running daemon hands the endpoint: its event hub, a snapshot of
@@ -32,7 +32,8 @@ from aiohttp import web
 
 from syncd.events import EventHub
 from syncd.ingest.settle import Waiting
-from syncd.ledger.sqlite import Attempt, Content, Ledger, PathRecord
+from syncd.ledger.records import Attempt, Content, PathRecord
+from syncd.ledger.store import OperatorLedger
 from syncd.metrics import Metrics
 from syncd.ops.report import NotFound, iso, path_fields, resolve, show_data
 
@@ -166,7 +167,7 @@ class RateHistory:
 class _Dashboard:
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: OperatorLedger,
         metrics: Metrics,
         daemon: DaemonView | None,
         clock: Callable[[], float],
@@ -515,7 +516,7 @@ async def _sample_rates(app: web.Application) -> AsyncIterator[None]:
 def add_routes(
     app: web.Application,
     *,
-    ledger: Ledger,
+    ledger: OperatorLedger,
     metrics: Metrics,
     daemon: DaemonView | None,
     static: Mapping[str, StaticFile] | None = None,

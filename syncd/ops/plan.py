@@ -40,7 +40,9 @@ from syncd.ingest.media import check_extension, preflight, read_head
 from syncd.ingest.pathfilter import PathFilter
 from syncd.ingest.scanner import RootUnavailable, ScanEntry, scan_root
 from syncd.ingest.writers import WriterCheck
-from syncd.ledger.sqlite import Content, Ledger, PathRecord
+from syncd.ledger.records import Content, PathRecord
+from syncd.ledger.sqlite import Ledger
+from syncd.ledger.store import OperatorLedger
 from syncd.ops.report import Command, add_format_arguments, human_bytes, human_duration, write_json
 
 CATEGORIES = ("upload", "queued", "duplicate", "failed", "waiting", "rejected")
@@ -88,7 +90,7 @@ def upload_mode_for(cfg: Config, size: int) -> str:
 
 
 class _Planner:
-    def __init__(self, cfg: Config, ledger: Ledger | None, now: float) -> None:
+    def __init__(self, cfg: Config, ledger: OperatorLedger | None, now: float) -> None:
         self.cfg = cfg
         self.ledger = ledger
         self.now = now

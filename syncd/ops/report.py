@@ -27,21 +27,21 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, TextIO, cast
+from typing import Any, NamedTuple, TextIO
 
 from syncd.config import Config
 from syncd.errors import EXIT_FAILURE, EXIT_OK, SyncdError
 from syncd.ledger.postgres import PostgresLedger
-from syncd.ledger.sqlite import (
+from syncd.ledger.records import (
     CONTENT_STATES,
     PATH_STATES,
     Attempt,
     Content,
     ContentState,
-    Ledger,
     PathRecord,
-    holder_pid,
 )
+from syncd.ledger.sqlite import Ledger, holder_pid
+from syncd.ledger.store import OperatorLedger
 
 # A heartbeat older than this means the daemon is stuck (it writes one every few seconds).
 HEARTBEAT_STALE_S = 60.0
@@ -231,7 +231,7 @@ def _csv_cell(value: Any) -> Any:
 # Opening the ledger.
 
 
-async def open_readonly(cfg: Config) -> Ledger:
+async def open_readonly(cfg: Config) -> OperatorLedger:
     """Open the configured ledger read-only, skipping the slow integrity check (``syncd
     doctor`` runs it). Raises :class:`~syncd.errors.LedgerError` when there is none."""
     if cfg.ledger.url is not None:
@@ -239,7 +239,7 @@ async def open_readonly(cfg: Config) -> Ledger:
     return await Ledger.open(cfg.ledger.path, readonly=True, check=False)
 
 
-async def open_for_update(cfg: Config) -> Ledger:
+async def open_for_update(cfg: Config) -> OperatorLedger:
     """Open the configured ledger for a short operator write, never creating one. Works while
     a daemon runs (each write is one transaction; SQLite serialises them)."""
     if cfg.ledger.url is not None:
@@ -249,15 +249,13 @@ async def open_for_update(cfg: Config) -> Ledger:
     return await Ledger.open(cfg.ledger.path, check=False)
 
 
-async def _open_fleet(cfg: Config) -> Ledger:
+async def _open_fleet(cfg: Config) -> OperatorLedger:
     """The shared PostgreSQL ledger as this host (``fleet.host_name``) sees it: its own paths,
     every host's contents. Neither migrates nor claims anything."""
     assert cfg.ledger.url is not None  # noqa: S101 - the callers checked
-    store = await PostgresLedger.open(
+    return await PostgresLedger.open(
         cfg.ledger.url, host=cfg.fleet.host_name, readonly=True, pool_size=1
     )
-    # Typed as the SQLite class until the store protocol lands; the methods are the same.
-    return cast(Ledger, store)
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,7 +271,7 @@ class Resolved:
     matched_by: str  # "path", "asset_id" or "sha256"
 
 
-async def resolve(ledger: Ledger, key: str, *, filesystem: bool = True) -> Resolved:
+async def resolve(ledger: OperatorLedger, key: str, *, filesystem: bool = True) -> Resolved:
     """Find what ``key`` names: an existing file (absolute or relative, when ``filesystem``),
     else a path the ledger knows, else an asset id (``re_...``, current or superseded), else a
     sha256 or a unique prefix of at least 8 hex digits.
@@ -348,7 +346,7 @@ def _attempt_json(a: Attempt) -> dict[str, Any]:
     return data
 
 
-async def show_data(ledger: Ledger, resolved: Resolved) -> dict[str, Any]:
+async def show_data(ledger: OperatorLedger, resolved: Resolved) -> dict[str, Any]:
     """Given a resolved key, return the ``syncd show --json`` document (see
     ``docs/operations.md``): the content's state, asset and counters, every path that held it,
     every attempt and every superseded asset. A path that holds no content (skipped, unsettled,
@@ -740,7 +738,9 @@ def _waiting_json(
     }
 
 
-async def status_data(ledger: Ledger, cfg: Config, now: float | None = None) -> dict[str, Any]:
+async def status_data(
+    ledger: OperatorLedger, cfg: Config, now: float | None = None
+) -> dict[str, Any]:
     """Return the ``syncd status --json`` document (see ``docs/operations.md``).
 
     Given the open ledger, the config (for the rate limits) and the time (default now).

@@ -40,7 +40,8 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from syncd.errors import LedgerError, SyncdError
-from syncd.ledger.sqlite import CONTENT_STATES, PATH_STATES, Ledger
+from syncd.ledger.records import CONTENT_STATES, PATH_STATES
+from syncd.ledger.store import OperatorLedger
 from syncd.metrics import Metrics
 from syncd.ops import dashboard, eventstream
 from syncd.ops.dashboard import DaemonView, StaticFile, load_static
@@ -74,7 +75,7 @@ class _State:
 
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: OperatorLedger,
         metrics: Metrics,
         health: Callable[[], Health],
         ledger_gauges_max_age_s: float,
@@ -295,7 +296,7 @@ async def _asset_by_key(request: web.Request) -> web.Response:
 
 def build_app(
     *,
-    ledger: Ledger,
+    ledger: OperatorLedger,
     metrics: Metrics,
     health: Callable[[], Health],
     ledger_gauges_max_age_s: float = LEDGER_GAUGES_MAX_AGE_S,
@@ -352,7 +353,7 @@ def _clear_stale_socket(path: str) -> None:
 async def start_http(
     listen: str,
     *,
-    ledger: Ledger,
+    ledger: OperatorLedger,
     metrics: Metrics,
     health: Callable[[], Health],
     ledger_gauges_max_age_s: float = LEDGER_GAUGES_MAX_AGE_S,

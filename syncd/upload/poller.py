@@ -16,7 +16,8 @@ from collections.abc import Callable
 from syncd import events
 from syncd.config import Config
 from syncd.errors import ApiAuthError, ApiError, ApiNotFound, ApiThrottled
-from syncd.ledger.sqlite import Content, Ledger
+from syncd.ledger.records import Content
+from syncd.ledger.store import PollLedger
 from syncd.metrics import Metrics
 from syncd.upload.client import MaviClient
 from syncd.upload.pacer import Pacer
@@ -40,7 +41,7 @@ class Poller:
     def __init__(
         self,
         cfg: Config,
-        ledger: Ledger,
+        ledger: PollLedger,
         client: MaviClient,
         pacer: Pacer,
         metrics: Metrics,

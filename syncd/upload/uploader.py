@@ -35,7 +35,8 @@ from syncd.errors import (
 )
 from syncd.failpoints import failpoint
 from syncd.fingerprint import Fingerprint
-from syncd.ledger.sqlite import Content, Job, Ledger
+from syncd.ledger.records import Content, Job
+from syncd.ledger.store import UploadLedger
 from syncd.metrics import Metrics
 from syncd.upload.client import MaviClient, UploadResult
 from syncd.upload.pacer import Pacer
@@ -85,7 +86,7 @@ class UploaderState:
 class _Finisher:
     """Holds the uploader's finish lock from an upload's last bytes until its commit."""
 
-    def __init__(self, lock: asyncio.Lock, ledger: Ledger, attempt_id: int) -> None:
+    def __init__(self, lock: asyncio.Lock, ledger: UploadLedger, attempt_id: int) -> None:
         self._lock = lock
         self._ledger = ledger
         self._attempt_id = attempt_id
@@ -129,7 +130,7 @@ class Uploader:
     def __init__(
         self,
         cfg: Config,
-        ledger: Ledger,
+        ledger: UploadLedger,
         client: MaviClient,
         pacer: Pacer,
         metrics: Metrics,
