@@ -107,6 +107,21 @@ class WatchRoot:
     exclude: tuple[str, ...] = field(default=(), metadata=_meta("globs to ignore"))
     polling: bool = field(default=False, metadata=_meta("poll instead of inotify (NFS/SMB)"))
     follow_symlinks: bool = field(default=False, metadata=_meta("follow symlinks in this root"))
+    sidecar: bool = field(
+        default=False, metadata=_meta("write NAME.mavi.json next to each uploaded file")
+    )
+    after_success: Literal["keep", "delete", "move"] = field(
+        default="keep", metadata=_meta("once the asset is SUCCESS: keep | delete | move")
+    )
+    move_to: str | None = field(
+        default=None,
+        metadata=_meta(
+            "after_success move: folder the files go to (same relative path)", absolute=True
+        ),
+    )
+    after_success_dry_run: bool = field(
+        default=False, metadata=_meta("log what after_success would do, do nothing")
+    )
 
 
 @dataclass(frozen=True)
@@ -257,6 +272,30 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class HooksConfig:
+    on_success: tuple[str, ...] = field(
+        default=(), metadata=_meta("command (argv, no shell) run when an asset is SUCCESS")
+    )
+    webhook_url: str | None = field(
+        default=None, metadata=_meta("POST each outcome as JSON here; null: no webhook")
+    )
+    webhook_secret_file: str | None = field(
+        default=None, metadata=_meta("file holding the HMAC-SHA256 signing secret", absolute=True)
+    )
+    timeout_s: float = field(
+        default=30.0, metadata=_meta("longest run of a command or webhook call", 0, True)
+    )
+    concurrency: int = field(default=2, metadata=_meta("hooks running at once", minimum=1))
+    max_attempts: int = field(default=10, metadata=_meta("attempts before a hook is given up", 1))
+    backoff_initial_s: float = field(
+        default=5.0, metadata=_meta("first retry delay of a failed hook", 0, exclusive_min=True)
+    )
+    backoff_max_s: float = field(
+        default=3600.0, metadata=_meta("longest retry delay of a hook", 0, exclusive_min=True)
+    )
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = field(
         default="info", metadata=_meta("log level")
@@ -281,6 +320,7 @@ class Config:
     poll: PollConfig = field(default_factory=PollConfig, metadata=_meta("status polling"))
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig, metadata=_meta("shutdown"))
     http: HttpConfig = field(default_factory=HttpConfig, metadata=_meta("local HTTP endpoint"))
+    hooks: HooksConfig = field(default_factory=HooksConfig, metadata=_meta("after an upload"))
     log: LogConfig = field(default_factory=LogConfig, metadata=_meta("logging"))
     # Where the settings came from; not a YAML key.
     source: str = field(default="<defaults>", metadata={"internal": True})
@@ -480,6 +520,10 @@ def _check_semantics(cfg: Config, problems: _Problems) -> None:
         problems.add("poll.initial_s", "must not exceed poll.max_s")
     _check_roots(cfg.watch, problems)
     _check_schedule(cfg.upload.schedule, problems)
+    _check_after_success(cfg.watch, problems)
+    _check_hooks(cfg.hooks, problems)
+    if cfg.ledger.url is not None:
+        _check_fleet_after(cfg, problems)
     if cfg.http.listen is not None:
         listen = cfg.http.listen
         if listen.startswith("unix:"):
@@ -577,6 +621,64 @@ def _check_roots(roots: tuple[WatchRoot, ...], problems: _Problems) -> None:
                     f"overlaps watch[{j}].path through a symbolic link ({real[i]} and "
                     f"{real[j]}); name both by their real paths",
                 )
+
+
+def _check_after_success(roots: tuple[WatchRoot, ...], problems: _Problems) -> None:
+    """``move_to`` goes with ``after_success: move`` and lies outside every watched root (a
+    file moved into a root would be found again, and moved again)."""
+    for i, root in enumerate(roots):
+        where = f"watch[{i}].move_to"
+        if root.after_success == "move" and root.move_to is None:
+            problems.add(where, "required when after_success is move")
+        elif root.after_success != "move" and root.move_to is not None:
+            problems.add(where, f"only used with after_success: move (it is {root.after_success})")
+        if root.move_to is None:
+            continue
+        target = os.path.realpath(root.move_to)
+        for j, other in enumerate(roots):
+            folder = os.path.realpath(other.path)
+            if target == folder or _inside(target, folder) or _inside(folder, target):
+                problems.add(where, f"must lie outside every watched folder (watch[{j}].path)")
+                break
+
+
+def _check_hooks(hooks: HooksConfig, problems: _Problems) -> None:
+    if hooks.on_success and not hooks.on_success[0].strip():
+        problems.add("hooks.on_success[0]", "the program to run is empty")
+    if hooks.webhook_url is not None:
+        problem = _webhook_url_problem(hooks.webhook_url)
+        if problem is not None:
+            problems.add("hooks.webhook_url", problem)
+    elif hooks.webhook_secret_file is not None:
+        problems.add("hooks.webhook_secret_file", "only used with hooks.webhook_url")
+    if hooks.backoff_initial_s > hooks.backoff_max_s:
+        problems.add("hooks.backoff_initial_s", "must not exceed hooks.backoff_max_s")
+
+
+def _webhook_url_problem(url: str) -> str | None:
+    """Return what makes ``url`` unusable as a webhook, or ``None``."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        return f"not a valid URL ({exc})"
+    if parts.scheme not in ("http", "https"):
+        return f"must start with http:// or https://, got {url!r}"
+    if not parts.hostname:
+        return "has no host name"
+    if any(c.isspace() for c in url):
+        return "must not contain spaces"
+    return None
+
+
+def _check_fleet_after(cfg: Config, problems: _Problems) -> None:
+    """The work after an upload is queued in the SQLite ledger only, for now."""
+    for i, root in enumerate(cfg.watch):
+        for key in ("sidecar", "after_success"):
+            if getattr(root, key) not in (False, "keep"):
+                problems.add(f"watch[{i}].{key}", "not available with ledger.url (a fleet) yet")
+    if cfg.hooks.on_success or cfg.hooks.webhook_url:
+        problems.add("hooks", "not available with ledger.url (a fleet) yet")
 
 
 def _check_schedule(windows: tuple[ScheduleWindow, ...], problems: _Problems) -> None:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from syncd import events
+from syncd.after.queue import hook_settings_from
+from syncd.after.stage import AfterSettings, AfterStage
 from syncd.config import Config, WatchRoot, load_config
 from syncd.errors import EXIT_OK, EXIT_SOFTWARE, EXIT_UNAVAILABLE, ConfigError, SyncdError
 from syncd.events import EventHub
@@ -140,6 +142,7 @@ class Daemon:
         self._reload = asyncio.Event()
         self._stop_reason = ""
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.after: AfterStage | None = None
         self._roots: dict[str, RootState] = {}
         self._hashing: set[str] = set()
         self._scans_running = 0
@@ -268,6 +271,7 @@ class Daemon:
                 report.interrupted_direct,
                 report.resumed_signed_url,
             )
+        await self._start_after(cfg)
         self.pacer = Pacer.from_config(cfg.rate_limits)
         snapshot = await self.ledger.get_kv("pacer")
         if isinstance(snapshot, dict):
@@ -348,6 +352,8 @@ class Daemon:
                 task.add_done_callback(lambda t: self._reap(t, True))
                 workers.append(task)
             self._spawn(self.poller.run(), "poller")
+            if self.after is not None:
+                self._spawn(self.after.run(), "after-upload")
             self._spawn(self._heartbeat(), "heartbeat", critical=False)
             if not self.once:
                 self._spawn(self._root_monitor(), "root-monitor", critical=False)
@@ -970,6 +976,22 @@ class Daemon:
                 elif not state.available:
                     await self._arm_root(state)
 
+    async def _start_after(self, cfg: Config) -> None:
+        """Build the stage after the upload (sidecars, hooks, clean-ups) when the config asks
+        for any of it, and settle the clean-ups a crash interrupted."""
+        self.after = None
+        hooks = await asyncio.to_thread(hook_settings_from, cfg.hooks)
+        settings = AfterSettings({r.path: r for r in cfg.watch}, hooks)
+        if not settings.active or not isinstance(self.ledger, Ledger):
+            return  # the config refuses these features with a fleet ledger
+
+        def root_is_there(root: str) -> bool:
+            state = self._roots.get(root)
+            return state is not None and state.available
+
+        self.after = AfterStage(self.ledger, settings, root_available=root_is_there)
+        await self.after.recover()
+
     async def _reload_loop(self) -> None:
         while True:
             await self._reload.wait()
@@ -1022,7 +1044,7 @@ class Daemon:
         )
         unchanged = [
             name
-            for name in ("api", "ledger", "rate_limits", "http", "settle", "poll")
+            for name in ("api", "ledger", "rate_limits", "http", "settle", "poll", "hooks")
             if getattr(new, name) != getattr(self.cfg, name)
         ]
         if reloaded_upload != self.cfg.upload:
@@ -1031,6 +1053,11 @@ class Daemon:
             log.warning(
                 "SIGHUP: changes to %s take effect at the next restart", ", ".join(unchanged)
             )
+        if self.after is not None:
+            # New roots and their after_success, sidecar and move_to apply from now on.
+            roots = {r.path: r for r in new.watch}
+            self.after.settings = AfterSettings(roots, self.after.settings.hooks)
+            self.after.runner.after = self.after.settings
         self.cfg = new
         self.settler.follow_symlink_roots = {r.path for r in new.watch if r.follow_symlinks}
         logging.getLogger("syncd").setLevel(new.log.level.upper())

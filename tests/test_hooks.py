@@ -31,9 +31,11 @@ from syncd.after.queue import (
     HookDrainer,
     HookSettings,
     MemoryHookQueue,
+    hook_settings_from,
     retry_delay_s,
     targets_for,
 )
+from syncd.config import parse_config
 from syncd.errors import ConfigError
 
 SHA = "ab" * 32
@@ -344,3 +346,27 @@ async def test_stopping_the_drainer_kills_a_running_hook_and_keeps_its_job(
     assert not alive(pid)
     (record,) = queue.records.values()
     assert (record.state, record.job.attempts) == ("pending", 0)
+
+
+def test_the_configured_hooks_are_the_drainers_with_the_secret_read(tmp_path: Path) -> None:
+    secret = tmp_path / "hook.secret"
+    secret.write_text("s3cret\n")
+    cfg = parse_config(
+        {
+            "hooks": {
+                "on_success": ["/bin/echo", "ok"],
+                "webhook_url": "https://example.org/h",
+                "webhook_secret_file": str(secret),
+                "concurrency": 3,
+            }
+        },
+        "test",
+    )
+    settings = hook_settings_from(cfg.hooks)
+    assert settings.on_success == ("/bin/echo", "ok")
+    assert settings.webhook_secret == b"s3cret"
+    assert settings.concurrency == 3
+    assert "s3cret" not in repr(settings)
+    secret.unlink()
+    with pytest.raises(ConfigError, match="cannot read"):
+        hook_settings_from(cfg.hooks)

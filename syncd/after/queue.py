@@ -26,11 +26,18 @@ from typing import Literal, Protocol
 
 import aiohttp
 
-from syncd.after.hooks import Delivery, Notification, post_webhook, run_command
+from syncd.after.hooks import (
+    Delivery,
+    Notification,
+    post_webhook,
+    read_secret_file,
+    run_command,
+)
+from syncd.config import HooksConfig
 
 log = logging.getLogger(__name__)
 
-Target = Literal["on_success", "on_failed", "webhook"]
+Target = Literal["on_success", "on_failed", "webhook", "sidecar", "cleanup"]
 # How long the drainer sleeps when nothing is due and nothing woke it, at most: the queue may
 # be written by another process (a fleet) that cannot wake this one.
 IDLE_RECHECK_S = 30.0
@@ -49,6 +56,25 @@ class HookSettings:
     max_attempts: int = 10
     backoff_initial_s: float = 5.0
     backoff_max_s: float = 3600.0
+
+
+def hook_settings_from(hooks: HooksConfig) -> HookSettings:
+    """Given the validated ``hooks`` settings, return the drainer's, the secret read from
+    its file. Blocking (reads a file); raises :class:`~syncd.errors.ConfigError` for a secret
+    file that cannot be read or is empty."""
+    secret = None
+    if hooks.webhook_secret_file is not None:
+        secret = read_secret_file(hooks.webhook_secret_file)
+    return HookSettings(
+        on_success=hooks.on_success,
+        webhook_url=hooks.webhook_url,
+        webhook_secret=secret,
+        timeout_s=hooks.timeout_s,
+        concurrency=hooks.concurrency,
+        max_attempts=hooks.max_attempts,
+        backoff_initial_s=hooks.backoff_initial_s,
+        backoff_max_s=hooks.backoff_max_s,
+    )
 
 
 def targets_for(event: str, settings: HookSettings) -> list[Target]:
@@ -82,6 +108,7 @@ class HookJob:
     target: Target
     note: Notification
     attempts: int = 0
+    root: str = ""
 
     @property
     def delivery_id(self) -> str:

@@ -105,3 +105,53 @@ class RecoveryReport:
     interrupted_direct: int  # back to pending, counted as possible remote duplicates
     resumed_signed_url: int  # back to allocated, resumed on the same asset id
     polls_rescheduled: int
+
+
+AfterKind = Literal["on_success", "on_failed", "webhook", "sidecar", "cleanup"]
+AfterJobState = Literal["pending", "acting", "done", "given_up"]
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """One remote status the poller recorded: the source of the work after an upload."""
+
+    id: int
+    sha256: str
+    asset_id: str
+    remote_status: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class NewAfterJob:
+    """Work owed to one path after a status change: a hook, the sidecar or the clean-up."""
+
+    change_id: int
+    kind: AfterKind
+    path: str
+    root: str
+    sha256: str
+    asset_id: str | None
+    status: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AfterJob:
+    """A queued :class:`NewAfterJob` with its id and progress. ``intent`` is the JSON a
+    clean-up commits before it touches the file (``state`` is then ``acting``)."""
+
+    id: int
+    change_id: int
+    kind: AfterKind
+    path: str
+    root: str
+    sha256: str
+    asset_id: str | None
+    status: str
+    at: float
+    state: AfterJobState
+    attempts: int
+    next_at: float
+    outcome: str | None
+    intent: str | None

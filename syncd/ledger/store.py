@@ -33,13 +33,17 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from syncd.fingerprint import Fingerprint
 from syncd.ledger.records import (
+    AfterJob,
+    AfterJobState,
     Attempt,
     Content,
     ContentState,
     Job,
+    NewAfterJob,
     PathRecord,
     PathState,
     RecoveryReport,
+    StatusChange,
 )
 
 
@@ -365,6 +369,67 @@ class OperatorLedger(KvLedger, DashboardLedger, Protocol):
         """Return the asset id of some content that is done (for a key probe), or None."""
 
 
+class AfterLedger(Protocol):
+    """The work after a final status (hooks, sidecars, clean-ups), queued from the poller's
+    status changes so a restart loses none of it. The SQLite store has it; the fleet's does
+    not yet (the config refuses these features with ``ledger.url``)."""
+
+    async def get_path(self, path: str) -> PathRecord | None:
+        """Given a path, return the store's record of it, or None."""
+
+    async def get_content(self, sha256: str) -> Content | None:
+        """Given a sha256, return its content, or None."""
+
+    async def paths_of(self, sha256: str) -> list[tuple[str, PathRecord | None]]:
+        """Every path that ever held ``sha256``, with its current record (None if
+        forgotten)."""
+
+    async def after_watermark(self) -> int | None:
+        """The id of the last status change already turned into jobs (None: never set)."""
+
+    async def latest_status_change(self) -> int:
+        """The id of the last status change recorded (0: none)."""
+
+    async def status_changes_after(self, change_id: int, limit: int) -> list[StatusChange]:
+        """Up to ``limit`` status changes after ``change_id``, oldest first."""
+
+    async def add_after_jobs(self, jobs: Iterable[NewAfterJob], watermark: int) -> None:
+        """Queue ``jobs`` (a job already queued stays as it is) and move the watermark, in one
+        transaction."""
+
+    async def due_after_jobs(self, limit: int, exclude: Iterable[int] = ()) -> list[AfterJob]:
+        """Pending jobs due now, oldest first, except ``exclude``; a clean-up waits for the
+        sidecar of its path."""
+
+    async def next_after_job_at(self) -> float | None:
+        """When the earliest pending job is due, or None."""
+
+    async def acting_after_jobs(self) -> list[AfterJob]:
+        """Clean-ups whose intent is committed but whose outcome is not."""
+
+    async def after_job_acting(self, job_id: int, intent: str) -> None:
+        """Commit that a clean-up is about to act, with its JSON intent."""
+
+    async def finish_after_job(
+        self,
+        job_id: int,
+        state: AfterJobState,
+        *,
+        outcome: str,
+        next_at: float | None = None,
+        exit_status: int | None = None,
+        stderr_tail: str | None = None,
+        count_attempt: bool = True,
+    ) -> None:
+        """Record one attempt of a job: its new state and what happened."""
+
+    async def after_counts(self) -> dict[str, dict[str, int]]:
+        """Jobs by kind and state; clean-ups done by what they did."""
+
+    async def mark_gone(self, path: str) -> None:
+        """Given a path that was deleted or moved away, mark it gone."""
+
+
 class LedgerStore(PathLedger, UploadLedger, PollLedger, OperatorLedger, Protocol):
     """The whole store: every facet, plus the lifecycle the composition root drives."""
 
@@ -394,3 +459,6 @@ if TYPE_CHECKING:
 
     def _both_are_stores(sqlite: Ledger, postgres: PostgresLedger) -> list[LedgerStore]:
         return [sqlite, postgres]
+
+    def _sqlite_has_the_after_queue(sqlite: Ledger) -> AfterLedger:
+        return sqlite

@@ -820,8 +820,32 @@ async def status_data(
         "cooldowns": cooldowns,
         "oldest_waiting": oldest,
         "possible_remote_duplicates": await ledger.possible_duplicates(),
+        "after_upload": await _after_json(ledger),
         "daemon": daemon,
     }
+
+
+async def _after_json(ledger: OperatorLedger) -> dict[str, int] | None:
+    """What followed SUCCESS so far: files ``deleted``, ``moved``, ``kept`` (changed, or
+    unsafe to touch), ``would`` (dry run), and hooks (sidecars, commands, webhooks)
+    ``pending`` and ``given_up``; None when the ledger keeps no such record (a fleet's)."""
+    if not isinstance(ledger, Ledger):
+        return None
+    try:
+        counts = await ledger.after_counts()
+    except SyncdError:
+        return None  # a ledger no daemon of this version has opened yet
+    cleaned = counts.pop("cleaned", {})
+    out = {key: cleaned.get(key, 0) for key in ("deleted", "moved", "kept", "would")}
+    out["hooks_pending"] = sum(
+        n
+        for kind, by in counts.items()
+        if kind != "cleanup"
+        for st, n in by.items()
+        if st in ("pending", "acting")
+    )
+    out["hooks_given_up"] = sum(by.get("given_up", 0) for by in counts.values())
+    return out
 
 
 def status_exit_code(doc: Mapping[str, Any]) -> int:
@@ -886,6 +910,13 @@ def render_status(doc: Mapping[str, Any], out: TextIO | None = None) -> None:
         lines.append(("oldest", f"{what}: waiting {human_duration(o['age_s'])}: {o['why']}"))
     if doc["possible_remote_duplicates"]:
         lines.append(("duplicates", f"{doc['possible_remote_duplicates']} possible remote"))
+    after = doc.get("after_upload")
+    if after and any(after.values()):
+        cleaned = f"{after['deleted']} deleted, {after['moved']} moved, {after['kept']} kept"
+        if after["would"]:
+            cleaned += f", {after['would']} would be (dry run)"
+        hooks = f"{after['hooks_pending']} pending, {after['hooks_given_up']} given up"
+        lines.append(("after upload", f"{cleaned}; hooks {hooks}"))
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         w(f"{key:<{width}}  {value}\n")

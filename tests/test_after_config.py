@@ -1,6 +1,6 @@
-"""Config of transfer shaping: byte rates written as people write them and the transfer
-timetable; every bad value is one line with its key path, from the schema and from
-``syncd config check``."""
+"""Config of what follows an upload and of transfer shaping: byte rates written as people
+write them, the transfer timetable, clean-up and sidecars per root, the hooks; every bad value
+is one line with its key path, from the schema and from ``syncd config check``."""
 
 from __future__ import annotations
 
@@ -168,3 +168,82 @@ def test_config_check_lists_every_problem_and_exits_78(tmp_path: Path) -> None:
 def test_the_example_sets_no_byte_limit() -> None:
     cfg = load_config(EXAMPLE)
     assert cfg.upload.max_bytes_per_s is None and cfg.upload.schedule == ()
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        (
+            {"watch": [{"path": "/srv/a", "after_success": "remove"}]},
+            "watch[0].after_success: expected one of keep, delete, move",
+        ),
+        (
+            {"watch": [{"path": "/srv/a", "after_success": "move"}]},
+            "watch[0].move_to: required when after_success is move",
+        ),
+        (
+            {"watch": [{"path": "/srv/a", "move_to": "/srv/done"}]},
+            "watch[0].move_to: only used with after_success: move",
+        ),
+        (
+            {"watch": [{"path": "/srv/a", "after_success": "move", "move_to": "done"}]},
+            "watch[0].move_to: must be an absolute path",
+        ),
+        (
+            {
+                "watch": [
+                    {"path": "/srv/a"},
+                    {"path": "/srv/b", "after_success": "move", "move_to": "/srv/a/done"},
+                ]
+            },
+            "watch[1].move_to: must lie outside every watched folder (watch[0].path)",
+        ),
+        (
+            {"watch": [{"path": "/srv/a", "after_success": "move", "move_to": "/srv"}]},
+            "watch[0].move_to: must lie outside every watched folder (watch[0].path)",
+        ),
+        ({"watch": [{"path": "/srv/a", "sidecar": "yes"}]}, "watch[0].sidecar: expected true"),
+        ({"hooks": {"on_success": "notify.sh"}}, "hooks.on_success: expected a list"),
+        ({"hooks": {"webhook_url": "ftp://h/x"}}, "hooks.webhook_url: must start with http"),
+        ({"hooks": {"webhook_url": "https:///x"}}, "hooks.webhook_url: has no host name"),
+        (
+            {"hooks": {"webhook_secret_file": "/etc/s"}},
+            "hooks.webhook_secret_file: only used with hooks.webhook_url",
+        ),
+        (
+            {"hooks": {"webhook_url": "https://h/x", "webhook_secret_file": "s"}},
+            "hooks.webhook_secret_file: must be an absolute path",
+        ),
+        ({"hooks": {"timeout_s": 0}}, "hooks.timeout_s: must be greater than 0"),
+        ({"hooks": {"concurrency": 0}}, "hooks.concurrency: must be at least 1"),
+        (
+            {"hooks": {"backoff_initial_s": 10, "backoff_max_s": 5}},
+            "hooks.backoff_initial_s: must not exceed hooks.backoff_max_s",
+        ),
+        ({"hooks": {"shell": "x"}}, "hooks.shell: unknown key"),
+        (
+            {"ledger": {"url": "postgresql://db/syncd"}, "hooks": {"on_success": ["x"]}},
+            "hooks: not available with ledger.url",
+        ),
+        (
+            {
+                "ledger": {"url": "postgresql://db/syncd"},
+                "watch": [{"path": "/srv/a", "after_success": "delete"}],
+            },
+            "watch[0].after_success: not available with ledger.url",
+        ),
+    ],
+)
+def test_each_bad_clean_up_or_hook_value_is_one_line_with_its_key_path(
+    doc: dict[str, Any], expected: str
+) -> None:
+    problems = problems_of(doc)
+    assert any(p.startswith(expected) for p in problems), problems
+    assert all("\n" not in p for p in problems)
+
+
+def test_the_example_keeps_every_file_and_runs_no_hook() -> None:
+    cfg = load_config(EXAMPLE)
+    assert all(root.after_success == "keep" and not root.sidecar for root in cfg.watch)
+    assert cfg.hooks.on_success == ()
+    assert cfg.hooks.webhook_url is None
