@@ -4,22 +4,42 @@ is one line with its key path, from the schema and from ``syncd config check``."
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from samples import write_media
 
-from syncd.config import effective_config, load_config, parse_config
+from syncd.config import (
+    Config,
+    LedgerConfig,
+    WatchRoot,
+    effective_config,
+    load_config,
+    parse_config,
+)
 from syncd.errors import EXIT_CONFIG, ConfigError
+from syncd.ops import plan
 from syncd.units import parse_clock_time, parse_days
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config.example.yaml"
+
+
+def aged_media(folder: Path, count: int) -> None:
+    """``count`` media files in ``folder``, last written an hour ago (settled)."""
+    folder.mkdir(parents=True)
+    for i in range(count):
+        write_media(folder / f"{i}.mp4", seed=i)
+        os.utime(folder / f"{i}.mp4", (time.time() - 3600,) * 2)
 
 
 def problems_of(doc: dict[str, Any]) -> list[str]:
@@ -247,3 +267,27 @@ def test_the_example_keeps_every_file_and_runs_no_hook() -> None:
     assert all(root.after_success == "keep" and not root.sidecar for root in cfg.watch)
     assert cfg.hooks.on_success == ()
     assert cfg.hooks.webhook_url is None
+
+
+async def test_plan_counts_the_files_that_would_be_deleted_or_moved(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inbox, camera, done = tmp_path / "inbox", tmp_path / "camera", tmp_path / "done"
+    aged_media(inbox, 2)
+    aged_media(camera, 3)
+    aged_media(tmp_path / "kept", 1)
+    cfg = Config(
+        watch=(
+            WatchRoot(path=str(inbox), after_success="delete"),
+            WatchRoot(path=str(camera), after_success="move", move_to=str(done)),
+            WatchRoot(path=str(tmp_path / "kept")),
+        ),
+        ledger=LedgerConfig(path=str(tmp_path / "state" / "ledger.db")),
+    )
+    parser = argparse.ArgumentParser()
+    plan.add_arguments(parser)
+    assert await plan.run(parser.parse_args(["--json"]), cfg) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["after_success"] == {"delete": 2, "move": 3}
+    assert doc["categories"]["upload"]["files"] == 6
+    assert sorted(os.listdir(inbox)) == ["0.mp4", "1.mp4"]  # a plan touches nothing
