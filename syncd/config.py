@@ -220,6 +220,10 @@ class UploadConfig:
     schedule: tuple[ScheduleWindow, ...] = field(
         default=(), metadata=_meta("windows with their own byte rate; the first match wins")
     )
+    order: Literal["oldest", "newest", "smallest", "largest", "path"] = field(
+        default="oldest",
+        metadata=_meta("backlog order: oldest | newest | smallest | largest | path"),
+    )
 
 
 @dataclass(frozen=True)

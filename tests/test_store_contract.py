@@ -19,6 +19,7 @@ from pg_support import PgServer
 
 from syncd.fingerprint import Fingerprint
 from syncd.ledger.postgres import PostgresLedger
+from syncd.ledger.records import UploadOrder
 from syncd.ledger.sqlite import Ledger
 from syncd.ledger.store import LedgerStore
 
@@ -438,3 +439,25 @@ async def test_the_dashboard_pages(stores: Harness, store: LedgerStore) -> None:
     assert [r.path for r in await store.problem_paths(["/r"], 10)] == ["/r/e.mp4"]
     assert [r.path for r in await store.find_paths("/r/", 2)] == ["/r/a.mp4", "/r/b.mp4"]
     assert [r.path for r in await store.find_paths("e.mp", 10)] == ["/r/e.mp4"]
+
+
+@pytest.mark.parametrize(
+    ("order", "expected"),
+    [
+        ("oldest", ["c", "b", "a"]),
+        ("newest", ["a", "b", "c"]),
+        ("smallest", ["b", "a", "c"]),
+        ("largest", ["c", "a", "b"]),
+        ("path", ["a", "b", "c"]),
+    ],
+)
+async def test_upload_order_decides_which_due_contents_go_first(
+    stores: Harness, store: LedgerStore, order: UploadOrder, expected: list[str]
+) -> None:
+    found = [("c", 300), ("b", 100), ("a", 200)]  # recorded in this order, a second apart
+    for i, (name, size) in enumerate(found):
+        sha = f"{i + 1:02d}" * 32
+        await store.record_content(f"/r/{name}.mp4", "/r", fp(size=size, ino=i + 1), sha, "mp4")
+        stores.clock.now += 1
+    jobs = await store.due_jobs(10, order=order)
+    assert [j.path for j in jobs] == [f"/r/{name}.mp4" for name in expected]

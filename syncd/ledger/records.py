@@ -17,6 +17,10 @@ ContentState = Literal[
     "pending", "allocated", "uploading", "uploaded", "done", "failed", "rejected"
 ]
 PathState = Literal["present", "gone", "skipped", "unsettled", "error"]
+# Which due contents go first (``upload.order``): ``oldest`` in the order they became due
+# (first found first; a retry when its backoff ends), ``newest`` last found first, by size
+# either way, or by the path that holds them.
+UploadOrder = Literal["oldest", "newest", "smallest", "largest", "path"]
 CONTENT_STATES: tuple[ContentState, ...] = (
     "pending",
     "allocated",

@@ -44,6 +44,7 @@ from syncd.ledger.records import (
     PathState,
     RecoveryReport,
     StatusChange,
+    UploadOrder,
 )
 
 
@@ -129,10 +130,13 @@ class UploadLedger(Protocol):
     ``mark_sending``, ``mark_finishing``) when another host took the content over.
     """
 
-    async def due_jobs(self, limit: int, exclude: Iterable[str] = ()) -> list[Job]:
-        """Given how many to take and the sha256s already in flight, return up to ``limit``
-        contents due for upload now, oldest due first, each with a present path holding it.
-        A due content no present path holds is parked instead (``last_error`` says why)."""
+    async def due_jobs(
+        self, limit: int, exclude: Iterable[str] = (), order: UploadOrder = "oldest"
+    ) -> list[Job]:
+        """Given how many to take, the sha256s already in flight and the order
+        (``upload.order``), return up to ``limit`` contents due for upload now, each with a
+        present path holding it. A due content no present path holds is parked instead
+        (``last_error`` says why)."""
 
     async def next_due_at(self) -> float | None:
         """Return when the next content becomes due for upload, or None if none waits."""

@@ -185,7 +185,9 @@ class Uploader:
                 if now < pause.until:
                     await self._sleep_or_wake(pause.until - now)
                 elif pause.probe is None:
-                    probes = await self.ledger.due_jobs(1, exclude=self.state.in_flight)
+                    probes = await self.ledger.due_jobs(
+                        1, exclude=self.state.in_flight, order=self.cfg.upload.order
+                    )
                     if not probes:
                         await self._sleep_or_wake(1.0)
                         continue
@@ -200,7 +202,9 @@ class Uploader:
             free = self._queue.maxsize - self._queue.qsize()
             jobs: list[Job] = []
             if free > 0:
-                jobs = await self.ledger.due_jobs(free, exclude=self.state.in_flight)
+                jobs = await self.ledger.due_jobs(
+                    free, exclude=self.state.in_flight, order=self.cfg.upload.order
+                )
             for job in jobs:
                 self.state.in_flight.add(job.content.sha256)
                 await self._queue.put(job)
