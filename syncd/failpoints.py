@@ -8,7 +8,8 @@ a crash point costs one dictionary lookup and does nothing.
 Crash points: ``hashed`` (hashed, not yet recorded), ``attempt_started`` (attempt committed,
 request not sent), ``answered`` (the API answered with an asset id, not yet committed),
 ``allocated`` (a signed URL was allocated, not yet committed), ``stored`` (storage accepted the
-bytes, not yet committed), ``cleanup_placed`` (a file being moved after SUCCESS is linked or
+bytes, not yet committed), ``cleanup_committed`` (a clean-up's intent is committed, the file
+not yet touched), ``cleanup_placed`` (a file being moved after SUCCESS is linked or
 copied to its destination, the source not yet removed), ``cleanup_unlinked`` (the source is
 deleted or moved, not yet committed).
 """
@@ -26,6 +27,7 @@ NAMES = frozenset(
         "answered",
         "allocated",
         "stored",
+        "cleanup_committed",
         "cleanup_placed",
         "cleanup_unlinked",
     }

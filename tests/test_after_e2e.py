@@ -180,24 +180,34 @@ def cleanups(ledger: Path) -> list[tuple[str, str | None]]:
     ]
 
 
-@pytest.mark.parametrize("point", ["cleanup_placed", "cleanup_unlinked"])
-async def test_kill_9_during_a_move_is_finished_at_the_next_start(
-    point: str, tmp_path: Path, emulator: EmulatorServer
+@pytest.mark.parametrize(
+    ("action", "point"),
+    [
+        ("move", "cleanup_committed"),
+        ("move", "cleanup_placed"),
+        ("move", "cleanup_unlinked"),
+        ("delete", "cleanup_committed"),
+        ("delete", "cleanup_unlinked"),
+    ],
+)
+async def test_kill_9_at_each_step_of_a_clean_up_is_finished_at_the_next_start(
+    action: str, point: str, tmp_path: Path, emulator: EmulatorServer
 ) -> None:
     inbox, done = tmp_path / "inbox", tmp_path / "done"
     inbox.mkdir()
     data = config_data(tmp_path, emulator, [inbox])
-    data["watch"][0].update(after_success="move", move_to=str(done))
+    data["watch"][0]["after_success"] = action
+    if action == "move":
+        data["watch"][0]["move_to"] = str(done)
     ledger = Path(data["ledger"]["path"])
     daemon = DaemonProcess(data, tmp_path, emulator.key)
     await daemon.start(SYNCD_FAILPOINTS=f"{point}:1")
     clip = inbox / "a.mp4"
     write_media(clip, seed=4)
     sha = sha256_of(clip)
-    assert await daemon.wait(30) == -9  # killed itself in the middle of the move
-    assert (done / "a.mp4").exists()
-    assert clip.exists() is (point == "cleanup_placed")
+    assert await daemon.wait(30) == -9  # killed itself in the middle of the clean-up
     assert query(ledger, "SELECT state FROM after_jobs WHERE kind = 'cleanup'") == [("acting",)]
+    assert clip.exists() is (point != "cleanup_unlinked")
 
     await daemon.start()
     try:
@@ -209,9 +219,12 @@ async def test_kill_9_during_a_move_is_finished_at_the_next_start(
             what="the clean-up settled",
         )
         said = [m for m in daemon.messages() if "interrupted by a crash" in m]
-        assert said and "finished" in said[0]
+        assert said and ": finished (" in said[0], said
     finally:
         assert await daemon.stop() == 0
     assert not clip.exists()
-    assert sha256_of(done / "a.mp4") == sha
-    assert os.listdir(done) == ["a.mp4"]
+    if action == "move":
+        assert sha256_of(done / "a.mp4") == sha
+        assert os.listdir(done) == ["a.mp4"]
+    else:
+        assert not done.exists()

@@ -31,6 +31,7 @@ from syncd.after.hooks import Delivery, Notification
 from syncd.after.queue import HookDrainer, HookJob, HookSettings, Target
 from syncd.after.sidecar import sidecar_document, sidecar_path, write_sidecar
 from syncd.config import WatchRoot
+from syncd.failpoints import failpoint
 from syncd.fingerprint import Fingerprint
 from syncd.ledger.records import AfterJob, NewAfterJob
 from syncd.ledger.store import AfterLedger
@@ -208,6 +209,7 @@ class AfterRunner(HookDrainer):
         # Committed before the file is touched: a crash from here on is finished or undone
         # at the next start (see recover).
         await self.ledger.after_job_acting(job.id, _intent_json(intent))
+        failpoint("cleanup_committed")
         try:
             outcome = await asyncio.to_thread(carry_out, intent)
         except OSError as exc:
