@@ -5,8 +5,10 @@ at the next start."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import random
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -228,3 +230,55 @@ async def test_kill_9_at_each_step_of_a_clean_up_is_finished_at_the_next_start(
         assert os.listdir(done) == ["a.mp4"]
     else:
         assert not done.exists()
+
+
+@pytest.mark.timeout(120)
+async def test_a_short_kill_9_torture_with_moves_loses_and_doubles_nothing(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    """40 files, moved after SUCCESS, while the daemon is killed at random moments and at every
+    step of a clean-up: in the end each file is at its destination, whole, and only there."""
+    rng = random.Random("after-torture")
+    inbox, done = tmp_path / "inbox", tmp_path / "done"
+    inbox.mkdir()
+    data = config_data(tmp_path, emulator, [inbox], upload={"workers": 4})
+    data["watch"][0].update(after_success="move", move_to=str(done), sidecar=True)
+    ledger = Path(data["ledger"]["path"])
+    daemon = DaemonProcess(data, tmp_path, emulator.key)
+    expected: dict[str, str] = {}
+    points = ["cleanup_committed", "cleanup_placed", "cleanup_unlinked"]
+    fired = 0
+    for run in range(6):
+        for i in range(run * 7, run * 7 + 7):
+            rel = f"sub{i % 3}/clip{i:02d}.mp4"
+            (inbox / rel).parent.mkdir(exist_ok=True)
+            expected[rel] = write_media(inbox / rel, size=rng.randint(2_000, 60_000), seed=i)
+        point = points[run % 3]
+        await daemon.start(may_die=True, SYNCD_FAILPOINTS=f"{point}:{rng.randint(1, 3)}")
+        deadline = asyncio.get_running_loop().time() + rng.uniform(1.0, 3.0)
+        while daemon.alive and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        fired += not daemon.alive
+        if daemon.alive:
+            await daemon.kill()
+    assert fired >= 2, f"only {fired} crash points fired"
+    await daemon.start()
+    try:
+
+        def converged() -> bool:
+            return all(
+                (done / rel).exists() and not (inbox / rel).exists() for rel in expected
+            ) and not query(ledger, "SELECT 1 FROM after_jobs WHERE state != 'done'")
+
+        await wait_for(converged, 60, interval_s=0.25, what="every file moved")
+    finally:
+        assert await daemon.stop() == 0
+    for rel, sha in expected.items():
+        assert sha256_of(done / rel) == sha, rel
+        assert json.loads((done / (rel + ".mavi.json")).read_text())["sha256"] == sha
+    left = [p for p in inbox.rglob("*") if p.is_file()]
+    assert left == []
+    moved = sorted(str(p.relative_to(done)) for p in done.rglob("*.mp4"))
+    assert moved == sorted(expected)  # no file twice, no temporary copy left
+    assert not [p for p in done.rglob(".*")]
+    assert query(ledger, "PRAGMA integrity_check") == [("ok",)]
