@@ -283,3 +283,13 @@ def test_a_sidecar_that_cannot_be_written_leaves_nothing_behind(media: Path) -> 
     with pytest.raises(OSError):
         write_sidecar(str(long_name), b"{}")
     assert sorted(p.name for p in media.parent.iterdir()) == ["clip.mp4"]
+
+
+def test_a_sidecar_write_a_crash_interrupted_is_finished_by_the_next(media: Path) -> None:
+    leftover = media.parent / f".{media.name}.mavi.json.syncd-tmp"
+    leftover.write_bytes(b'{"half')
+    write_sidecar(str(media), b"{}\n")
+    assert sorted(p.name for p in media.parent.iterdir()) == ["clip.mp4", "clip.mp4.mavi.json"]
+    os.symlink("/etc/passwd", leftover)
+    with pytest.raises(OSError):
+        write_sidecar(str(media), b"{}\n")  # never written through a planted link

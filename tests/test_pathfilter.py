@@ -232,4 +232,4 @@ def test_sidecar_files_are_never_candidates_even_when_included() -> None:
     assert filt.accepts(f"{ROOT}/clip.mp4")
     assert filt.accepts(f"{ROOT}/clip.mavi.json.mp4")
     # The temporary name a sidecar is written under is a dot name.
-    assert not make().accepts(f"{ROOT}/.clip.mp4.mavi.json.k3j2.tmp")
+    assert not make().accepts(f"{ROOT}/.clip.mp4.mavi.json.syncd-tmp")

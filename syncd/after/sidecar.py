@@ -2,10 +2,11 @@
 
 It holds the asset id, the SHA-256, the remote status and when the upload was accepted, as
 one JSON object. It is written atomically: to a temporary dot name in the same folder
-(``.NAME.mavi.json.XXXXXXXX.tmp``, which the watcher ignores like any dot name), flushed to
+(``.NAME.mavi.json.syncd-tmp``, which the watcher ignores like any dot name), flushed to
 disk, then renamed over the final name, so a reader sees the old file or the new one, never
-half of one. The watcher never takes a ``*.mavi.json`` file for upload
-(:data:`syncd.config.SIDECAR_SUFFIX`).
+half of one. The temporary name is the same on every try, so a write a crash interrupted is
+overwritten and finished by the next, and leaves nothing behind. The watcher never takes a
+``*.mavi.json`` file for upload (:data:`syncd.config.SIDECAR_SUFFIX`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import secrets
 
 from syncd.config import SIDECAR_SUFFIX
 
@@ -47,8 +47,11 @@ def write_sidecar(path: str, document: bytes) -> str:
     """
     target = sidecar_path(path)
     folder, name = os.path.split(target)
-    temp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    temp = os.path.join(folder, f".{name}.syncd-tmp")
+    # O_NOFOLLOW: a symbolic link planted at the temporary name is refused, never written
+    # through.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(temp, flags, 0o644)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(document)
