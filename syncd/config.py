@@ -280,6 +280,9 @@ class HooksConfig:
     on_success: tuple[str, ...] = field(
         default=(), metadata=_meta("command (argv, no shell) run when an asset is SUCCESS")
     )
+    on_failed: tuple[str, ...] = field(
+        default=(), metadata=_meta("command (argv, no shell) run when syncd gives up on a file")
+    )
     webhook_url: str | None = field(
         default=None, metadata=_meta("POST each outcome as JSON here; null: no webhook")
     )
@@ -647,8 +650,10 @@ def _check_after_success(roots: tuple[WatchRoot, ...], problems: _Problems) -> N
 
 
 def _check_hooks(hooks: HooksConfig, problems: _Problems) -> None:
-    if hooks.on_success and not hooks.on_success[0].strip():
-        problems.add("hooks.on_success[0]", "the program to run is empty")
+    for key in ("on_success", "on_failed"):
+        argv = getattr(hooks, key)
+        if argv and not argv[0].strip():
+            problems.add(f"hooks.{key}[0]", "the program to run is empty")
     if hooks.webhook_url is not None:
         problem = _webhook_url_problem(hooks.webhook_url)
         if problem is not None:
@@ -681,7 +686,7 @@ def _check_fleet_after(cfg: Config, problems: _Problems) -> None:
         for key in ("sidecar", "after_success"):
             if getattr(root, key) not in (False, "keep"):
                 problems.add(f"watch[{i}].{key}", "not available with ledger.url (a fleet) yet")
-    if cfg.hooks.on_success or cfg.hooks.webhook_url:
+    if cfg.hooks.on_success or cfg.hooks.on_failed or cfg.hooks.webhook_url:
         problems.add("hooks", "not available with ledger.url (a fleet) yet")
 
 

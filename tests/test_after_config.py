@@ -241,6 +241,11 @@ def test_the_example_sets_no_byte_limit() -> None:
             "hooks.backoff_initial_s: must not exceed hooks.backoff_max_s",
         ),
         ({"hooks": {"shell": "x"}}, "hooks.shell: unknown key"),
+        ({"hooks": {"on_failed": [""]}}, "hooks.on_failed[0]: the program to run is empty"),
+        (
+            {"ledger": {"url": "postgresql://db/syncd"}, "hooks": {"on_failed": ["x"]}},
+            "hooks: not available with ledger.url",
+        ),
         (
             {"ledger": {"url": "postgresql://db/syncd"}, "hooks": {"on_success": ["x"]}},
             "hooks: not available with ledger.url",

@@ -282,3 +282,37 @@ async def test_a_short_kill_9_torture_with_moves_loses_and_doubles_nothing(
     assert moved == sorted(expected)  # no file twice, no temporary copy left
     assert not [p for p in done.rglob(".*")]
     assert query(ledger, "PRAGMA integrity_check") == [("ok",)]
+
+
+async def test_a_rejected_file_runs_the_on_failed_hook_and_the_webhook(
+    tmp_path: Path, emulator: EmulatorServer, receiver: Receiver
+) -> None:
+    emulator.add_faults({"reject_filenames": ["bad.mp4"]})
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    hooked = tmp_path / "failed.jsonl"
+    data = config_data(
+        tmp_path,
+        emulator,
+        [inbox],
+        upload={"reject_after": 1},
+        hooks={"on_failed": hook_script(hooked), "webhook_url": receiver.url},
+    )
+    data["watch"][0]["after_success"] = "delete"
+    async with running(parse_config(data, "test"), emulator.key):
+        write_media(inbox / "bad.mp4", seed=5)
+        sha = sha256_of(inbox / "bad.mp4")
+        await wait_for(lambda: hooked.exists() and hooked.read_text().strip() != "", 20)
+        await wait_for(lambda: len(receiver.received) == 1, 20, what="the webhook")
+    (seen,) = [json.loads(line) for line in hooked.read_text().splitlines()]
+    assert seen["env"] == {
+        "SYNCD_EVENT": "failed",
+        "SYNCD_PATH": str(inbox / "bad.mp4"),
+        "SYNCD_SHA256": sha,
+        "SYNCD_ASSET_ID": "",
+        "SYNCD_STATUS": "rejected",
+    }
+    assert seen["stdin"]["asset_id"] is None
+    headers, body = receiver.received[0]
+    assert headers["X-Syncd-Event"] == "failed" and json.loads(body)["status"] == "rejected"
+    assert (inbox / "bad.mp4").exists()  # never cleaned up: its content failed

@@ -67,6 +67,7 @@ def hook_settings_from(hooks: HooksConfig) -> HookSettings:
         secret = read_secret_file(hooks.webhook_secret_file)
     return HookSettings(
         on_success=hooks.on_success,
+        on_failed=hooks.on_failed,
         webhook_url=hooks.webhook_url,
         webhook_secret=secret,
         timeout_s=hooks.timeout_s,

@@ -27,13 +27,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from syncd.after.cleanup import Facts, Intent, carry_out, decide, resolve_interrupted
-from syncd.after.hooks import Delivery, Notification
+from syncd.after.hooks import Delivery, Event, Notification
 from syncd.after.queue import HookDrainer, HookJob, HookSettings, Target
 from syncd.after.sidecar import sidecar_document, sidecar_path, write_sidecar
 from syncd.config import WatchRoot
 from syncd.failpoints import failpoint
 from syncd.fingerprint import Fingerprint
 from syncd.ledger.records import AfterJob, NewAfterJob
+from syncd.ledger.sqlite.after import FAILURES_KEY
 from syncd.ledger.store import AfterLedger
 
 log = logging.getLogger(__name__)
@@ -68,10 +69,21 @@ class AfterSettings:
             kinds.append("cleanup")
         return kinds
 
+    def kinds_for_failure(self) -> list[Target]:
+        """The jobs syncd giving up on a content makes for each of its paths."""
+        kinds: list[Target] = []
+        if self.hooks.on_failed:
+            kinds.append("on_failed")
+        if self.hooks.webhook_url:
+            kinds.append("webhook")
+        return kinds
+
     @property
     def active(self) -> bool:
         """Whether any root or hook asks for anything."""
-        return any(self.kinds_for(root) for root in self.roots.values())
+        return bool(self.kinds_for_failure()) or any(
+            self.kinds_for(root) for root in self.roots.values()
+        )
 
 
 class _LedgerQueue:
@@ -112,7 +124,9 @@ class _LedgerQueue:
 
 
 def _hook_job(job: AfterJob) -> HookJob:
-    note = Notification("success", job.path, job.sha256, job.asset_id, job.status, job.at)
+    # Jobs made from a failure carry minus its id (see migration 0004_failures).
+    event: Event = "failed" if job.change_id < 0 else "success"
+    note = Notification(event, job.path, job.sha256, job.asset_id, job.status, job.at)
     return HookJob(job.id, job.kind, note, job.attempts, job.root)
 
 
@@ -281,6 +295,9 @@ class AfterStage:
         watermark at the latest status change on the first run."""
         if await self.ledger.after_watermark() is None:
             await self.ledger.add_after_jobs([], await self.ledger.latest_status_change())
+        if await self.ledger.after_watermark(FAILURES_KEY) is None:
+            latest = await self.ledger.latest_failure()
+            await self.ledger.add_after_jobs([], latest, FAILURES_KEY)
         for job in await self.ledger.acting_after_jobs():
             if job.intent is None:
                 continue
@@ -345,12 +362,48 @@ class AfterStage:
             self.runner.wake()
         return len(changes)
 
+    async def expand_failures(self) -> int:
+        """Turn the failures past their watermark into ``on_failed`` and webhook jobs, one
+        per path that held the content; returns how many failures were read."""
+        watermark = await self.ledger.after_watermark(FAILURES_KEY) or 0
+        failures = await self.ledger.failures_after(watermark, _BATCH)
+        if not failures:
+            return 0
+        kinds = self.settings.kinds_for_failure()
+        jobs: list[NewAfterJob] = []
+        for failure in failures if kinds else []:
+            for path, record in await self.ledger.paths_of(failure.sha256):
+                if record is None or record.state != "present" or record.root not in self.roots:
+                    continue
+                jobs.extend(
+                    NewAfterJob(
+                        -failure.id,
+                        kind,
+                        path,
+                        record.root,
+                        failure.sha256,
+                        failure.asset_id,
+                        failure.state,
+                        failure.at,
+                    )
+                    for kind in kinds
+                )
+        await self.ledger.add_after_jobs(jobs, failures[-1].id, FAILURES_KEY)
+        if jobs:
+            self.runner.wake()
+        return len(failures)
+
+    @property
+    def roots(self) -> Mapping[str, WatchRoot]:
+        return self.settings.roots
+
     async def run(self) -> None:
         """Make and run jobs until cancelled."""
         runner = asyncio.create_task(self.runner.run(), name="after-runner")
         try:
             while True:
-                if await self.expand() == 0:
+                read = await self.expand() + await self.expand_failures()
+                if read == 0:
                     await asyncio.sleep(CHANGES_POLL_S)
         finally:
             runner.cancel()

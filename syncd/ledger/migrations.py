@@ -176,6 +176,22 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX after_jobs_due ON after_jobs (state, next_at);
         """,
     ),
+    # Contents syncd gave up on (attempts exhausted, rejected, or FAILED remotely with no
+    # attempt left): the source of hooks.on_failed, as status_changes is of the SUCCESS work.
+    # Their after_jobs rows carry minus the failure's id as change_id.
+    Migration(
+        "0004_failures",
+        """
+        CREATE TABLE failures (
+            id INTEGER PRIMARY KEY,
+            sha256 TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('failed', 'rejected')),
+            asset_id TEXT,
+            reason TEXT,
+            at REAL NOT NULL
+        );
+        """,
+    ),
 )
 
 

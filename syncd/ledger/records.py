@@ -127,6 +127,19 @@ class StatusChange:
 
 
 @dataclass(frozen=True, slots=True)
+class Failure:
+    """A content syncd gave up on: ``failed`` or ``rejected``, with the asset id it last
+    had (if any) and why."""
+
+    id: int
+    sha256: str
+    state: str
+    asset_id: str | None
+    reason: str | None
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class NewAfterJob:
     """Work owed to one path after a status change: a hook, the sidecar or the clean-up."""
 

@@ -38,6 +38,7 @@ from syncd.ledger.records import (
     Attempt,
     Content,
     ContentState,
+    Failure,
     Job,
     NewAfterJob,
     PathRecord,
@@ -388,8 +389,15 @@ class AfterLedger(Protocol):
         """Every path that ever held ``sha256``, with its current record (None if
         forgotten)."""
 
-    async def after_watermark(self) -> int | None:
-        """The id of the last status change already turned into jobs (None: never set)."""
+    async def after_watermark(self, key: str = ...) -> int | None:
+        """The id of the last status change (or failure, by ``key``) already turned into
+        jobs (None: never set)."""
+
+    async def latest_failure(self) -> int:
+        """The id of the last failure recorded (0: none)."""
+
+    async def failures_after(self, failure_id: int, limit: int) -> list[Failure]:
+        """Up to ``limit`` failures after ``failure_id``, oldest first."""
 
     async def latest_status_change(self) -> int:
         """The id of the last status change recorded (0: none)."""
@@ -397,9 +405,11 @@ class AfterLedger(Protocol):
     async def status_changes_after(self, change_id: int, limit: int) -> list[StatusChange]:
         """Up to ``limit`` status changes after ``change_id``, oldest first."""
 
-    async def add_after_jobs(self, jobs: Iterable[NewAfterJob], watermark: int) -> None:
-        """Queue ``jobs`` (a job already queued stays as it is) and move the watermark, in one
-        transaction."""
+    async def add_after_jobs(
+        self, jobs: Iterable[NewAfterJob], watermark: int, key: str = ...
+    ) -> None:
+        """Queue ``jobs`` (a job already queued stays as it is) and move the watermark under
+        ``key``, in one transaction."""
 
     async def due_after_jobs(self, limit: int, exclude: Iterable[int] = ()) -> list[AfterJob]:
         """Pending jobs due now, oldest first, except ``exclude``; a clean-up waits for the

@@ -12,10 +12,11 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from syncd.ledger.records import AfterJob, AfterJobState, NewAfterJob, StatusChange
+from syncd.ledger.records import AfterJob, AfterJobState, Failure, NewAfterJob, StatusChange
 from syncd.ledger.sqlite.base import LedgerBase, _b, _retry_stalled, _s
 
 WATERMARK_KEY = "after_watermark"
+FAILURES_KEY = "after_failures_watermark"
 _JOB_COLS = (
     "id, change_id, kind, path, root, sha256, asset_id, status, at, state, attempts, next_at, "
     "outcome, intent"
@@ -31,10 +32,25 @@ def _job(row: Sequence[Any]) -> AfterJob:
 class AfterJobs(LedgerBase):
     """The queue of work after a final status."""
 
-    async def after_watermark(self) -> int | None:
-        """The id of the last status change already turned into jobs (None: never set)."""
-        rows = await self._read("SELECT value FROM kv WHERE key = ?", (WATERMARK_KEY,))
+    async def after_watermark(self, key: str = WATERMARK_KEY) -> int | None:
+        """The id of the last status change (or, with ``key`` :data:`FAILURES_KEY`, the last
+        failure) already turned into jobs (None: never set)."""
+        rows = await self._read("SELECT value FROM kv WHERE key = ?", (key,))
         return int(rows[0][0]) if rows else None
+
+    async def latest_failure(self) -> int:
+        """The id of the last failure recorded (0: none)."""
+        rows = await self._read("SELECT MAX(id) FROM failures")
+        return int(rows[0][0] or 0)
+
+    async def failures_after(self, failure_id: int, limit: int) -> list[Failure]:
+        """Given a watermark, return up to ``limit`` later failures, oldest first."""
+        rows = await self._read(
+            "SELECT id, sha256, state, asset_id, reason, at FROM failures "
+            "WHERE id > ? ORDER BY id LIMIT ?",
+            (failure_id, limit),
+        )
+        return [Failure(*r) for r in rows]
 
     async def latest_status_change(self) -> int:
         """The id of the last status change recorded (0: none)."""
@@ -51,9 +67,11 @@ class AfterJobs(LedgerBase):
         return [StatusChange(*r) for r in rows]
 
     @_retry_stalled
-    async def add_after_jobs(self, jobs: Iterable[NewAfterJob], watermark: int) -> None:
+    async def add_after_jobs(
+        self, jobs: Iterable[NewAfterJob], watermark: int, key: str = WATERMARK_KEY
+    ) -> None:
         """Queue ``jobs`` (due now; one already queued is kept as it is) and move the
-        watermark to ``watermark``, in one transaction."""
+        watermark under ``key`` to ``watermark``, in one transaction."""
         now = self._clock()
         rows = [
             (
@@ -80,7 +98,7 @@ class AfterJobs(LedgerBase):
             db.execute(
                 "INSERT INTO kv (key, value) VALUES (?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (WATERMARK_KEY, str(watermark)),
+                (key, str(watermark)),
             )
 
         await self._transaction(tx)

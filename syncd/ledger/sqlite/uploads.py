@@ -294,6 +294,12 @@ class Uploads(LedgerBase):
                 "attempts = attempts + ? WHERE sha256 = ?",
                 (state, error, now, int(attempt_id is not None), sha256),
             )
+            # The source of hooks.on_failed, in the same transaction as the verdict.
+            db.execute(
+                "INSERT INTO failures (sha256, state, asset_id, reason, at) "
+                "SELECT sha256, state, asset_id, ?, ? FROM contents WHERE sha256 = ?",
+                (error, now, sha256),
+            )
             if attempt_id is not None:
                 _end_attempt(db, now, attempt_id, outcome, error, http_status, None)
 
