@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import sys
@@ -316,3 +317,28 @@ async def test_a_rejected_file_runs_the_on_failed_hook_and_the_webhook(
     headers, body = receiver.received[0]
     assert headers["X-Syncd-Event"] == "failed" and json.loads(body)["status"] == "rejected"
     assert (inbox / "bad.mp4").exists()  # never cleaned up: its content failed
+
+
+async def test_a_dry_run_says_what_it_would_do_and_touches_nothing(
+    tmp_path: Path, emulator: EmulatorServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    data = config_data(tmp_path, emulator, [inbox])
+    data["watch"][0].update(after_success="delete", after_success_dry_run=True)
+    cfg = parse_config(data, "test")
+    caplog.set_level(logging.INFO, logger="syncd")
+    async with running(cfg, emulator.key) as daemon:
+        write_media(inbox / "a.mp4", seed=6)
+        await wait_done(daemon, inbox / "a.mp4")
+        ledger = Path(data["ledger"]["path"])
+        await wait_for(
+            lambda: query(ledger, "SELECT outcome FROM after_jobs") == [("would delete",)], 20
+        )
+        status = await report.status_data(daemon.ledger, cfg)
+    assert (inbox / "a.mp4").exists()
+    assert status["after_upload"]["would"] == 1 and status["after_upload"]["deleted"] == 0
+    assert any(
+        "clean-up (dry run): would delete" in r.getMessage() and "a.mp4" in r.getMessage()
+        for r in caplog.records
+    )
