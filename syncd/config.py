@@ -529,8 +529,6 @@ def _check_semantics(cfg: Config, problems: _Problems) -> None:
     _check_schedule(cfg.upload.schedule, problems)
     _check_after_success(cfg.watch, problems)
     _check_hooks(cfg.hooks, problems)
-    if cfg.ledger.url is not None:
-        _check_fleet_after(cfg, problems)
     if cfg.http.listen is not None:
         listen = cfg.http.listen
         if listen.startswith("unix:"):
@@ -678,16 +676,6 @@ def _webhook_url_problem(url: str) -> str | None:
     if any(c.isspace() for c in url):
         return "must not contain spaces"
     return None
-
-
-def _check_fleet_after(cfg: Config, problems: _Problems) -> None:
-    """The work after an upload is queued in the SQLite ledger only, for now."""
-    for i, root in enumerate(cfg.watch):
-        for key in ("sidecar", "after_success"):
-            if getattr(root, key) not in (False, "keep"):
-                problems.add(f"watch[{i}].{key}", "not available with ledger.url (a fleet) yet")
-    if cfg.hooks.on_success or cfg.hooks.on_failed or cfg.hooks.webhook_url:
-        problems.add("hooks", "not available with ledger.url (a fleet) yet")
 
 
 def _check_schedule(windows: tuple[ScheduleWindow, ...], problems: _Problems) -> None:

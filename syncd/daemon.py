@@ -982,8 +982,8 @@ class Daemon:
         self.after = None
         hooks = await asyncio.to_thread(hook_settings_from, cfg.hooks)
         settings = AfterSettings({r.path: r for r in cfg.watch}, hooks)
-        if not settings.active or not isinstance(self.ledger, Ledger):
-            return  # the config refuses these features with a fleet ledger
+        if not settings.active:
+            return
 
         def root_is_there(root: str) -> bool:
             state = self._roots.get(root)

@@ -242,21 +242,6 @@ def test_the_example_sets_no_byte_limit() -> None:
         ),
         ({"hooks": {"shell": "x"}}, "hooks.shell: unknown key"),
         ({"hooks": {"on_failed": [""]}}, "hooks.on_failed[0]: the program to run is empty"),
-        (
-            {"ledger": {"url": "postgresql://db/syncd"}, "hooks": {"on_failed": ["x"]}},
-            "hooks: not available with ledger.url",
-        ),
-        (
-            {"ledger": {"url": "postgresql://db/syncd"}, "hooks": {"on_success": ["x"]}},
-            "hooks: not available with ledger.url",
-        ),
-        (
-            {
-                "ledger": {"url": "postgresql://db/syncd"},
-                "watch": [{"path": "/srv/a", "after_success": "delete"}],
-            },
-            "watch[0].after_success: not available with ledger.url",
-        ),
     ],
 )
 def test_each_bad_clean_up_or_hook_value_is_one_line_with_its_key_path(

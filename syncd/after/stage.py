@@ -33,8 +33,8 @@ from syncd.after.sidecar import sidecar_document, sidecar_path, write_sidecar
 from syncd.config import WatchRoot
 from syncd.failpoints import failpoint
 from syncd.fingerprint import Fingerprint
+from syncd.ledger.records import FAILURES_WATERMARK_KEY as FAILURES_KEY
 from syncd.ledger.records import AfterJob, NewAfterJob
-from syncd.ledger.sqlite.after import FAILURES_KEY
 from syncd.ledger.store import AfterLedger
 
 log = logging.getLogger(__name__)
@@ -334,9 +334,8 @@ class AfterStage:
         for change in changes:
             if change.remote_status != "SUCCESS":
                 continue
-            for path, record in await self.ledger.paths_of(change.sha256):
-                if record is None or record.state != "present":
-                    continue
+            for record in await self.ledger.present_paths_of(change.sha256):
+                path = record.path
                 root = self.settings.roots.get(record.root)
                 if root is None:
                     continue
@@ -372,9 +371,10 @@ class AfterStage:
         kinds = self.settings.kinds_for_failure()
         jobs: list[NewAfterJob] = []
         for failure in failures if kinds else []:
-            for path, record in await self.ledger.paths_of(failure.sha256):
-                if record is None or record.state != "present" or record.root not in self.roots:
+            for record in await self.ledger.present_paths_of(failure.sha256):
+                if record.root not in self.roots:
                     continue
+                path = record.path
                 jobs.extend(
                     NewAfterJob(
                         -failure.id,

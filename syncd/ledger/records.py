@@ -111,6 +111,10 @@ class RecoveryReport:
     polls_rescheduled: int
 
 
+# Where each store keeps how far it has turned status changes and failures into jobs (kv).
+AFTER_WATERMARK_KEY = "after_watermark"
+FAILURES_WATERMARK_KEY = "after_failures_watermark"
+
 AfterKind = Literal["on_success", "on_failed", "webhook", "sidecar", "cleanup"]
 AfterJobState = Literal["pending", "acting", "done", "given_up"]
 

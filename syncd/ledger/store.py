@@ -376,8 +376,8 @@ class OperatorLedger(KvLedger, DashboardLedger, Protocol):
 
 class AfterLedger(Protocol):
     """The work after a final status (hooks, sidecars, clean-ups), queued from the poller's
-    status changes so a restart loses none of it. The SQLite store has it; the fleet's does
-    not yet (the config refuses these features with ``ledger.url``)."""
+    status changes and the failures so a restart loses none of it; in a fleet, each host's
+    own, for its own paths."""
 
     async def get_path(self, path: str) -> PathRecord | None:
         """Given a path, return the store's record of it, or None."""
@@ -385,9 +385,8 @@ class AfterLedger(Protocol):
     async def get_content(self, sha256: str) -> Content | None:
         """Given a sha256, return its content, or None."""
 
-    async def paths_of(self, sha256: str) -> list[tuple[str, PathRecord | None]]:
-        """Every path that ever held ``sha256``, with its current record (None if
-        forgotten)."""
+    async def present_paths_of(self, sha256: str) -> list[PathRecord]:
+        """This host's present paths recorded as holding ``sha256`` now or before."""
 
     async def after_watermark(self, key: str = ...) -> int | None:
         """The id of the last status change (or failure, by ``key``) already turned into
@@ -444,7 +443,7 @@ class AfterLedger(Protocol):
         """Given a path that was deleted or moved away, mark it gone."""
 
 
-class LedgerStore(PathLedger, UploadLedger, PollLedger, OperatorLedger, Protocol):
+class LedgerStore(PathLedger, UploadLedger, PollLedger, OperatorLedger, AfterLedger, Protocol):
     """The whole store: every facet, plus the lifecycle the composition root drives."""
 
     @property
@@ -473,6 +472,3 @@ if TYPE_CHECKING:
 
     def _both_are_stores(sqlite: Ledger, postgres: PostgresLedger) -> list[LedgerStore]:
         return [sqlite, postgres]
-
-    def _sqlite_has_the_after_queue(sqlite: Ledger) -> AfterLedger:
-        return sqlite

@@ -828,8 +828,9 @@ async def status_data(
 async def _after_json(ledger: OperatorLedger) -> dict[str, int] | None:
     """What followed SUCCESS so far: files ``deleted``, ``moved``, ``kept`` (changed, or
     unsafe to touch), ``would`` (dry run), and hooks (sidecars, commands, webhooks)
-    ``pending`` and ``given_up``; None when the ledger keeps no such record (a fleet's)."""
-    if not isinstance(ledger, Ledger):
+    ``pending`` and ``given_up`` (in a fleet, this host's); None when the ledger has no
+    such record yet."""
+    if not isinstance(ledger, Ledger | PostgresLedger):
         return None
     try:
         counts = await ledger.after_counts()

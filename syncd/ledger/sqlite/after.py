@@ -12,11 +12,18 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from syncd.ledger.records import AfterJob, AfterJobState, Failure, NewAfterJob, StatusChange
-from syncd.ledger.sqlite.base import LedgerBase, _b, _retry_stalled, _s
+from syncd.ledger.records import (
+    AFTER_WATERMARK_KEY,
+    AfterJob,
+    AfterJobState,
+    Failure,
+    NewAfterJob,
+    PathRecord,
+    StatusChange,
+)
+from syncd.ledger.sqlite.base import _PATH_COLS, LedgerBase, _b, _path, _retry_stalled, _s
 
-WATERMARK_KEY = "after_watermark"
-FAILURES_KEY = "after_failures_watermark"
+WATERMARK_KEY = AFTER_WATERMARK_KEY
 _JOB_COLS = (
     "id, change_id, kind, path, root, sha256, asset_id, status, at, state, attempts, next_at, "
     "outcome, intent"
@@ -33,10 +40,21 @@ class AfterJobs(LedgerBase):
     """The queue of work after a final status."""
 
     async def after_watermark(self, key: str = WATERMARK_KEY) -> int | None:
-        """The id of the last status change (or, with ``key`` :data:`FAILURES_KEY`, the last
-        failure) already turned into jobs (None: never set)."""
+        """The id of the last status change (or, with ``key``
+        :data:`~syncd.ledger.records.FAILURES_WATERMARK_KEY`, the last failure) already turned
+        into jobs (None: never set)."""
         rows = await self._read("SELECT value FROM kv WHERE key = ?", (key,))
         return int(rows[0][0]) if rows else None
+
+    async def present_paths_of(self, sha256: str) -> list[PathRecord]:
+        """The present paths recorded as holding ``sha256`` now or before."""
+        rows = await self._read(
+            f"SELECT {', '.join('p.' + c.strip() for c in _PATH_COLS.split(','))} "
+            "FROM holdings h JOIN paths p ON p.path = h.path "
+            "WHERE h.sha256 = ? AND p.state = 'present' ORDER BY p.path",
+            (sha256,),
+        )
+        return [_path(r) for r in rows]
 
     async def latest_failure(self) -> int:
         """The id of the last failure recorded (0: none)."""
