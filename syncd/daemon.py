@@ -1101,6 +1101,8 @@ class Daemon:
             return False
         if self.uploader.state.in_flight or self.uploader.queue_depth():
             return False
+        if self.after is not None and not await self.after.idle():
+            return False
         return await self.ledger.unfinished_count() == 0
 
 

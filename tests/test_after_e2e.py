@@ -11,6 +11,7 @@ import logging
 import os
 import random
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from samples import write_media
 
 from syncd.after.hooks import DELIVERY_HEADER, SIGNATURE_HEADER, verify
 from syncd.config import parse_config
+from syncd.daemon import Daemon
 from syncd.emulator import EmulatorServer
 from syncd.ops import report
 
@@ -342,3 +344,19 @@ async def test_a_dry_run_says_what_it_would_do_and_touches_nothing(
         "clean-up (dry run): would delete" in r.getMessage() and "a.mp4" in r.getMessage()
         for r in caplog.records
     )
+
+
+async def test_sync_once_stops_after_the_clean_up_is_done(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    inbox, done = tmp_path / "inbox", tmp_path / "done"
+    inbox.mkdir()
+    for i in range(3):
+        write_media(inbox / f"{i}.mp4", seed=10 + i)
+        os.utime(inbox / f"{i}.mp4", (time.time() - 60,) * 2)
+    data = config_data(tmp_path, emulator, [inbox])
+    data["watch"][0].update(after_success="move", move_to=str(done))
+    daemon = Daemon(parse_config(data, "test"), emulator.key, once=True)
+    assert await asyncio.wait_for(daemon.run(), 60) == 0
+    assert sorted(os.listdir(done)) == ["0.mp4", "1.mp4", "2.mp4"]
+    assert os.listdir(inbox) == []

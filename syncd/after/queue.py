@@ -218,6 +218,11 @@ class HookDrainer:
         """A job was enqueued: look at the queue now."""
         self._wake.set()
 
+    @property
+    def running(self) -> int:
+        """How many jobs run now."""
+        return len(self._running)
+
     async def run(self) -> None:
         """Drain until cancelled."""
         try:

@@ -393,6 +393,16 @@ class AfterStage:
             self.runner.wake()
         return len(failures)
 
+    async def idle(self) -> bool:
+        """Whether every status change and failure is turned into jobs and no job runs or is
+        due now (``sync --once`` stops then; a job retrying later waits for the next run)."""
+        ledger = self.ledger
+        if (await ledger.after_watermark() or 0) < await ledger.latest_status_change():
+            return False
+        if (await ledger.after_watermark(FAILURES_KEY) or 0) < await ledger.latest_failure():
+            return False
+        return not self.runner.running and not await ledger.due_after_jobs(1)
+
     @property
     def roots(self) -> Mapping[str, WatchRoot]:
         return self.settings.roots
