@@ -103,6 +103,12 @@ async def test_files_are_deleted_or_moved_after_success_and_hooks_get_the_asset_
         )
         await wait_for(lambda: hooked.exists() and len(hooked.read_text().splitlines()) == 2, 20)
         await wait_for(lambda: len(receiver.received) == 2, 20, what="two webhooks")
+        ledger = Path(data["ledger"]["path"])
+        await wait_for(
+            lambda: not query(ledger, "SELECT 1 FROM after_jobs WHERE state != 'done'"),
+            20,
+            what="every job recorded done",
+        )
         status = await report.status_data(daemon.ledger, cfg)
     assert not (camera / "2024" / "b.mp4").exists()
     assert sha256_of(moved) == b_sha
