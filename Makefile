@@ -24,13 +24,19 @@ lint: install
 	$(BIN)/mypy
 
 # What the tests need beyond the venv, from Debian's packages (as root, non-interactive), installed
-# only when missing: the browser of tests/test_dashboard.py, and the PostgreSQL server binaries the
-# tests start private instances of (never the machine's own servers).
+# only when missing: the browser of tests/test_dashboard.py, and the PostgreSQL and Redis server
+# binaries the tests start private instances of (never the machine's own servers).
 test-deps:
-	@test -x /usr/bin/chromium || { apt-get update -q && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
-		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }
+	@missing=""; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+		missing="$$missing postgresql"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+		echo "make test-deps: installing$$missing"; \
+		apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
 
 # Three workers, one test file each at a time (--dist loadfile keeps a module's fixtures in one
 # process): the suite spends most of its time waiting on real servers, files and clocks, so it

@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from bench import bigfile, dashboard, hashing, latency, ratelimit, restart, scaling, smallfiles
+from bench import (
+    bigfile,
+    dashboard,
+    fleet,
+    hashing,
+    latency,
+    ratelimit,
+    restart,
+    scaling,
+    smallfiles,
+)
 
 BENCHMARKS: tuple[ModuleType, ...] = (
     hashing,
@@ -19,4 +29,5 @@ BENCHMARKS: tuple[ModuleType, ...] = (
     latency,
     scaling,
     dashboard,
+    fleet,
 )

@@ -166,6 +166,14 @@ class FleetConfig:
     host_name: str | None = field(
         default=None, metadata=_meta("this host's name in a fleet; null: the machine's hostname")
     )
+    redis_url: str | None = field(
+        default=None,
+        metadata=_meta("Redis holding the fleet's shared rate budget (redis://...); null: local"),
+    )
+    account: str | None = field(
+        default=None,
+        metadata=_meta("the account's name in Redis keys; null: a short hash of the API key"),
+    )
 
 
 @dataclass(frozen=True)
@@ -519,6 +527,21 @@ def _check_semantics(cfg: Config, problems: _Problems) -> None:
             "fleet.host_name",
             f"must be 1 to 63 printable characters without spaces, got {host_name!r}",
         )
+    if cfg.fleet.redis_url is not None:
+        redis_problem = _redis_url_problem(cfg.fleet.redis_url)
+        if redis_problem is not None:
+            problems.add("fleet.redis_url", redis_problem)
+    account = cfg.fleet.account
+    if account is not None and (
+        not account
+        or len(account) > 63
+        or not all(c.isprintable() for c in account)
+        or any(c.isspace() for c in account)
+    ):
+        problems.add(
+            "fleet.account",
+            f"must be 1 to 63 printable characters without spaces, got {account!r}",
+        )
     if cfg.upload.backoff_initial_s > cfg.upload.backoff_max_s:
         problems.add("upload.backoff_initial_s", "must not exceed upload.backoff_max_s")
     if cfg.rate_limits.cooldown_initial_s > cfg.rate_limits.cooldown_max_s:
@@ -582,6 +605,22 @@ def _base_url_problem(url: str) -> str | None:
         return "must not contain a user name or password (the API key goes in MAVI_API_KEY)"
     if parts.query or parts.fragment:
         return "must not have a query (?...) or a fragment (#...)"
+    return None
+
+
+def _redis_url_problem(url: str) -> str | None:
+    """Return what makes ``url`` unusable as the fleet's Redis URL, or ``None``."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        return f"not a valid URL ({exc})"
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        return f"must start with redis://, rediss:// or unix://, got {url!r}"
+    if parts.scheme == "unix":
+        return None if parts.path.startswith("/") else "a unix:// URL needs an absolute path"
+    if not parts.hostname:
+        return "has no host name"
     return None
 
 

@@ -54,6 +54,7 @@ from syncd.ops.dashboard import DaemonView
 from syncd.ops.report import iso, path_fields
 from syncd.ops.webapi import Health, start_http, stop_http
 from syncd.upload.client import MaviClient
+from syncd.upload.fleet_pacer import build_pacer
 from syncd.upload.pacer import Pacer
 from syncd.upload.poller import Poller
 from syncd.upload.shaper import ByteShaper, timetable_from
@@ -272,7 +273,8 @@ class Daemon:
                 report.resumed_signed_url,
             )
         await self._start_after(cfg)
-        self.pacer = Pacer.from_config(cfg.rate_limits)
+        # The local buckets, or the fleet's budget on Redis when fleet.redis_url is set.
+        self.pacer = await build_pacer(cfg, self._key, self.metrics)
         snapshot = await self.ledger.get_kv("pacer")
         if isinstance(snapshot, dict):
             self.pacer.restore(snapshot)
@@ -401,6 +403,7 @@ class Daemon:
             await self.ledger.set_kv("pacer", self.pacer.snapshot())
             await self._write_heartbeat(stopping=True)
         await client.close()
+        await self.pacer.aclose()
         self.events.close()  # ends every /v1/events stream: none may hold the shutdown up
         if http_runner is not None:
             await stop_http(http_runner)

@@ -78,6 +78,22 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         ("endpoint",),
     ),
     MetricSpec(
+        "syncd_fleet_redis_up",
+        "gauge",
+        "Fleet mode: 1 while the shared rate budget on Redis answers, else 0 (no request starts).",
+    ),
+    MetricSpec(
+        "syncd_fleet_hosts_alive",
+        "gauge",
+        "Fleet mode: hosts of the account whose heartbeat on Redis is fresh.",
+    ),
+    MetricSpec(
+        "syncd_fleet_grants_per_second",
+        "gauge",
+        "Fleet mode: request starts granted per second, by host and endpoint (10 s average).",
+        ("host", "endpoint"),
+    ),
+    MetricSpec(
         "syncd_queue_depth",
         "gauge",
         "Items waiting in an in-memory stage (settle, hash, upload).",

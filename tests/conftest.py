@@ -15,6 +15,7 @@ import aiohttp
 import asyncpg
 import pytest
 from pg_support import PgServer, pg_server
+from redis_support import RedisServer, redis_server
 
 from syncd.emulator import EmulatorServer, EmulatorSettings, uniform_rates
 from syncd.emulator.clock import Clock
@@ -84,3 +85,24 @@ async def pg_url(postgres: PgServer) -> str:
     finally:
         await conn.close()
     return postgres.url(name)
+
+
+@pytest.fixture(scope="session")
+def redis_session() -> Iterator[RedisServer]:
+    """A private Redis server for the whole session (see ``tests/redis_support.py``)."""
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_session: RedisServer) -> str:
+    """The URL of the session's private Redis server, emptied for this test."""
+    redis_session.flush()
+    return redis_session.url
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A private Redis server of this test's own, which the test may stop and start."""
+    with redis_server() as server:
+        yield server

@@ -21,6 +21,7 @@ NAMES = (
     "latency",
     "scaling",
     "dashboard",
+    "fleet",
 )
 
 
@@ -82,6 +83,7 @@ def test_every_benchmark_runs_quick_and_reports(tmp_path: Path) -> None:
         assert f"## {title}" in report
     for title in ("5. Under the real rate limit", "6. Latency", "7. Scaling", "8. Dashboard"):
         assert f"## {title}" in report
+    assert "## 9. A fleet on one account" in report
     assert "Quick run (tiny sizes)" in report
     # Scratch folders are removed: only the two outputs stay behind.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.log", "benchmarks.md", "results"]

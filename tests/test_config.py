@@ -104,6 +104,10 @@ def test_three_mistakes_are_reported_together_with_key_paths(tmp_path: Path) -> 
         ({"ledger": {"lease_s": 1}}, "ledger.lease_s: must be at least 5"),
         ({"fleet": {"host_name": "two words"}}, "fleet.host_name: must be 1 to 63 printable"),
         ({"fleet": {"redis": 1}}, "fleet.redis: unknown key"),
+        ({"fleet": {"redis_url": "http://r:6379/0"}}, "fleet.redis_url: must start with redis://"),
+        ({"fleet": {"redis_url": "redis://:6379/0"}}, "fleet.redis_url: has no host name"),
+        ({"fleet": {"redis_url": "redis://r:99999/0"}}, "fleet.redis_url: not a valid URL"),
+        ({"fleet": {"account": ""}}, "fleet.account: must be 1 to 63 printable"),
         ("just text", "<top>: expected a mapping"),
     ],
 )
@@ -206,3 +210,15 @@ def test_a_fleet_ledger_config_loads() -> None:
     assert cfg.ledger.url == "postgresql://syncd@db.lan:5432/syncd"
     assert cfg.ledger.lease_s == 600
     assert cfg.fleet.host_name == "m1"
+
+
+def test_a_fleet_budget_config_loads_and_names_the_account_without_revealing_the_key() -> None:
+    from syncd.upload.fleet_pacer import account_name
+
+    cfg = parse_config({"fleet": {"redis_url": "redis://redis.lan:6379/0"}}, "t.yaml")
+    assert cfg.fleet.redis_url == "redis://redis.lan:6379/0"
+    name = account_name(cfg, "secret-key-123")
+    assert name.startswith("key-") and "secret" not in name and len(name) == 16
+    assert account_name(cfg, "secret-key-123") == name  # every host with the key agrees
+    named = parse_config({"fleet": {"redis_url": "redis://r/0", "account": "studio"}}, "t.yaml")
+    assert account_name(named, None) == "studio"

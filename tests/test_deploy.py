@@ -261,8 +261,9 @@ def test_python_and_dependencies_run_under_memory_deny_write_execute() -> None:
         "else:\n"
         "    raise SystemExit('W+X memory was allowed: the rule is not in force')\n"
         "import ctypes, sqlite3, ssl, asyncio\n"
-        "import aiohttp, aiosqlite, asyncpg, yaml, watchdog.observers.inotify\n"
+        "import aiohttp, aiosqlite, asyncpg, redis.asyncio, yaml, watchdog.observers.inotify\n"
         "import syncd.config, syncd.notify, syncd.cli, syncd.ledger.postgres\n"
+        "import syncd.upload.fleet_pacer\n"
         "assert ctypes.CFUNCTYPE(ctypes.c_int)(lambda: 7)() == 7\n"
         "print('ok')\n"
     )

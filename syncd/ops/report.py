@@ -42,6 +42,7 @@ from syncd.ledger.records import (
 )
 from syncd.ledger.sqlite import Ledger, holder_pid
 from syncd.ledger.store import OperatorLedger
+from syncd.ops.fleet_status import fleet_budget, render_fleet_budget
 
 # A heartbeat older than this means the daemon is stuck (it writes one every few seconds).
 HEARTBEAT_STALE_S = 60.0
@@ -936,10 +937,15 @@ async def run_status(args: argparse.Namespace, cfg: Config) -> int:
         doc = await status_data(ledger, cfg)
     finally:
         await ledger.close()
+    budget = await fleet_budget(cfg)  # None unless fleet.redis_url is set
+    if budget is not None:
+        doc["fleet_budget"] = budget
     if args.format == "json":
         write_json(doc)
     else:
         render_status(doc)
+        if budget is not None:
+            render_fleet_budget(budget)
     return status_exit_code(doc)
 
 

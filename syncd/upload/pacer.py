@@ -398,6 +398,9 @@ class Pacer:
                     bucket.tat, bucket.cooldown_end + (self._burst - 1) * bucket.interval_s
                 )
 
+    async def aclose(self) -> None:
+        """Release what the pacer holds (nothing here; the fleet's pacer closes its Redis)."""
+
     # ---------------------------------------------------------------------------------------
 
     def _bucket(self, endpoint: str) -> _Bucket:
