@@ -293,3 +293,13 @@ def test_a_sidecar_write_a_crash_interrupted_is_finished_by_the_next(media: Path
     os.symlink("/etc/passwd", leftover)
     with pytest.raises(OSError):
         write_sidecar(str(media), b"{}\n")  # never written through a planted link
+
+
+def test_an_intent_keeps_a_name_that_is_not_utf8_through_the_ledger() -> None:
+    from syncd.after.stage import _intent_from, _intent_json
+
+    odd = os.fsdecode(b"/r/caf\xe9\nx.mp4")
+    intent = Intent("move", odd, FP, os.fsdecode(b"/done/caf\xe9\nx.mp4"))
+    text = _intent_json(intent)
+    text.encode("ascii")  # stored as plain text
+    assert _intent_from(text) == intent
