@@ -26,6 +26,7 @@ from syncd.after.cleanup import (
     temp_name,
 )
 from syncd.after.sidecar import sidecar_document, sidecar_path, write_sidecar
+from syncd.after.stage import _intent_from, _intent_json
 from syncd.fingerprint import Fingerprint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -296,8 +297,6 @@ def test_a_sidecar_write_a_crash_interrupted_is_finished_by_the_next(media: Path
 
 
 def test_an_intent_keeps_a_name_that_is_not_utf8_through_the_ledger() -> None:
-    from syncd.after.stage import _intent_from, _intent_json
-
     odd = os.fsdecode(b"/r/caf\xe9\nx.mp4")
     intent = Intent("move", odd, FP, os.fsdecode(b"/done/caf\xe9\nx.mp4"))
     text = _intent_json(intent)
