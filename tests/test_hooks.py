@@ -215,13 +215,19 @@ async def test_a_webhook_answer_outside_2xx_or_a_redirect_is_not_delivered(
             session, receiver.url, NOTE, delivery_id="d", secret=None, timeout_s=10
         )
         gone = await post_webhook(
-            session, "http://127.0.0.1:1/hook", NOTE, delivery_id="d", secret=None, timeout_s=5
+            session,
+            "http://127.0.0.1:1/hook?token=t0ps3cret",
+            NOTE,
+            delivery_id="d",
+            secret=None,
+            timeout_s=5,
         )
     assert (first.ok, first.detail) == (False, "HTTP 503")
     assert (second.ok, second.detail) == (False, "HTTP 302")
     assert len(receiver.received) == 2  # the redirect was not followed
     assert SIGNATURE_HEADER not in receiver.received[0][0]
     assert not gone.ok and gone.detail.startswith("cannot reach the webhook")
+    assert "t0ps3cret" not in gone.detail
 
 
 def test_each_event_goes_to_its_command_and_to_the_webhook() -> None:

@@ -270,4 +270,6 @@ async def post_webhook(
     except TimeoutError:
         return Delivery(False, f"timed out after {timeout_s:g} s")
     except aiohttp.ClientError as exc:
-        return Delivery(False, f"cannot reach the webhook: {type(exc).__name__}: {exc}")
+        # A token in the URL's query must not reach the log or the ledger.
+        text = str(exc).replace(url, url.split("?", 1)[0])
+        return Delivery(False, f"cannot reach the webhook: {type(exc).__name__}: {text}")
