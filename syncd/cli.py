@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -37,6 +37,9 @@ from syncd.errors import (
     SyncdError,
 )
 from syncd.logs import add_secret, setup_logging
+
+if TYPE_CHECKING:
+    from syncd.ops.live import Snapshot
 
 log = logging.getLogger("syncd.cli")
 
@@ -103,17 +106,16 @@ class Progress:
         self.last_line = 0.0
         self.drawn = False
 
-    def __call__(self, daemon: Any) -> None:
-        s = daemon.uploader.stats
+    def __call__(self, s: Snapshot) -> None:
+        """Given the daemon's snapshot at a heartbeat, draw or print the progress line."""
         elapsed = max(0.001, time.monotonic() - self.started)
         rate = s.bytes_sent / elapsed
-        left = daemon.backlog_bytes
+        left = s.backlog_bytes
         eta = f"ETA {_human_seconds(left / rate)}" if rate > 0 and left else "ETA -"
         text = (
             f"uploaded {s.uploaded} file(s), {_human_bytes(s.bytes_sent)} "
             f"({_human_bytes(rate)}/s), {_human_bytes(left)} left, {eta}; done "
-            f"{daemon.poller.done}, in flight {len(daemon.uploader.state.in_flight)}, "
-            f"settling {daemon.settler.tracked()}"
+            f"{s.done}, in flight {s.in_flight}, settling {s.settling}"
         )
         if self.tty:
             self.stream.write("\r\x1b[2K" + text)

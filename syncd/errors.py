@@ -122,6 +122,12 @@ class ApiRetryable(ApiError):
     """5xx, connection errors, timeouts, malformed answers: try again later."""
 
 
+class ApiUnusableAnswer(ApiRetryable):
+    """HTTP 2xx whose answer names no usable asset (not an API answer, a failure envelope, no
+    or an invalid asset id, too long, or answered before the whole body was sent): the service
+    took the request, so after an upload it may hold an asset nobody can name."""
+
+
 class ApiAuthError(ApiError):
     """HTTP 401 or 403: the key is wrong or the account is disabled. Stop uploading."""
 
@@ -140,3 +146,9 @@ class ApiNotFound(ApiPermanent):
 
 class SignedUrlExpired(ApiPermanent):
     """The signed URL was refused as expired; a new one must be allocated."""
+
+
+class ApiAlreadyStored(ApiPermanent):
+    """The storage host refused a signed-URL upload as a conflict (HTTP 409): the asset is past
+    WAITING, so an earlier send (before a crash, or one whose answer was lost) delivered its
+    bytes. Nothing is wrong with the file; its status is to be polled."""

@@ -28,6 +28,7 @@ from samples import write_media
 from syncd.emulator import EmulatorServer
 from syncd.emulator.clock import FakeClock
 from syncd.errors import (
+    ApiAlreadyStored,
     ApiAuthError,
     ApiError,
     ApiNoCredits,
@@ -35,6 +36,7 @@ from syncd.errors import (
     ApiPermanent,
     ApiRetryable,
     ApiThrottled,
+    ApiUnusableAnswer,
     ConfigError,
     SignedUrlExpired,
 )
@@ -530,6 +532,7 @@ async def test_any_2xx_from_storage_means_accepted(
         (400, b"<Error><Code>InvalidArgument</Code></Error>", ApiThrottled),
         (429, b"slow down", ApiThrottled),
         (404, b"NoSuchBucket", ApiPermanent),
+        (409, b"Conflict: no longer waiting", ApiAlreadyStored),
         (500, b"oops", ApiRetryable),
         (503, b"", ApiRetryable),
     ],
@@ -577,6 +580,25 @@ async def test_a_wrong_allocation_answer_is_retryable(
     with pytest.raises(ApiRetryable) as info:
         await client.allocate_signed_url("clip.mp4")
     assert_clean_message(info.value, "signed_url", 200)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        envelope({"asset_id": "nope"}),
+        envelope({}),
+        envelope(None, code=500, msg="failed"),
+        {"no": "envelope"},
+    ],
+)
+async def test_an_upload_answered_2xx_without_a_usable_asset_says_the_body_was_taken(
+    api: ScriptedServer, client: MaviClient, media: tuple[str, str, int], answer: Any
+) -> None:
+    """The uploader marks a possible remote duplicate by this class, never by the status."""
+    api.script = lambda seen, req: (200, answer)
+    with pytest.raises(ApiUnusableAnswer) as info:
+        await client.upload(media[0], filename="clip.mp4")
+    assert_clean_message(info.value, "upload", 200)
 
 
 async def test_expires_in_as_a_string_is_accepted(api: ScriptedServer, client: MaviClient) -> None:

@@ -14,8 +14,9 @@ import pytest
 from samples import write_media
 from unprivileged import run_unprivileged, shared_folder
 
+from syncd.files import NotRegularFile
 from syncd.fingerprint import Fingerprint
-from syncd.ingest.hashing import FileChanged, Hashed, Hasher, HasherClosed, NotRegularFile
+from syncd.ingest.hashing import FileChanged, Hashed, Hasher, HasherClosed
 
 SMALL_BUFFER = 4096
 # A sparse file this big takes no disk space, and with SMALL_BUFFER reads it takes long enough

@@ -519,7 +519,7 @@ async def test_file_changed_while_being_hashed(
         else:
             path.unlink()
         if change == "deleted":
-            await wait_for(lambda: not d._hashing, 30, what="hashing over")
+            await wait_for(lambda: not d.ingest.hashing, 30, what="hashing over")
             await asyncio.sleep(0.5)
             # Never recorded (it was found by the startup scan and never hashed whole).
             assert await path_state(d, path) in (None, "gone")
@@ -612,9 +612,9 @@ async def test_a_folder_200_levels_deep(
 @pytest.fixture
 def quick_root_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     """The daemon looks at unavailable roots every 0.5 s instead of every 10 s."""
-    import syncd.daemon
+    import syncd.ingest.intake
 
-    monkeypatch.setattr(syncd.daemon, "ROOT_CHECK_S", 0.5)
+    monkeypatch.setattr(syncd.ingest.intake, "ROOT_CHECK_S", 0.5)
 
 
 async def test_a_root_that_is_a_file_is_reported_once_and_used_once_it_is_a_folder(

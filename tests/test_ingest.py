@@ -287,9 +287,9 @@ async def test_overflows_never_pile_up_scans(
         (root / f"f{i}.jpg").write_bytes(media_bytes("jpg", 256, seed=i))
     cfg = make_config(tmp_path, emulator, [root], scan={"on_start": False})
     async with running(cfg, emulator.key) as d:
-        state = d._roots[str(root)]
+        state = d.roots[str(root)]
         for _ in range(50):  # an overflow storm, as a huge tree's own walk can cause
-            await d._handle_event(FsEvent("overflow", str(root), str(root)))
+            await d.intake.handle_event(FsEvent("overflow", str(root), str(root)))
             assert len(state.scans) <= 1
         assert state.rescan_wanted  # one more scan owed, not fifty
 

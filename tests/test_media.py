@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from samples import HEADERS, media_bytes, write_media
 
-from syncd.ingest.hashing import NotRegularFile
+from syncd.files import NotRegularFile
 from syncd.ingest.media import (
     FAMILIES_BY_EXTENSION,
     HEAD_BYTES,

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from syncd.config import DEFAULT_TEMP_PATTERNS, WatchRoot
-from syncd.ingest.pathfilter import PathFilter, display_path, glob_regex
+from syncd.ingest.pathfilter import PathFilter, glob_regex
 
 ROOT = "/data/inbox"
 
@@ -216,13 +216,6 @@ def test_names_with_odd_characters() -> None:
     assert filt.accepts(f"{ROOT}/a\ny.mp4")
     undecodable = "bad-\udcff.mp4"  # what os.fsdecode gives for a non-UTF-8 byte
     assert filt.accepts(f"{ROOT}/{undecodable}")
-
-
-def test_display_path_keeps_one_line() -> None:
-    assert display_path("/a/b c.mp4") == "/a/b c.mp4"
-    shown = display_path("/a/x\ny.mp4")
-    assert "\n" not in shown and "\\n" in shown
-    assert display_path("/a/\udcff") == repr("/a/\udcff")
 
 
 def test_sidecar_files_are_never_candidates_even_when_included() -> None:

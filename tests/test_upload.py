@@ -206,6 +206,9 @@ async def test_402_pauses_then_resumes_by_itself_when_credits_return(
     async with running(cfg, emulator.key) as d:
         await wait_for(lambda: d.uploader.state.pause is not None, 20, what="paused on 402")
         assert d.health().healthy  # out of credits is not a broken daemon
+        # Uploads that were already on the wire when the first 402 came back answer 402 too;
+        # count from when at most the probe is left in flight.
+        await wait_for(lambda: len(d.uploader.state.in_flight) <= 1, 20, what="in-flight ended")
         n402 = len([r for r in emulator.requests("upload") if r.status == 402])
         await asyncio.sleep(2.5)
         # Paused: one probe per pause, not a storm.

@@ -31,6 +31,7 @@ from syncd.after.hooks import Delivery, Event, Notification
 from syncd.after.queue import HookDrainer, HookJob, HookSettings, Target
 from syncd.after.sidecar import sidecar_document, sidecar_path, write_sidecar
 from syncd.config import WatchRoot
+from syncd.display import display_path
 from syncd.failpoints import failpoint
 from syncd.fingerprint import Fingerprint
 from syncd.ledger.records import FAILURES_WATERMARK_KEY as FAILURES_KEY
@@ -43,10 +44,6 @@ log = logging.getLogger(__name__)
 # second costs one indexed query and keeps the poller unaware of this stage.
 CHANGES_POLL_S = 1.0
 _BATCH = 200
-
-
-def _display(path: str) -> str:
-    return path if path.isprintable() else repr(path)
 
 
 @dataclass(frozen=True)
@@ -156,7 +153,7 @@ class AfterRunner(HookDrainer):
     async def _still_holds(self, job: HookJob) -> str | None:
         """Why the job's path no longer stands for its content, or None when it does."""
         if not self.root_available(job.root):
-            return f"its root {_display(job.root)} is not there"
+            return f"its root {display_path(job.root)} is not there"
         record = await self.ledger.get_path(job.note.path)
         if record is None or record.state != "present":
             return "the file is no longer there"
@@ -207,7 +204,7 @@ class AfterRunner(HookDrainer):
             root_present=self.root_available(job.root),
         )
         decision = decide(facts, root.after_success, root.move_to)
-        where = _display(note.path)
+        where = display_path(note.path)
         if decision.verb == "keep":
             if decision.report:
                 log.warning("clean-up: kept %s: %s", where, decision.reason)
@@ -215,7 +212,7 @@ class AfterRunner(HookDrainer):
         if decision.verb == "delete":
             would = "delete"
         else:
-            would = f"move to {_display(decision.target or '')}"
+            would = f"move to {display_path(decision.target or '')}"
         if root.after_success_dry_run:
             log.info("clean-up (dry run): would %s %s", would, where)
             return Delivery(True, f"would {would}")
@@ -307,7 +304,7 @@ class AfterStage:
             except OSError as exc:
                 log.error(
                     "clean-up of %s interrupted by a crash and still cannot be settled: %s",
-                    _display(job.path),
+                    display_path(job.path),
                     exc,
                 )
                 continue
@@ -318,7 +315,7 @@ class AfterStage:
                 await self.ledger.mark_gone(job.path)
             else:
                 outcome = f"kept: {recovery.reason.removeprefix('kept: ')}"
-            line = f"{_display(job.path)}: {recovery.result} ({recovery.reason})"
+            line = f"{display_path(job.path)}: {recovery.result} ({recovery.reason})"
             log.warning("clean-up interrupted by a crash, %s", line)
             self.recovered.append(line)
             await self.ledger.finish_after_job(job.id, "done", outcome=outcome, count_attempt=False)

@@ -9,8 +9,8 @@ import asyncio
 import os
 from typing import Final
 
+from syncd.files import open_regular
 from syncd.formats import SUPPORTED_EXTENSIONS, extension_of
-from syncd.ingest.hashing import open_regular
 
 # --------------------------------------------------------------------------------------------
 # Pre-flight: what a file must look like before it may cost an upload request.
@@ -188,7 +188,7 @@ async def read_head(path: str, *, follow_symlinks: bool = False) -> bytes:
     """Read a file's first :data:`HEAD_BYTES` bytes (fewer if it is shorter) in a thread.
 
     Given its path and whether a final symlink may be followed. Never opens a FIFO, socket or
-    device: raises :class:`~syncd.ingest.hashing.NotRegularFile` for them, and the ``OSError`` of a
+    device: raises :class:`~syncd.files.NotRegularFile` for them, and the ``OSError`` of a
     vanished or unreadable file.
     """
     return await asyncio.to_thread(_read_head_sync, path, follow_symlinks)

@@ -27,16 +27,7 @@ import re
 from collections.abc import Sequence
 
 from syncd.config import SIDECAR_SUFFIX, WatchRoot
-
-
-def display_path(path: str) -> str:
-    """Given a path, return it as it can be shown on one log line.
-
-    Printable paths come back unchanged; a path with a newline, another control character or
-    bytes that are not UTF-8 comes back quoted and escaped (``repr``), so it cannot forge or
-    split a log line.
-    """
-    return path if path.isprintable() else repr(path)
+from syncd.display import display_path
 
 
 def _class_regex(body: str) -> str:

@@ -35,10 +35,11 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from syncd.config import WatchRoot
+from syncd.display import display_path
 from syncd.errors import LedgerError, SyncdError
+from syncd.files import file_kind
 from syncd.fingerprint import Fingerprint
-from syncd.ingest.hashing import file_kind
-from syncd.ingest.pathfilter import PathFilter, display_path
+from syncd.ingest.pathfilter import PathFilter
 
 log = logging.getLogger(__name__)
 

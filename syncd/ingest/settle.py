@@ -41,9 +41,9 @@ from datetime import UTC, datetime
 from typing import Final, Literal
 
 from syncd import events
+from syncd.display import display_path
+from syncd.files import file_kind
 from syncd.fingerprint import Fingerprint
-from syncd.ingest.hashing import file_kind
-from syncd.ingest.pathfilter import display_path
 from syncd.ingest.watcher import FsEvent
 from syncd.ingest.writers import WriterCheck
 
@@ -254,6 +254,12 @@ class Settler:
         self._update_room()
 
     # -- state --------------------------------------------------------------------------------
+
+    @property
+    def settle_delay_s(self) -> float:
+        """The soonest a path offered now is handed on, in seconds: ``quiet_s`` without
+        changes, plus a second for the stats' spacing and the round that notices it."""
+        return self.quiet_s + 1
 
     def tracked(self) -> int:
         """Return how many paths are waiting to settle."""

@@ -35,7 +35,7 @@ from typing import Any, TextIO
 
 from syncd.config import Config, WatchRoot
 from syncd.errors import EXIT_FAILURE, EXIT_OK
-from syncd.ingest.hashing import NotRegularFile
+from syncd.files import NotRegularFile
 from syncd.ingest.media import check_extension, preflight, read_head
 from syncd.ingest.pathfilter import PathFilter
 from syncd.ingest.scanner import RootUnavailable, ScanEntry, scan_root
@@ -43,7 +43,8 @@ from syncd.ingest.writers import WriterCheck
 from syncd.ledger.records import Content, PathRecord
 from syncd.ledger.sqlite import Ledger
 from syncd.ledger.store import OperatorLedger
-from syncd.ops.report import Command, add_format_arguments, human_bytes, human_duration, write_json
+from syncd.ops.render import add_format_arguments, human_bytes, human_duration, write_json
+from syncd.ops.report import Command
 
 CATEGORIES = ("upload", "queued", "duplicate", "failed", "waiting", "rejected")
 _DESCRIPTIONS = {

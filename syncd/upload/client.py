@@ -15,8 +15,10 @@ answer                                          raises
 402                                             :class:`~syncd.errors.ApiNoCredits`
 408, 5xx, 3xx (redirects are never followed),   :class:`~syncd.errors.ApiRetryable`
 connection errors, timeouts, oversized,
-malformed or failure answers with HTTP 2xx,
+malformed or failure answers with HTTP 2xx
+(those: :class:`~syncd.errors.ApiUnusableAnswer`),
 an upload answered before all bytes were sent
+409 from the signed-URL host                    :class:`~syncd.errors.ApiAlreadyStored`
 other 4xx (404, 405, 409, 415, ...)             :class:`~syncd.errors.ApiPermanent`
 ==============================================  ===========================================
 
@@ -37,91 +39,64 @@ is sent, so a server that trickles its answer cannot hold a worker forever.
 Local file problems (the file vanished, cannot be read, shrank while being sent) raise
 :class:`LocalFileError`, an ``OSError`` and not an :class:`~syncd.errors.ApiError`: the file,
 not the API, is at fault.
+
+This module makes the requests; reading an answer into a result or an error is
+``answers.py``'s (the table above), and the streamed body is ``filebody.py``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
-import math
 import os
-import re
-import secrets
-import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 import aiohttp
-from aiohttp.abc import AbstractStreamWriter
 from yarl import URL
 
-from syncd import __version__, events
-from syncd.errors import (
-    EXIT_IOERR,
-    ApiAuthError,
-    ApiError,
-    ApiNoCredits,
-    ApiNotFound,
-    ApiPermanent,
-    ApiRetryable,
-    ApiThrottled,
-    ConfigError,
-    SignedUrlExpired,
-    SyncdError,
-)
+from syncd import __version__
+from syncd.errors import ApiRetryable, ConfigError
 from syncd.fingerprint import Fingerprint
-from syncd.formats import FORMATS, extension_of
+from syncd.upload.answers import (
+    ASSET_ID_RE,
+    MAX_ANSWER_BYTES,
+    Answer,
+    Classifier,
+    check_asset_id,
+    integer,
+    is_http_url,
+    number,
+    string,
+)
+from syncd.upload.filebody import (
+    FilePayload,
+    LocalFileError,
+    clean_name,
+    multipart_filename,
+    open_checked,
+)
 from syncd.upload.shaper import ByteShaper
+
+__all__ = [
+    "ASSET_ID_RE",
+    "MAX_ANSWER_BYTES",
+    "AssetStatus",
+    "LocalFileError",
+    "MaviClient",
+    "SignedUrl",
+    "UploadResult",
+    "multipart_filename",
+]
 
 log = logging.getLogger(__name__)
 
-ASSET_ID_RE: Final = re.compile(r"re_[0-9]{1,40}")
-"""What a valid asset id looks like (matched in full)."""
-
-MAX_ANSWER_BYTES: Final = 1 << 20
-"""The most of an answer body the client reads; a longer answer is classified unread."""
-
-_NOT_FOUND_MSG: Final = "asset not found"
 # Time allowed for the body writer to finish once a 2xx answer has been read: a well-behaved
 # server answers only after it received every byte, so the writer is done or about to be.
 _WRITER_GRACE_S: Final = 5.0
-_MSG_LIMIT: Final = 300
-_QUERY_RE: Final = re.compile(r"(https?://[^\s?#'\"<>]*)[?#][^\s'\"<>]*")
-_CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
-# Characters that cannot stay raw in a quoted multipart filename. Browsers (WHATWG HTML
-# multipart/form-data encoding) percent-encode '"', CR and LF and keep the rest as UTF-8; we
-# also encode the other control characters, '\' (unescaped by several parsers) and ';' (split
-# on by naive parsers, aiohttp's among them), so every parser sees one well-formed value. '%'
-# itself is encoded too: a server that decodes the escapes (RFC 7578 allows it; the emulator
-# does) would otherwise turn a literal "%2F" in a name into a slash.
-_FILENAME_UNSAFE_RE: Final = re.compile(r'[\x00-\x1f\x7f";\\%]')
-
-
-class LocalFileError(SyncdError, OSError):
-    """The file to upload could not be opened or read, or it shrank while being sent.
-
-    Given the path, what went wrong and the ``errno`` if there is one. It is an ``OSError``
-    (``errno``, ``strerror``, ``filename`` are set) because the file, not the API, is at fault;
-    nothing about the remote side follows from it, except that the upload was never complete.
-    """
-
-    exit_code = EXIT_IOERR
-
-    def __init__(self, path: str, detail: str, errno: int | None = None) -> None:
-        super().__init__(f"cannot upload {printable_path(path)}: {detail}")
-        self.path = path
-        self.detail = detail
-        self.errno = errno
-        self.strerror = detail
-        self.filename = path
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 @dataclass(frozen=True)
@@ -165,189 +140,6 @@ class AssetStatus:
     modify_time_ms: int | None
 
 
-class _Answer(NamedTuple):
-    status: int
-    body: bytes
-    oversized: bool
-    content_type: str
-    location: str | None
-    body_sent: bool  # for uploads: every byte of the request was handed to the transport
-
-
-def printable_path(path: str) -> str:
-    """Given a path (possibly with surrogate-escaped bytes), return a one-line printable form."""
-    return _CONTROL_RE.sub("?", _raw_name(path).decode("utf-8", "backslashreplace"))
-
-
-def multipart_filename(name: str) -> str:
-    """Return ``name`` as it goes between the quotes of the multipart ``filename`` parameter.
-
-    Bytes that are not UTF-8 (surrogate-escaped by ``os.fsdecode``) become U+FFFD; control
-    characters, ``"``, ``;``, ``\\`` and ``%`` are percent-encoded; everything else stays as
-    UTF-8.
-    """
-    return _FILENAME_UNSAFE_RE.sub(lambda m: f"%{ord(m.group()):02X}", _clean_name(name))
-
-
-def _clean_name(name: str) -> str:
-    """Return ``name`` as valid Unicode: undecodable bytes and lone surrogates become U+FFFD."""
-    return _raw_name(name).decode("utf-8", "replace")
-
-
-def _raw_name(name: str) -> bytes:
-    try:
-        return os.fsencode(name)
-    except UnicodeEncodeError:  # a lone surrogate that surrogateescape did not produce
-        return name.encode("utf-8", "replace")
-
-
-def _content_type_for(filename: str) -> str:
-    kind = FORMATS.get(extension_of(filename))
-    return kind[1] if kind else "application/octet-stream"
-
-
-def _read_and_hash(fd: int, size: int, offset: int, sha: Any) -> bytes:
-    """Runs in a worker thread: read up to ``size`` bytes at ``offset`` and hash them."""
-    data = os.pread(fd, size, offset)
-    sha.update(data)
-    return data
-
-
-def _open_regular(path: str, expected: Fingerprint | None) -> tuple[int, int]:
-    """Runs in a worker thread: open ``path`` for reading; returns (fd, size).
-
-    ``expected``, when given, is the fingerprint the caller checked: the file opened must be
-    exactly that file (a symlink or another file swapped in since is refused, unsent).
-    """
-    try:
-        # O_NONBLOCK: a FIFO in the file's place opens at once (and is refused below) instead
-        # of blocking this thread until a writer comes; reads of a regular file ignore it.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise LocalFileError(path, exc.strerror or str(exc), exc.errno) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise LocalFileError(path, "not a regular file")
-        if expected is not None and Fingerprint.of(st) != expected:
-            raise LocalFileError(path, "changed since it was checked; nothing was sent")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, st.st_size
-
-
-class _FilePayload(aiohttp.Payload):
-    """A ``multipart/form-data`` body with one ``file`` part streamed from an open file.
-
-    The size is known up front, so aiohttp sends a ``Content-Length``. Each chunk is read and
-    hashed in one worker-thread call; each write to the socket must make progress within
-    ``stall_timeout_s``. With a ``shaper``, each chunk is at most what it grants, after its
-    wait: the byte budget every worker shares.
-    """
-
-    def __init__(
-        self,
-        fd: int,
-        file_size: int,
-        *,
-        path: str,
-        filename: str,
-        chunk_bytes: int,
-        stall_timeout_s: float,
-        on_headers_sent: Callable[[], None] | None,
-        before_last_bytes: Callable[[], Awaitable[None]] | None = None,
-        shaper: ByteShaper | None = None,
-    ) -> None:
-        boundary = "syncd-" + secrets.token_hex(16)
-        super().__init__(None, content_type=f"multipart/form-data; boundary={boundary}")
-        self._fd = fd
-        self._file_size = file_size
-        self._path = path
-        self._chunk_bytes = chunk_bytes
-        self._stall_timeout_s = stall_timeout_s
-        self._on_headers_sent = on_headers_sent
-        self._before_last_bytes = before_last_bytes
-        self._shaper = shaper
-        self._head = (
-            f"--{boundary}\r\n"
-            f'Content-Disposition: form-data; name="file"; '
-            f'filename="{multipart_filename(filename)}"\r\n'
-            f"Content-Type: {_content_type_for(filename)}\r\n"
-            "\r\n"
-        ).encode()
-        self._tail = f"\r\n--{boundary}--\r\n".encode()
-        self._size = len(self._head) + file_size + len(self._tail)
-        self.sha256 = hashlib.sha256()
-        self.bytes_sent = 0
-        self.complete = False  # every byte was handed to the transport
-        self.done = asyncio.Event()  # the writer finished, failed or was cancelled
-        self.on_complete: Callable[[], None] | None = None
-        self.local_error: LocalFileError | None = None
-        self.stalled = False
-
-    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        raise TypeError("a streamed file body cannot be decoded")
-
-    async def write(self, writer: AbstractStreamWriter) -> None:
-        if self._consumed:
-            raise RuntimeError("a streamed file body can be sent only once")
-        self._consumed = True
-        try:
-            await self._write_all(writer)
-        finally:
-            self.done.set()
-
-    async def _write_all(self, writer: AbstractStreamWriter) -> None:
-        if self._on_headers_sent is not None:
-            try:
-                self._on_headers_sent()
-            except Exception:
-                log.exception("on_headers_sent callback failed")
-        events.progress(self._path, 0, self._file_size)
-        await self._send(writer, self._head)
-        offset = 0
-        while offset < self._file_size:
-            want = min(self._chunk_bytes, self._file_size - offset)
-            if self._shaper is not None:
-                want = await self._shaper.take(want)
-            try:
-                data = await asyncio.to_thread(_read_and_hash, self._fd, want, offset, self.sha256)
-            except OSError as exc:
-                self.local_error = LocalFileError(self._path, exc.strerror or str(exc), exc.errno)
-                raise self.local_error from None
-            if not data:
-                self.local_error = LocalFileError(
-                    self._path, f"file shrank while being sent ({offset} of {self._file_size})"
-                )
-                raise self.local_error
-            await self._send(writer, data)
-            offset += len(data)
-            self.bytes_sent = offset
-            events.progress(self._path, offset, self._file_size)
-        if self._before_last_bytes is not None:
-            # Until the closing boundary arrives the service cannot have a complete file: the
-            # caller may hold the rest back (see the uploader's one-finisher rule).
-            await self._before_last_bytes()
-        await self._send(writer, self._tail)
-        self.complete = True
-        if self.on_complete is not None:
-            self.on_complete()
-
-    async def write_with_length(
-        self, writer: AbstractStreamWriter, content_length: int | None
-    ) -> None:
-        await self.write(writer)
-
-    async def _send(self, writer: AbstractStreamWriter, data: bytes) -> None:
-        try:
-            async with asyncio.timeout(self._stall_timeout_s):
-                await writer.write(data)
-        except TimeoutError:
-            self.stalled = True
-            raise
-
-
 class MaviClient:
     """A client for the MAVI v2 asset endpoints, with one HTTP session.
 
@@ -381,6 +173,7 @@ class MaviClient:
             raise ValueError("timeouts and chunk_bytes must be positive")
         self._base = base
         self._key = key
+        self._answers = Classifier(key)
         self._connect_timeout_s = float(connect_timeout_s)
         self._read_timeout_s = float(read_timeout_s)
         self._verify_tls = verify_tls
@@ -467,12 +260,12 @@ class MaviClient:
             expected,
             before_last_bytes,
         )
-        data = self._success_data("upload", answer)
+        data = self._answers.success_data("upload", answer)
         if not answer.body_sent:
-            raise self._error(
+            raise self._answers.error(
                 ApiRetryable, "upload", "answered before the whole file was sent", answer.status
             )
-        asset_id = self._asset_id_of("upload", data, answer.status)
+        asset_id = self._answers.asset_id_of("upload", data, answer.status)
         return UploadResult(asset_id, payload.sha256.hexdigest(), payload.bytes_sent, answer.status)
 
     async def allocate_signed_url(self, original_filename: str) -> SignedUrl:
@@ -487,18 +280,18 @@ class MaviClient:
             self._base / "upload" / "signed-url",
             endpoint="signed_url",
             auth=True,
-            json_body={"original_filename": _clean_name(original_filename)},
+            json_body={"original_filename": clean_name(original_filename)},
         )
-        data = self._success_data("signed_url", answer)
-        asset_id = self._asset_id_of("signed_url", data, answer.status)
+        data = self._answers.success_data("signed_url", answer)
+        asset_id = self._answers.asset_id_of("signed_url", data, answer.status)
         url = data.get("signed_url")
-        if not isinstance(url, str) or not _is_http_url(url):
-            raise self._error(
+        if not isinstance(url, str) or not is_http_url(url):
+            raise self._answers.error(
                 ApiRetryable, "signed_url", "answer has no valid signed_url", answer.status
             )
-        expires_in = _number(data.get("expires_in"))
+        expires_in = number(data.get("expires_in"))
         if expires_in is None or expires_in <= 0:
-            raise self._error(
+            raise self._answers.error(
                 ApiRetryable, "signed_url", "answer has no valid expires_in", answer.status
             )
         return SignedUrl(asset_id, url, started_wall + expires_in)
@@ -522,15 +315,15 @@ class MaviClient:
         403, or a 400 that says "expired"), another :class:`~syncd.errors.ApiError`
         subclass, or :class:`LocalFileError`; ``ValueError`` for a URL that is not http(s).
         """
-        if not _is_http_url(url):
+        if not is_http_url(url):
             raise ValueError("the signed URL is not an http(s) URL")
         answer, payload = await self._send_file(
             "storage", URL(url, encoded=True), path, filename, False, on_headers_sent, expected
         )
         if not 200 <= answer.status < 300:
-            raise self._status_error("storage", answer)
+            raise self._answers.status_error("storage", answer)
         if not answer.body_sent:
-            raise self._error(
+            raise self._answers.error(
                 ApiRetryable, "storage", "answered before the whole file was sent", answer.status
             )
         return UploadResult(None, payload.sha256.hexdigest(), payload.bytes_sent, answer.status)
@@ -543,14 +336,16 @@ class MaviClient:
         :class:`~syncd.errors.ApiError` subclass otherwise; ``ValueError`` for an id that is
         not ``re_<digits>``.
         """
-        _check_asset_id(asset_id)
+        check_asset_id(asset_id)
         answer = await self._exchange(
             "GET", self._base / asset_id / "metadata", endpoint="metadata", auth=True
         )
-        data = self._success_data("metadata", answer)
+        data = self._answers.success_data("metadata", answer)
         resources = data.get("resource")
         if not isinstance(resources, list) or not resources:
-            raise self._error(ApiRetryable, "metadata", "answer lists no resource", answer.status)
+            raise self._answers.error(
+                ApiRetryable, "metadata", "answer lists no resource", answer.status
+            )
         item = next(
             (r for r in resources if isinstance(r, dict) and r.get("asset_id") == asset_id),
             None,
@@ -559,22 +354,22 @@ class MaviClient:
             # A lone resource that names no asset at all is taken as the one asked for.
             item = resources[0] if "asset_id" not in resources[0] else None
         if item is None:
-            raise self._error(
+            raise self._answers.error(
                 ApiRetryable, "metadata", f"answer does not describe {asset_id}", answer.status
             )
         status = item.get("upload_status")
         if not isinstance(status, str) or not status.strip():
-            raise self._error(
+            raise self._answers.error(
                 ApiRetryable, "metadata", "answer has no upload_status", answer.status
             )
         return AssetStatus(
             asset_id=asset_id,
             upload_status=status.strip().upper(),
-            file_size=_integer(item.get("file_size")),
-            extension=_string(item.get("extension")),
-            original_filename=_string(item.get("original_filename")),
-            create_time_ms=_integer(item.get("create_time")),
-            modify_time_ms=_integer(item.get("modify_time")),
+            file_size=integer(item.get("file_size")),
+            extension=string(item.get("extension")),
+            original_filename=string(item.get("original_filename")),
+            create_time_ms=integer(item.get("create_time")),
+            modify_time_ms=integer(item.get("modify_time")),
         )
 
     async def delete(self, asset_id: str) -> None:
@@ -584,9 +379,9 @@ class MaviClient:
         another :class:`~syncd.errors.ApiError` subclass otherwise; ``ValueError`` for an id
         that is not ``re_<digits>``.
         """
-        _check_asset_id(asset_id)
+        check_asset_id(asset_id)
         answer = await self._exchange("DELETE", self._base / asset_id, endpoint="delete", auth=True)
-        self._success_data("delete", answer, data_required=False)
+        self._answers.success_data("delete", answer, data_required=False)
 
     # ---------------------------------------------------------------------------------------
     # One exchange
@@ -601,10 +396,10 @@ class MaviClient:
         on_headers_sent: Callable[[], None] | None,
         expected: Fingerprint | None,
         before_last_bytes: Callable[[], Awaitable[None]] | None = None,
-    ) -> tuple[_Answer, _FilePayload]:
-        fd, size = await asyncio.to_thread(_open_regular, path, expected)
+    ) -> tuple[Answer, FilePayload]:
+        fd, size = await asyncio.to_thread(open_checked, path, expected)
         try:
-            payload = _FilePayload(
+            payload = FilePayload(
                 fd,
                 size,
                 path=path,
@@ -629,9 +424,9 @@ class MaviClient:
         *,
         endpoint: str,
         auth: bool,
-        body: _FilePayload | None = None,
+        body: FilePayload | None = None,
         json_body: dict[str, Any] | None = None,
-    ) -> _Answer:
+    ) -> Answer:
         """Make one request and read at most ``MAX_ANSWER_BYTES`` of its answer.
 
         Returns the answer, whatever its status; raises :class:`~syncd.errors.ApiRetryable`
@@ -671,7 +466,7 @@ class MaviClient:
                             except TimeoutError:
                                 pass
                         body_sent = body.complete
-                    answer = _Answer(
+                    answer = Answer(
                         resp.status,
                         raw,
                         oversized,
@@ -690,11 +485,11 @@ class MaviClient:
                 what = f"sending stalled for {self._read_timeout_s:g} s"
             else:
                 what = f"timed out ({_describe(exc)})"
-            raise self._error(ApiRetryable, endpoint, what, None) from None
+            raise self._answers.error(ApiRetryable, endpoint, what, None) from None
         except (aiohttp.ClientError, OSError) as exc:
             if body is not None and body.local_error is not None:
                 raise body.local_error from None
-            raise self._error(ApiRetryable, endpoint, _describe(exc), None) from None
+            raise self._answers.error(ApiRetryable, endpoint, _describe(exc), None) from None
         if body is not None and body.local_error is not None:
             # The server answered although the body was cut short: the file is at fault.
             raise body.local_error
@@ -702,100 +497,6 @@ class MaviClient:
             "%s %s: HTTP %d in %.3f s", method, endpoint, answer.status, loop.time() - started
         )
         return answer
-
-    # ---------------------------------------------------------------------------------------
-    # Classification
-
-    def _success_data(
-        self, endpoint: str, answer: _Answer, *, data_required: bool = True
-    ) -> dict[str, Any]:
-        """Return the envelope's ``data`` of a successful answer; raise the classified error."""
-        if not 200 <= answer.status < 300:
-            raise self._status_error(endpoint, answer)
-        if answer.oversized:
-            raise self._error(
-                ApiRetryable,
-                endpoint,
-                f"answer larger than {MAX_ANSWER_BYTES} bytes, not read",
-                answer.status,
-            )
-        envelope = _parse_json(answer.body)
-        if not isinstance(envelope, dict) or "code" not in envelope:
-            raise self._error(
-                ApiRetryable, endpoint, f"not an API answer ({_kind(answer)})", answer.status
-            )
-        if not _is_success(envelope):
-            msg = _short(envelope.get("msg"))
-            code = _short(envelope.get("code"))
-            raise self._error(
-                ApiRetryable, endpoint, f"answer says failure (code {code}: {msg})", answer.status
-            )
-        data = envelope.get("data")
-        if isinstance(data, dict):
-            return data
-        if data_required:
-            raise self._error(ApiRetryable, endpoint, "answer has no data", answer.status)
-        return {}
-
-    def _status_error(self, endpoint: str, answer: _Answer) -> ApiError:
-        """Return the error for a non-2xx answer."""
-        status = answer.status
-        storage = endpoint == "storage"
-        envelope = None if answer.oversized else _parse_json(answer.body)
-        msg = envelope.get("msg") if isinstance(envelope, dict) else None
-        detail = _short(msg) if isinstance(msg, str) and msg.strip() else _kind(answer)
-        cls: type[ApiError]
-        if 300 <= status < 400:
-            where = _strip_query(answer.location) if answer.location else "nowhere"
-            return self._error(
-                ApiRetryable,
-                endpoint,
-                f"redirect to {where} not followed (check api.base_url)",
-                status,
-            )
-        if status in (400, 429):
-            if (
-                not storage
-                and status == 400
-                and isinstance(msg, str)
-                and msg.strip().rstrip(".").lower() == _NOT_FOUND_MSG
-            ):
-                cls = ApiNotFound
-            elif storage and status == 400 and b"expired" in answer.body.lower():
-                cls = SignedUrlExpired
-            else:
-                cls = ApiThrottled
-        elif status in (401, 403):
-            cls = SignedUrlExpired if storage else ApiAuthError
-        elif status == 402:
-            cls = ApiNoCredits
-        elif status == 408:
-            cls = ApiRetryable
-        elif 400 <= status < 500:
-            cls = ApiPermanent
-        else:
-            cls = ApiRetryable
-        return self._error(cls, endpoint, detail, status)
-
-    def _asset_id_of(self, endpoint: str, data: dict[str, Any], status: int) -> str:
-        asset_id = data.get("asset_id")
-        if not isinstance(asset_id, str) or not ASSET_ID_RE.fullmatch(asset_id):
-            shown = _short(asset_id) if asset_id is not None else "none"
-            raise self._error(
-                ApiRetryable, endpoint, f"answer has no valid asset_id ({shown})", status
-            )
-        return asset_id
-
-    def _error(self, cls: type[ApiError], endpoint: str, what: str, status: int | None) -> ApiError:
-        """Build a one-line error that names the endpoint and status and hides the key."""
-        where = f"HTTP {status}" if status is not None else "no answer"
-        message = f"{endpoint}: {where}: {what}"
-        message = _CONTROL_RE.sub(" ", _strip_query(message))
-        message = message.replace(self._key, "<key>")
-        if len(message) > _MSG_LIMIT:
-            message = message[: _MSG_LIMIT - 3] + "..."
-            message = message.replace(self._key, "<key>")
-        return cls(message, status=status, endpoint=endpoint)
 
 
 # -------------------------------------------------------------------------------------------
@@ -826,85 +527,7 @@ async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> tuple[bytes, b
     return bytes(buf), False
 
 
-def _parse_json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-
-
-def _is_success(envelope: dict[str, Any]) -> bool:
-    code = envelope.get("code")
-    ok_code = (type(code) is int and code == 200) or code in ("200", "0000")
-    return (
-        ok_code and envelope.get("success", True) is True and envelope.get("failed", False) is False
-    )
-
-
-def _kind(answer: _Answer) -> str:
-    if answer.oversized:
-        return f"answer larger than {MAX_ANSWER_BYTES} bytes"
-    if not answer.body:
-        return "empty answer"
-    ctype = answer.content_type.split(";", 1)[0].strip() or "no content type"
-    if _parse_json(answer.body) is None:
-        return f"non-JSON answer ({ctype})"
-    return f"JSON answer without msg ({ctype})"
-
-
-def _short(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value)
-    text = _CONTROL_RE.sub(" ", text).strip()
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip()
     name = type(exc).__name__
     return f"{name}: {text}" if text else name
-
-
-def _strip_query(text: str) -> str:
-    return _QUERY_RE.sub(r"\1?...", text)
-
-
-def _is_http_url(url: str) -> bool:
-    try:
-        parsed = URL(url, encoded=True)
-    except (TypeError, ValueError):
-        return False
-    return parsed.scheme in ("http", "https") and bool(parsed.host)
-
-
-def _check_asset_id(asset_id: str) -> None:
-    if not isinstance(asset_id, str) or not ASSET_ID_RE.fullmatch(asset_id):
-        raise ValueError(f"not an asset id: {asset_id!r}")
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            return None
-    else:
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _integer(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    return None
-
-
-def _string(value: Any) -> str | None:
-    return value if isinstance(value, str) else None

@@ -7,8 +7,6 @@ budget. Fresh assets are asked about often, old ones rarely: the gap doubles per
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -21,6 +19,7 @@ from syncd.ledger.store import PollLedger
 from syncd.metrics import Metrics
 from syncd.upload.client import MaviClient
 from syncd.upload.pacer import Pacer
+from syncd.upload.wake import Wake
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,7 @@ class Poller:
         self.metrics = metrics
         self.on_requeued = on_requeued
         self.clock = clock
-        self._wake = asyncio.Event()
+        self._wake = Wake()
         self.done = 0
         self.remote_failed = 0
 
@@ -74,9 +73,7 @@ class Poller:
                 continue
             next_at = await self.ledger.next_poll_at()
             delay = 30.0 if next_at is None else min(30.0, max(0.05, next_at - self.clock()))
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            await self._wake.sleep(delay)
 
     async def poll_one(self, content: Content) -> None:
         """Ask for one asset's status and record the answer."""
