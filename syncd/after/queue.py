@@ -251,8 +251,11 @@ class HookDrainer:
         delay = IDLE_RECHECK_S if next_at is None else next_at - self.clock()
         delay = min(IDLE_RECHECK_S, max(0.01, delay))
         self._wake.clear()
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that comes
+        # in the same turn as the wake-up, and the drainer would outlive the daemon's stop.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
 
     def _finished(self, job_id: int, _task: asyncio.Task[None]) -> None:
         task = self._running.pop(job_id, None)
