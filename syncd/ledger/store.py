@@ -338,13 +338,16 @@ class OperatorLedger(KvLedger, DashboardLedger, Protocol):
         since: float | None = None,
         page_size: int = 1000,
         on_page: Callable[[int], None] | None = None,
+        host: str | None = None,
     ) -> AsyncGenerator[tuple[PathRecord, Content | None], None]:
         """Stream every known path with its content (None when it holds none), in path order,
         one query per page of ``page_size`` (``on_page(rows)`` after each).
 
         Given optional filters: ``states`` (content and path states mixed; a row matches
-        either), ``root`` (paths below it) and ``since`` (rows first seen, changed or gone
-        since). Raises :class:`ValueError` for an unknown state or a page size below 1.
+        either), ``root`` (paths below it), ``since`` (rows first seen, changed or gone
+        since) and ``host`` (a fleet host's paths only; the shared ledger lists every host's
+        and sets each record's ``host``). Raises :class:`ValueError` for an unknown state, a
+        page size below 1, or a ``host`` a store of one host cannot filter by.
         """
 
     async def upload_activity(self, since: float) -> dict[str, dict[str, int]]:
