@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from pipeline_support import config_data, syncd_cmd
@@ -19,6 +20,8 @@ from syncd.emulator import EmulatorServer
 from syncd.errors import EXIT_FAILURE
 from syncd.fingerprint import Fingerprint
 from syncd.ledger.postgres import PostgresLedger
+from syncd.metrics import Metrics
+from syncd.ops.webapi import Health, bound_address, start_http, stop_http
 
 SHARED = "ab" * 32
 ONLY_B = "cd" * 32
@@ -112,3 +115,29 @@ async def test_host_is_refused_on_a_sqlite_ledger_with_one_line(
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and "--host b" in lines[0] and "SQLite" in lines[0], res.stderr
         assert "Traceback" not in res.stderr
+
+
+@pytest.mark.usefixtures("fleet")
+async def test_the_endpoint_answers_for_the_fleet_and_host_picks_a_hosts_path(pg_url: str) -> None:
+    store = await PostgresLedger.open(pg_url, host="a", readonly=True)
+    runner = await start_http(
+        "127.0.0.1:0",
+        ledger=store,
+        metrics=Metrics(),
+        health=lambda: Health(healthy=True, ready=True, reason=""),
+    )
+    base = f"http://{bound_address(runner)}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/v1/assets/{ONLY_B}") as resp:  # any host's content
+                assert resp.status == 200
+                assert (await resp.json())["sha256"] == ONLY_B
+            async with http.get(f"{base}/v1/assets", params={"path": "/m/y.mp4"}) as resp:
+                assert resp.status == 404  # not a path of this host (a)
+            query = {"path": "/m/y.mp4", "host": "b"}
+            async with http.get(f"{base}/v1/assets", params=query) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["sha256"] == ONLY_B
+    finally:
+        await stop_http(runner)
+        await store.close()

@@ -57,8 +57,10 @@ class KvLedger(Protocol):
 class PathLedger(Protocol):
     """The ingest side: what the daemon records about paths as it watches, scans and hashes."""
 
-    async def get_path(self, path: str) -> PathRecord | None:
-        """Given a path, return the store's record of it (this host's), or None."""
+    async def get_path(self, path: str, *, host: str | None = None) -> PathRecord | None:
+        """Given a path, return the store's record of it, or None: this host's path, or on a
+        fleet's shared ledger that of ``host``. Raises :class:`ValueError` for a ``host`` a
+        store of one host cannot look in."""
 
     async def get_paths(self, paths: Sequence[str]) -> dict[str, PathRecord]:
         """Given paths, return the records of those the store knows, keyed by path."""
@@ -290,8 +292,10 @@ class OperatorLedger(KvLedger, DashboardLedger, Protocol):
     async def close(self) -> None:
         """Close the store. Idempotent."""
 
-    async def get_path(self, path: str) -> PathRecord | None:
-        """Given a path, return the store's record of it (this host's), or None."""
+    async def get_path(self, path: str, *, host: str | None = None) -> PathRecord | None:
+        """Given a path, return the store's record of it, or None: this host's path, or on a
+        fleet's shared ledger that of ``host``. Raises :class:`ValueError` for a ``host`` a
+        store of one host cannot look in."""
 
     async def get_paths(self, paths: Sequence[str]) -> dict[str, PathRecord]:
         """Given paths, return the records of those the store knows, keyed by path."""
