@@ -65,6 +65,10 @@ HEARTBEAT_S = 5.0
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
+# Config sections a running daemon cannot take over on SIGHUP: it says they wait for a restart.
+_RESTART_SECTIONS = ("api", "ledger", "fleet", "upload", "rate_limits", "http", "settle", "poll")
+
+
 class Daemon:
     """The running syncd. Given the validated config and the API key.
 
@@ -347,7 +351,7 @@ class Daemon:
             "syncd ready: %d root(s), %d upload worker(s), ledger %s",
             len(self.roots),
             cfg.upload.workers,
-            cfg.ledger.path,
+            self.ledger.path,  # the file, or the shared ledger's URL without its password
         )
 
     async def _start_http(self, listen: str) -> None:
@@ -517,9 +521,7 @@ class Daemon:
             return
         await self.intake.reload(new)
         changed = [
-            name
-            for name in ("api", "ledger", "upload", "rate_limits", "http", "settle", "poll")
-            if getattr(new, name) != getattr(self.cfg, name)
+            name for name in _RESTART_SECTIONS if getattr(new, name) != getattr(self.cfg, name)
         ]
         if changed:
             log.warning("SIGHUP: changes to %s take effect at the next restart", ", ".join(changed))
