@@ -69,6 +69,12 @@ HEARTBEAT_S = 5.0
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
+# Config sections a running daemon cannot take over on SIGHUP: it says they wait for a restart.
+# The sections a SIGHUP cannot apply; upload is compared without its byte budget, which it
+# can (see _reload_config).
+_RESTART_SECTIONS = ("api", "ledger", "fleet", "rate_limits", "http", "settle", "poll", "hooks")
+
+
 class Daemon:
     """The running syncd. Given the validated config and the API key.
 
@@ -358,7 +364,7 @@ class Daemon:
             "syncd ready: %d root(s), %d upload worker(s), ledger %s",
             len(self.roots),
             cfg.upload.workers,
-            cfg.ledger.path,
+            self.ledger.path,  # the file, or the shared ledger's URL without its password
         )
 
     async def _start_http(self, listen: str) -> None:
@@ -559,12 +565,10 @@ class Daemon:
             schedule=self.cfg.upload.schedule,
         )
         changed = [
-            name
-            for name in ("api", "ledger", "rate_limits", "http", "settle", "poll", "hooks")
-            if getattr(new, name) != getattr(self.cfg, name)
+            name for name in _RESTART_SECTIONS if getattr(new, name) != getattr(self.cfg, name)
         ]
         if reloaded_upload != self.cfg.upload:
-            changed.insert(2, "upload")
+            changed.insert(3, "upload")
         if changed:
             log.warning("SIGHUP: changes to %s take effect at the next restart", ", ".join(changed))
         self.cfg = new

@@ -47,6 +47,9 @@ class PathRecord:
     first_seen: float
     last_seen: float
     gone_at: float | None
+    # The fleet host the path is on, where a listing spans hosts (the shared ledger's
+    # iter_assets); None for a SQLite ledger, whose paths are all this host's.
+    host: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,8 +63,10 @@ class KvLedger(Protocol):
 class PathLedger(Protocol):
     """The ingest side: what the daemon records about paths as it watches, scans and hashes."""
 
-    async def get_path(self, path: str) -> PathRecord | None:
-        """Given a path, return the store's record of it (this host's), or None."""
+    async def get_path(self, path: str, *, host: str | None = None) -> PathRecord | None:
+        """Given a path, return the store's record of it, or None: this host's path, or on a
+        fleet's shared ledger that of ``host``. Raises :class:`ValueError` for a ``host`` a
+        store of one host cannot look in."""
 
     async def get_paths(self, paths: Sequence[str]) -> dict[str, PathRecord]:
         """Given paths, return the records of those the store knows, keyed by path."""
@@ -299,8 +301,10 @@ class OperatorLedger(KvLedger, DashboardLedger, Protocol):
     async def close(self) -> None:
         """Close the store. Idempotent."""
 
-    async def get_path(self, path: str) -> PathRecord | None:
-        """Given a path, return the store's record of it (this host's), or None."""
+    async def get_path(self, path: str, *, host: str | None = None) -> PathRecord | None:
+        """Given a path, return the store's record of it, or None: this host's path, or on a
+        fleet's shared ledger that of ``host``. Raises :class:`ValueError` for a ``host`` a
+        store of one host cannot look in."""
 
     async def get_paths(self, paths: Sequence[str]) -> dict[str, PathRecord]:
         """Given paths, return the records of those the store knows, keyed by path."""
@@ -347,13 +351,16 @@ class OperatorLedger(KvLedger, DashboardLedger, Protocol):
         since: float | None = None,
         page_size: int = 1000,
         on_page: Callable[[int], None] | None = None,
+        host: str | None = None,
     ) -> AsyncGenerator[tuple[PathRecord, Content | None], None]:
         """Stream every known path with its content (None when it holds none), in path order,
         one query per page of ``page_size`` (``on_page(rows)`` after each).
 
         Given optional filters: ``states`` (content and path states mixed; a row matches
-        either), ``root`` (paths below it) and ``since`` (rows first seen, changed or gone
-        since). Raises :class:`ValueError` for an unknown state or a page size below 1.
+        either), ``root`` (paths below it), ``since`` (rows first seen, changed or gone
+        since) and ``host`` (a fleet host's paths only; the shared ledger lists every host's
+        and sets each record's ``host``). Raises :class:`ValueError` for an unknown state, a
+        page size below 1, or a ``host`` a store of one host cannot filter by.
         """
 
     async def upload_activity(self, since: float) -> dict[str, dict[str, int]]:

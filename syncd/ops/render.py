@@ -224,9 +224,10 @@ LS_HEADER = f"{'STATE':<9} {'FILE':<9} {'SIZE':>9}  {'ASSET ID':<22} PATH"
 def ls_human(row: Mapping[str, Any]) -> str:
     size = human_bytes(row["size"]) if row["size"] is not None else "-"
     note = f"  ({one_line(row['reason'])})" if row["reason"] else ""
+    where = f"{one_line(row['host'])}:" if row.get("host") else ""  # a fleet's listing
     return (
         f"{row['state']:<9} {row['path_state']:<9} {size:>9}  {row['asset_id'] or '-':<22} "
-        f"{one_line(row['path'])}{note}"
+        f"{where}{one_line(row['path'])}{note}"
     )
 
 

@@ -106,12 +106,34 @@ def iso(ts: float | None) -> str | None:
 # Opening the ledger.
 
 
-async def open_readonly(cfg: Config) -> OperatorLedger:
+async def open_readonly(cfg: Config, host: str | None = None) -> OperatorLedger:
     """Open the configured ledger read-only, skipping the slow integrity check (``syncd
-    doctor`` runs it). Raises :class:`~syncd.errors.LedgerError` when there is none."""
+    doctor`` runs it); on a fleet's shared ledger, as ``host`` (default: this host).
+
+    Raises :class:`~syncd.errors.LedgerError` when there is none, :class:`SyncdError` when a
+    ``host`` is named for a SQLite ledger (it holds this host's paths only).
+    """
     if cfg.ledger.url is not None:
-        return await _open_fleet(cfg)
+        return await _open_fleet(cfg, host)
+    _no_host_on_sqlite(cfg, host)
     return await Ledger.open(cfg.ledger.path, readonly=True, check=False)
+
+
+def add_host_argument(p: argparse.ArgumentParser, what: str) -> None:
+    """``--host NAME``: on a fleet's shared ledger, ``what`` of that host only."""
+    p.add_argument(
+        "--host",
+        metavar="NAME",
+        help=f"fleet ledger (ledger.url) only: {what} of the host named NAME (fleet.host_name)",
+    )
+
+
+def _no_host_on_sqlite(cfg: Config, host: str | None) -> None:
+    if host is not None:
+        raise SyncdError(
+            f"--host {host}: only a fleet's shared ledger (ledger.url) holds other hosts' paths; "
+            f"this config's ledger is the SQLite file {cfg.ledger.path}"
+        )
 
 
 async def open_for_update(cfg: Config) -> OperatorLedger:
@@ -124,12 +146,13 @@ async def open_for_update(cfg: Config) -> OperatorLedger:
     return await Ledger.open(cfg.ledger.path, check=False)
 
 
-async def _open_fleet(cfg: Config) -> OperatorLedger:
-    """The shared PostgreSQL ledger as this host (``fleet.host_name``) sees it: its own paths,
-    every host's contents. Neither migrates nor claims anything."""
+async def _open_fleet(cfg: Config, host: str | None = None) -> OperatorLedger:
+    """The shared PostgreSQL ledger as ``host`` (default: this host, ``fleet.host_name``)
+    sees it: its own paths and heartbeat, every host's contents. Neither migrates nor claims
+    anything."""
     assert cfg.ledger.url is not None  # noqa: S101 - the callers checked
     return await PostgresLedger.open(
-        cfg.ledger.url, host=cfg.fleet.host_name, readonly=True, pool_size=1
+        cfg.ledger.url, host=host or cfg.fleet.host_name, readonly=True, pool_size=1
     )
 
 
@@ -290,13 +313,14 @@ def add_show_arguments(p: argparse.ArgumentParser) -> None:
         metavar="PATH|SHA256|ASSET_ID",
         help="a file, a sha256 (or 8+ hex digit prefix) or an asset id",
     )
+    add_host_argument(p, "a PATH is looked up among the paths")
     add_format_arguments(p)
 
 
 async def run_show(args: argparse.Namespace, cfg: Config) -> int:
     """``syncd show``: print one content. Returns 0; raises :class:`NotFound` (exit 1) for an
     unknown key and ledger errors as they come."""
-    ledger = await open_readonly(cfg)
+    ledger = await open_readonly(cfg, args.host)
     try:
         doc = await show_data(ledger, await resolve(ledger, args.key))
     finally:
@@ -378,6 +402,8 @@ def ls_row(rec: PathRecord, content: Content | None) -> dict[str, Any]:
         first_seen=iso(rec.first_seen),
         updated_at=iso(updated),
     )
+    if rec.host is not None:
+        row["host"] = rec.host  # a fleet's listing: the host the path is on
     return row
 
 
@@ -395,6 +421,7 @@ def add_ls_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--since", metavar="T", help="only rows seen or changed since T (30m, 2d, 2024-05-01)"
     )
+    add_host_argument(p, "only the paths (default: every host's, each row naming its host)")
     add_format_arguments(p, csv=True)
 
 
@@ -408,10 +435,16 @@ async def run_ls(args: argparse.Namespace, cfg: Config, *, page_size: int = 1000
         raise SyncdError(f"--state {bad[0]!r}: expected one of {', '.join(known)}")
     since = parse_since(args.since) if args.since else None
     root = await asyncio.to_thread(os.path.abspath, args.root) if args.root else None
-    writer = RowWriter(args.format, LS_COLUMNS, ls_human, LS_HEADER)
+    if cfg.ledger.url is None:
+        _no_host_on_sqlite(cfg, args.host)
+    # A fleet's listing spans hosts: each row names the host its path is on.
+    columns = (*LS_COLUMNS, "host") if cfg.ledger.url is not None else LS_COLUMNS
+    writer = RowWriter(args.format, columns, ls_human, LS_HEADER)
     ledger = await open_readonly(cfg)
     try:
-        rows = ledger.iter_assets(states=states, root=root, since=since, page_size=page_size)
+        rows = ledger.iter_assets(
+            states=states, root=root, since=since, page_size=page_size, host=args.host
+        )
         async with contextlib.aclosing(rows):
             async for rec, content in rows:
                 writer.write(ls_row(rec, content))
@@ -647,13 +680,14 @@ def status_exit_code(doc: Mapping[str, Any]) -> int:
 
 def add_status_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``syncd status``."""
+    add_host_argument(p, "the daemon, its heartbeat and its waiting files are those")
     add_format_arguments(p)
 
 
 async def run_status(args: argparse.Namespace, cfg: Config) -> int:
     """``syncd status``: print the overview. Returns 0 when no daemon runs or it is healthy,
     1 when the daemon that owns the ledger is unhealthy or its heartbeat is stale."""
-    ledger = await open_readonly(cfg)
+    ledger = await open_readonly(cfg, args.host)
     try:
         doc = await status_data(ledger, cfg)
     finally:
