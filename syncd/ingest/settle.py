@@ -25,14 +25,13 @@ them) neither delay a file for ever nor make it settle again. A writer found in 
 and the path is forgotten (a later event starts over).
 
 One path's state and what is read from it alone (when to look again, why it waits) are in
-:mod:`syncd.ingest.tracks`; the ``/proc`` walk is :mod:`syncd.ingest.writers`.
+:mod:`syncd.ingest.tracks`, the heap of deadlines in :mod:`syncd.ingest.deadlines`; the
+``/proc`` walk is :mod:`syncd.ingest.writers`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import logging
 import math
 import time
@@ -43,6 +42,7 @@ from typing import Final
 from syncd import events
 from syncd.display import display_path
 from syncd.fingerprint import Fingerprint
+from syncd.ingest.deadlines import Deadlines
 from syncd.ingest.tracks import (
     Track,
     Writing,
@@ -104,7 +104,8 @@ class Settler:
     Over ~300 lines because the event rules (:meth:`event`), the rounds (:meth:`_round`,
     :meth:`_finish`) and the scheduling all change the same tracks and the same heap, and the
     order of their checks is the rule; what is read from one track alone (when to look again,
-    why it waits, why it was given up) is in :mod:`syncd.ingest.tracks`.
+    why it waits, why it was given up) is in :mod:`syncd.ingest.tracks`, and the timers in
+    :mod:`syncd.ingest.deadlines`.
     """
 
     def __init__(
@@ -130,9 +131,7 @@ class Settler:
         self._clock = clock
         self._max_tracked = max_tracked
         self._tracks: dict[str, Track] = {}
-        self._heap: list[tuple[float, int, str]] = []
-        self._seq = itertools.count()
-        self._wake = asyncio.Event()
+        self._deadlines = Deadlines(clock, self._is_live)
         self._room = asyncio.Event()
         self._room.set()
         self._running = False
@@ -300,45 +299,26 @@ class Settler:
             )
         try:
             while True:
-                await self._sleep_until_due()
+                await self._deadlines.sleep_until_due()
                 await self._round()
         finally:
             self._running = False
             self._closed = True
             self._tracks.clear()
-            self._heap.clear()
+            self._deadlines.clear()
             self._room.set()
 
-    async def _sleep_until_due(self) -> None:
-        while True:
-            while self._heap and self._stale(self._heap[0]):
-                heapq.heappop(self._heap)
-            now = self._clock()
-            if self._heap and self._heap[0][0] <= now:
-                return
-            self._wake.clear()
-            if not self._heap:
-                await self._wake.wait()
-                continue
-            try:
-                async with asyncio.timeout(self._heap[0][0] - now):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
-
-    def _stale(self, entry: tuple[float, int, str]) -> bool:
-        tr = self._tracks.get(entry[2])
-        return tr is None or tr.scheduled != entry[0]
+    def _is_live(self, path: str, when: float) -> bool:
+        """Whether a deadline is the one its path waits for (not forgotten or moved since)."""
+        tr = self._tracks.get(path)
+        return tr is not None and tr.scheduled == when
 
     async def _round(self) -> None:
         """Pop what is due, stat it in one thread hop, ask /proc once, hand on what is done."""
         now = self._clock()
         due: list[Track] = []
-        while self._heap and self._heap[0][0] <= now and len(due) < BATCH_MAX:
-            entry = heapq.heappop(self._heap)
-            if self._stale(entry):
-                continue
-            tr = self._tracks[entry[2]]
+        while len(due) < BATCH_MAX and (path := self._deadlines.pop_due(now)) is not None:
+            tr = self._tracks[path]
             tr.scheduled = math.inf
             due.append(tr)
 
@@ -521,10 +501,7 @@ class Settler:
         if when >= tr.scheduled:
             return  # its live entry comes first; it is re-evaluated then
         tr.scheduled = when
-        first = not self._heap or when < self._heap[0][0]
-        heapq.heappush(self._heap, (when, next(self._seq), tr.path))
-        if first:
-            self._wake.set()
+        self._deadlines.push(tr.path, when)
 
     def _overflow(self, root: str) -> None:
         # Events were lost: counts and "written" are no longer trustworthy. /proc (or quiet
