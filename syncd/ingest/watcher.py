@@ -126,6 +126,9 @@ class Watcher:
     interval of ``polling: true`` roots and how often every root's identity is checked.
     ``add_root``, ``remove_root`` and ``stop`` block (they walk the tree to add watches and
     join threads): call them in a thread (``asyncio.to_thread``); they are thread-safe.
+
+    Just over ~300 lines: the root registry, the observers' callbacks and the monitor thread
+    share one lock and one list of pending events, which is what makes it thread-safe.
     """
 
     def __init__(

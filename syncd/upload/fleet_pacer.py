@@ -99,6 +99,11 @@ class RedisPacer(Pacer):
     Given the Redis client, the account name, this host's name, the optional metrics, and the
     keywords of :class:`Pacer`. The global pause (:meth:`pause`) stays local to this host.
     Call :meth:`start` before use and :meth:`aclose` at the end.
+
+    Over ~300 lines because it is the local pacer's whole interface again, on Redis (pacing,
+    reports, introspection, the heartbeat that keeps the fleet's view), each method short and
+    all of them on one connection and its fail-closed state; the keys, the scripts and
+    reading the view are in :mod:`syncd.upload.fleet_redis`.
     """
 
     def __init__(
