@@ -148,6 +148,11 @@ class MaviClient:
     the upload chunk size, and the byte budget file bodies are sent under (``None``: none).
     Use it as ``async with MaviClient(...) as client`` or call :meth:`close`. Raises
     :class:`~syncd.errors.ConfigError` for an unusable base URL or key.
+
+    Over ~300 lines because it is the API's calls and the one request path they share
+    (:meth:`_send_file`, :meth:`_exchange` with its deadlines): each call is short, and the
+    parts that could stand alone already do (``answers.py`` classifies, ``filebody.py``
+    streams the body).
     """
 
     def __init__(
