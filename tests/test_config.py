@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from syncd.config import effective_config, load_config, parse_config, resolve_api_key, schema_docs
+from syncd.apikey import resolve_api_key
+from syncd.config import effective_config, load_config, parse_config, schema_docs
 from syncd.errors import EXIT_CONFIG, ConfigError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -15,7 +15,8 @@ from typing import Any, TextIO
 
 from redis.exceptions import RedisError
 
-from syncd.config import Config, resolve_api_key
+from syncd.apikey import resolve_api_key
+from syncd.config import Config
 from syncd.errors import ConfigError
 from syncd.upload.fleet_redis import account_name, connect, read_fleet_view, safe_url
 from syncd.upload.pacer import ENDPOINTS
