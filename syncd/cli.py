@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from syncd import __version__
+from syncd.apikey import resolve_api_key
 from syncd.config import (
     Config,
     config_path_from,
     effective_config,
     load_config,
-    resolve_api_key,
 )
 from syncd.errors import (
     EXIT_CONFIG,

@@ -4,22 +4,24 @@ The schema *is* the dataclasses below: every field's type, default and constrain
 place. Loading walks the YAML document against them, rejects unknown keys, and collects every
 problem with its key path before raising a single :class:`~syncd.errors.ConfigError`.
 
-The API key is never read from the YAML: it comes from ``MAVI_API_KEY``, ``MAVI_API_KEY_FILE``,
-``api.key_file``, or ``$CREDENTIALS_DIRECTORY/mavi_api_key`` (systemd ``LoadCredential=``).
+The API key is never read from the YAML: :mod:`syncd.apikey` finds it in ``MAVI_API_KEY``,
+``MAVI_API_KEY_FILE``, ``api.key_file``, or ``$CREDENTIALS_DIRECTORY/mavi_api_key`` (systemd
+``LoadCredential=``). The rules that span fields live in :mod:`syncd.config_checks`.
+
+Over ~500 lines because the schema is one dataclass per section with every field's
+constraints beside it (about half the module), and the walk that reads YAML against them is
+the other half; splitting the two would put a field's type and the code that checks it apart.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import logging
 import math
 import os
 import re
-import stat
 import types
 import typing
-import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,13 +29,18 @@ from typing import Any, Literal
 
 import yaml
 
+from syncd.config_checks import Problems, check_semantics
 from syncd.errors import ConfigError
+from syncd.units import parse_byte_rate
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH = "/etc/syncd/config.yaml"
 DEFAULT_BASE_URL = "https://mavi-backend.memories.ai/serve/api/v2"
-CREDENTIAL_NAME = "mavi_api_key"
+
+# The ending of the files syncd itself writes next to an uploaded one (``NAME.mavi.json``):
+# never candidates for upload, whatever a root includes.
+SIDECAR_SUFFIX = ".mavi.json"
 
 # Names that writers use while a file is incomplete: dotfiles (rsync's ``.name.XXXXXX``),
 # browser and torrent partials, editors' swap and lock files.
@@ -55,8 +62,20 @@ def _meta(
     exclusive_min: bool = False,
     *,
     absolute: bool = False,
+    byte_rate: bool = False,
+    key: str | None = None,
 ) -> Any:
-    return {"doc": doc, "minimum": minimum, "exclusive_min": exclusive_min, "absolute": absolute}
+    """A field's schema: its doc line, bounds, whether a string must be an absolute path,
+    whether an integer may be written as a byte count (``50M``), and its YAML key when that
+    is not the field's name (``from`` is a Python keyword)."""
+    return {
+        "doc": doc,
+        "minimum": minimum,
+        "exclusive_min": exclusive_min,
+        "absolute": absolute,
+        "byte_rate": byte_rate,
+        "key": key,
+    }
 
 
 @dataclass(frozen=True)
@@ -90,6 +109,21 @@ class WatchRoot:
     exclude: tuple[str, ...] = field(default=(), metadata=_meta("globs to ignore"))
     polling: bool = field(default=False, metadata=_meta("poll instead of inotify (NFS/SMB)"))
     follow_symlinks: bool = field(default=False, metadata=_meta("follow symlinks in this root"))
+    sidecar: bool = field(
+        default=False, metadata=_meta("write NAME.mavi.json next to each uploaded file")
+    )
+    after_success: Literal["keep", "delete", "move"] = field(
+        default="keep", metadata=_meta("once the asset is SUCCESS: keep | delete | move")
+    )
+    move_to: str | None = field(
+        default=None,
+        metadata=_meta(
+            "after_success move: folder the files go to (same relative path)", absolute=True
+        ),
+    )
+    after_success_dry_run: bool = field(
+        default=False, metadata=_meta("log what after_success would do, do nothing")
+    )
 
 
 @dataclass(frozen=True)
@@ -153,6 +187,16 @@ class ScanConfig:
 
 
 @dataclass(frozen=True)
+class ScheduleWindow:
+    days: tuple[str, ...] = field(metadata=_meta("mon..sun, mon-fri, weekdays, weekend, daily"))
+    from_: str = field(metadata=_meta("start, HH:MM local time", key="from"))
+    to: str = field(metadata=_meta("end, HH:MM local time (24:00 allowed)"))
+    max_bytes_per_s: int = field(
+        metadata=_meta("limit in this window (50M, 500k); 0: no uploads", 0, byte_rate=True)
+    )
+
+
+@dataclass(frozen=True)
 class UploadConfig:
     workers: int = field(default=4, metadata=_meta("concurrent uploads", minimum=1))
     hash_workers: int = field(default=2, metadata=_meta("concurrent hashing threads", minimum=1))
@@ -176,6 +220,19 @@ class UploadConfig:
     pause_max_s: float = field(
         default=600.0,
         metadata=_meta("longest wait between probes", minimum=0, exclusive_min=True),
+    )
+    max_bytes_per_s: int | None = field(
+        default=None,
+        metadata=_meta(
+            "bytes per second for all workers (50M, 500k); null: none", 1, byte_rate=True
+        ),
+    )
+    schedule: tuple[ScheduleWindow, ...] = field(
+        default=(), metadata=_meta("windows with their own byte rate; the first match wins")
+    )
+    order: Literal["oldest", "newest", "smallest", "largest", "path"] = field(
+        default="oldest",
+        metadata=_meta("backlog order: oldest | newest | smallest | largest | path"),
     )
 
 
@@ -229,6 +286,33 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class HooksConfig:
+    on_success: tuple[str, ...] = field(
+        default=(), metadata=_meta("command (argv, no shell) run when an asset is SUCCESS")
+    )
+    on_failed: tuple[str, ...] = field(
+        default=(), metadata=_meta("command (argv, no shell) run when syncd gives up on a file")
+    )
+    webhook_url: str | None = field(
+        default=None, metadata=_meta("POST each outcome as JSON here; null: no webhook")
+    )
+    webhook_secret_file: str | None = field(
+        default=None, metadata=_meta("file holding the HMAC-SHA256 signing secret", absolute=True)
+    )
+    timeout_s: float = field(
+        default=30.0, metadata=_meta("longest run of a command or webhook call", 0, True)
+    )
+    concurrency: int = field(default=2, metadata=_meta("hooks running at once", minimum=1))
+    max_attempts: int = field(default=10, metadata=_meta("attempts before a hook is given up", 1))
+    backoff_initial_s: float = field(
+        default=5.0, metadata=_meta("first retry delay of a failed hook", 0, exclusive_min=True)
+    )
+    backoff_max_s: float = field(
+        default=3600.0, metadata=_meta("longest retry delay of a hook", 0, exclusive_min=True)
+    )
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = field(
         default="info", metadata=_meta("log level")
@@ -253,6 +337,7 @@ class Config:
     poll: PollConfig = field(default_factory=PollConfig, metadata=_meta("status polling"))
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig, metadata=_meta("shutdown"))
     http: HttpConfig = field(default_factory=HttpConfig, metadata=_meta("local HTTP endpoint"))
+    hooks: HooksConfig = field(default_factory=HooksConfig, metadata=_meta("after an upload"))
     log: LogConfig = field(default_factory=LogConfig, metadata=_meta("logging"))
     # Where the settings came from; not a YAML key.
     source: str = field(default="<defaults>", metadata={"internal": True})
@@ -260,14 +345,6 @@ class Config:
 
 # --------------------------------------------------------------------------------------------
 # Validation: walk a YAML document against the dataclasses, collecting every problem.
-
-
-class _Problems:
-    def __init__(self) -> None:
-        self.items: list[str] = []
-
-    def add(self, path: str, message: str) -> None:
-        self.items.append(f"{path or '<top>'}: {message}")
 
 
 _MISSING = object()
@@ -291,7 +368,7 @@ def _type_name(tp: Any) -> str:
     )
 
 
-def _convert(value: Any, tp: Any, path: str, meta: Mapping[str, Any], problems: _Problems) -> Any:
+def _convert(value: Any, tp: Any, path: str, meta: Mapping[str, Any], problems: Problems) -> Any:
     """Given a YAML value and a target type, return the converted value or ``_MISSING``."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -323,6 +400,12 @@ def _convert(value: Any, tp: Any, path: str, meta: Mapping[str, Any], problems: 
             problems.add(path, f"expected true or false, got {_yaml_kind(value)}")
             return _MISSING
         return value
+    if tp is int and meta.get("byte_rate") and isinstance(value, str):
+        try:
+            value = parse_byte_rate(value)
+        except ValueError as exc:
+            problems.add(path, str(exc))
+            return _MISSING
     if tp is int or tp is float:
         ok = isinstance(value, int) and not isinstance(value, bool)
         if tp is float:
@@ -376,12 +459,12 @@ def _yaml_kind(value: Any) -> str:
     return type(value).__name__
 
 
-def _build(cls: Any, data: Any, path: str, problems: _Problems) -> Any:
+def _build(cls: Any, data: Any, path: str, problems: Problems) -> Any:
     if not isinstance(data, dict):
         problems.add(path, f"expected a mapping, got {_yaml_kind(data)}")
         return _MISSING
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    fields = {_key(f): f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     kwargs: dict[str, Any] = {}
     ok = True
     for key in data:
@@ -396,182 +479,21 @@ def _build(cls: Any, data: Any, path: str, problems: _Problems) -> Any:
                 problems.add(sub, "required key is missing")
                 ok = False
             continue
-        value = _convert(data[name], hints[name], sub, f.metadata, problems)
+        value = _convert(data[name], hints[f.name], sub, f.metadata, problems)
         if value is _MISSING:
             ok = False
         else:
-            kwargs[name] = value
+            kwargs[f.name] = value
     return cls(**kwargs) if ok else _MISSING
+
+
+def _key(f: dataclasses.Field[Any]) -> str:
+    """A field's YAML key."""
+    return str(f.metadata.get("key") or f.name)
 
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
-
-
-def _check_semantics(cfg: Config, problems: _Problems) -> None:
-    """Cross-field rules the types cannot express."""
-    url_problem = _base_url_problem(cfg.api.base_url)
-    if url_problem is not None:
-        problems.add("api.base_url", url_problem)
-    if cfg.ledger.url is not None:
-        pg_problem = _ledger_url_problem(cfg.ledger.url)
-        if pg_problem is not None:
-            problems.add("ledger.url", pg_problem)
-        if cfg.ledger.backup_dir is not None:
-            problems.add(
-                "ledger.backup_dir",
-                "not used with ledger.url: back a PostgreSQL ledger up with pg_dump",
-            )
-    host_name = cfg.fleet.host_name
-    if host_name is not None and (
-        not host_name
-        or len(host_name) > 63
-        or not all(c.isprintable() for c in host_name)
-        or any(c.isspace() for c in host_name)
-    ):
-        problems.add(
-            "fleet.host_name",
-            f"must be 1 to 63 printable characters without spaces, got {host_name!r}",
-        )
-    if cfg.fleet.redis_url is not None:
-        redis_problem = _redis_url_problem(cfg.fleet.redis_url)
-        if redis_problem is not None:
-            problems.add("fleet.redis_url", redis_problem)
-    account = cfg.fleet.account
-    if account is not None and (
-        not account
-        or len(account) > 63
-        or not all(c.isprintable() for c in account)
-        or any(c.isspace() for c in account)
-    ):
-        problems.add(
-            "fleet.account",
-            f"must be 1 to 63 printable characters without spaces, got {account!r}",
-        )
-    if cfg.upload.backoff_initial_s > cfg.upload.backoff_max_s:
-        problems.add("upload.backoff_initial_s", "must not exceed upload.backoff_max_s")
-    if cfg.rate_limits.cooldown_initial_s > cfg.rate_limits.cooldown_max_s:
-        problems.add("rate_limits.cooldown_initial_s", "must not exceed rate_limits.cooldown_max_s")
-    if cfg.poll.initial_s > cfg.poll.max_s:
-        problems.add("poll.initial_s", "must not exceed poll.max_s")
-    _check_roots(cfg.watch, problems)
-    if cfg.http.listen is not None:
-        listen = cfg.http.listen
-        if listen.startswith("unix:"):
-            if not os.path.isabs(listen[5:]):
-                problems.add("http.listen", "unix socket path must be absolute")
-        else:
-            host, sep, port = listen.rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-                problems.add("http.listen", f"expected HOST:PORT or unix:/path, got {listen!r}")
-    for i, name in enumerate(cfg.http.allowed_hosts):
-        if not _is_host_name(name):
-            problems.add(
-                f"http.allowed_hosts[{i}]",
-                f"expected a host name or IP address without a port, got {name!r}",
-            )
-
-
-# A DNS name (labels of letters, digits, hyphens and underscores), an IPv4 address, or an
-# IPv6 address with or without its brackets.
-_HOST_NAME = re.compile(
-    r"(?=.{1,253}\.?$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
-    r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?"
-)
-
-
-def _is_host_name(name: str) -> bool:
-    """Whether ``name`` can be a Host header's host: a DNS name or an IP address, no port."""
-    bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
-    try:
-        ipaddress.ip_address(bare)
-    except ValueError:
-        return bare == name and _HOST_NAME.fullmatch(name) is not None
-    return True
-
-
-def _base_url_problem(url: str) -> str | None:
-    """Return what makes ``url`` unusable as the API base URL, or ``None``."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError as exc:
-        return f"not a valid URL ({exc})"
-    if parts.scheme not in ("http", "https"):
-        return "must start with http:// or https://"
-    if not parts.hostname:
-        return "has no host name"
-    if any(c.isspace() for c in url):
-        return "must not contain spaces"
-    if parts.username is not None or parts.password is not None:
-        # Credentials in the URL would become a second Authorization header.
-        return "must not contain a user name or password (the API key goes in MAVI_API_KEY)"
-    if parts.query or parts.fragment:
-        return "must not have a query (?...) or a fragment (#...)"
-    return None
-
-
-def _redis_url_problem(url: str) -> str | None:
-    """Return what makes ``url`` unusable as the fleet's Redis URL, or ``None``."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError as exc:
-        return f"not a valid URL ({exc})"
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        return f"must start with redis://, rediss:// or unix://, got {url!r}"
-    if parts.scheme == "unix":
-        return None if parts.path.startswith("/") else "a unix:// URL needs an absolute path"
-    if not parts.hostname:
-        return "has no host name"
-    return None
-
-
-def _ledger_url_problem(url: str) -> str | None:
-    """Return what makes ``url`` unusable as a PostgreSQL ledger URL, or ``None``."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError as exc:
-        return f"not a valid URL ({exc})"
-    if parts.scheme not in ("postgresql", "postgres"):
-        return f"must start with postgresql://, got {url!r}"
-    if not parts.hostname and "host=" not in parts.query:
-        return "has no host name"
-    if parts.password is not None:
-        # The config file is often world-readable; a password belongs in a 0600 file.
-        return "must not contain a password (use PGPASSFILE or ~/.pgpass, or PGPASSWORD)"
-    if not parts.path.strip("/"):
-        return "names no database (postgresql://HOST/DATABASE)"
-    return None
-
-
-def _check_roots(roots: tuple[WatchRoot, ...], problems: _Problems) -> None:
-    """Watch roots: the same folder twice is an error. A root inside another is allowed (its
-    files belong to the deepest root), but only when the configured paths show it: files are
-    told apart by path, and a root that lies inside another only through a symbolic link
-    would give each of its files two paths."""
-    named = [os.path.normpath(r.path) for r in roots]
-    real = [os.path.realpath(p) for p in named]
-    for i in range(len(roots)):
-        for j in range(i):
-            where = f"watch[{i}].path"
-            if named[i] == named[j]:
-                problems.add(where, f"same folder as watch[{j}].path")
-            elif real[i] == real[j]:
-                problems.add(where, f"same folder as watch[{j}].path (both are {real[i]})")
-            elif (_inside(real[i], real[j]) and not _inside(named[i], named[j])) or (
-                _inside(real[j], real[i]) and not _inside(named[j], named[i])
-            ):
-                problems.add(
-                    where,
-                    f"overlaps watch[{j}].path through a symbolic link ({real[i]} and "
-                    f"{real[j]}); name both by their real paths",
-                )
-
-
-def _inside(path: str, folder: str) -> bool:
-    return path.startswith(folder.rstrip("/") + "/")
 
 
 def parse_config(data: Any, source: str) -> Config:
@@ -580,10 +502,10 @@ def parse_config(data: Any, source: str) -> Config:
     Given the document (``None`` for an empty file) and a name for messages; returns the
     frozen :class:`Config`; raises :class:`ConfigError` listing every problem.
     """
-    problems = _Problems()
+    problems = Problems()
     cfg = _build(Config, {} if data is None else data, "", problems)
     if cfg is not _MISSING:
-        _check_semantics(cfg, problems)
+        check_semantics(cfg, problems)
     if problems.items:
         raise ConfigError(source, problems.items)
     result: Config = dataclasses.replace(cfg, source=source)
@@ -618,6 +540,38 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# YAML 1.1 reads 17:30 as the base-60 number 1050, so a time of day written without quotes
+# would be a number; YAML 1.2 dropped base 60. The config loader follows 1.2 here: the same
+# resolvers as SafeLoader, less the base-60 branch of integers and floats.
+_INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT_TAG, _FLOAT_TAG)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver(
+    _INT_TAG,
+    re.compile(
+        r"""^(?:[-+]?0b[0-1_]+
+        |[-+]?0[0-7_]+
+        |[-+]?(?:0|[1-9][0-9_]*)
+        |[-+]?0x[0-9a-fA-F_]+)$""",
+        re.X,
+    ),
+    list("-+0123456789"),
+)
+_StrictLoader.add_implicit_resolver(
+    _FLOAT_TAG,
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?
+        |\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a YAML config file.
 
@@ -650,111 +604,21 @@ def config_path_from(cli_value: str | None) -> str:
     return cli_value or os.environ.get("SYNCD_CONFIG") or DEFAULT_CONFIG_PATH
 
 
-# --------------------------------------------------------------------------------------------
-# The API key: never in the YAML, never logged.
-
-
-_BEARER_RE = re.compile(r"bearer\s+", re.IGNORECASE)
-
-
-def _clean_key(raw: str, origin: str) -> str:
-    """Return the key without surrounding whitespace, byte order mark, quotes or ``Bearer``
-    prefix (each a common copy-and-paste slip); raises :class:`ConfigError` for a key that
-    cannot go in an HTTP header. Never puts the key in a message."""
-    key = raw.lstrip("\ufeff").strip()
-    if len(key) >= 2 and key[0] == key[-1] and key[0] in "'\"":
-        # Docker's --env-file and some secret stores keep the quotes of KEY="value".
-        log.warning("the API key from %s is in quotes; syncd strips them", origin)
-        key = key[1:-1].strip()
-    bearer = _BEARER_RE.match(key)
-    if bearer:
-        log.warning("the API key from %s starts with 'Bearer '; syncd strips it", origin)
-        key = key[bearer.end() :]
-    for i, char in enumerate(key, 1):
-        if not "!" <= char <= "~":
-            what = (
-                "a space or a line break"
-                if char.isspace()
-                else "a control character"
-                if not char.isprintable()
-                else "a non-ASCII character"
-            )
-            raise ConfigError(
-                origin,
-                [
-                    f"the API key contains {what} (character {i} of {len(key)}); API keys are "
-                    "one line of printable ASCII"
-                ],
-            )
-    return key
-
-
-def _read_key_file(path: str, origin: str) -> str:
-    try:
-        st = os.stat(path)
-        with open(path, encoding="utf-8") as f:
-            raw = f.read()
-    except OSError as exc:
-        raise ConfigError(origin, [f"cannot read key file {path}: {exc.strerror or exc}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError(origin, [f"key file {path} is not UTF-8 text"]) from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning(
-            "key file %s is readable by group or others (mode %o); fix with: chmod 600 %s",
-            path,
-            stat.S_IMODE(st.st_mode),
-            path,
-        )
-    return _clean_key(raw, f"key file {path}")
-
-
-def resolve_api_key(cfg: Config, env: Mapping[str, str] | None = None) -> str:
-    """Find the API key.
-
-    Given the config and the environment (default ``os.environ``); looks in order at
-    ``MAVI_API_KEY``, ``MAVI_API_KEY_FILE``, ``api.key_file`` and
-    ``$CREDENTIALS_DIRECTORY/mavi_api_key``. Returns the key, stripped of whitespace and of a
-    ``Bearer`` prefix; raises :class:`ConfigError` when none is found or it is empty.
-    """
-    env = os.environ if env is None else env
-    if env.get("MAVI_API_KEY", "").strip():
-        key = _clean_key(env["MAVI_API_KEY"], "MAVI_API_KEY")
-    elif env.get("MAVI_API_KEY_FILE"):
-        key = _read_key_file(env["MAVI_API_KEY_FILE"], "MAVI_API_KEY_FILE")
-    elif cfg.api.key_file:
-        key = _read_key_file(cfg.api.key_file, f"{cfg.source}: api.key_file")
-    elif env.get("CREDENTIALS_DIRECTORY") and os.path.exists(
-        os.path.join(env["CREDENTIALS_DIRECTORY"], CREDENTIAL_NAME)
-    ):
-        key = _read_key_file(
-            os.path.join(env["CREDENTIALS_DIRECTORY"], CREDENTIAL_NAME), "systemd credential"
-        )
-    else:
-        raise ConfigError(
-            cfg.source,
-            [
-                "no API key: set MAVI_API_KEY, or api.key_file, or a systemd credential "
-                f"named {CREDENTIAL_NAME}"
-            ],
-        )
-    if not key:
-        raise ConfigError(cfg.source, ["the API key is empty"])
-    return key
-
-
 def effective_config(cfg: Config) -> dict[str, Any]:
     """Return the settings as plain data (for ``syncd config check``); holds no key."""
-    data = dataclasses.asdict(cfg)
-    data.pop("source", None)
 
     def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {
+                _key(f): plain(getattr(v, f.name))
+                for f in dataclasses.fields(v)
+                if not f.metadata.get("internal")
+            }
         if isinstance(v, tuple | list):
             return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
         return v
 
-    result: dict[str, Any] = plain(data)
+    result: dict[str, Any] = plain(cfg)
     return result
 
 
@@ -768,7 +632,7 @@ def schema_docs() -> list[tuple[str, str, str]]:
             if f.metadata.get("internal"):
                 continue
             tp = hints[f.name]
-            path = _join(prefix, f.name)
+            path = _join(prefix, _key(f))
             rows.append((path, _type_name(tp), f.metadata.get("doc", "")))
             inner = typing.get_args(tp)[0] if typing.get_origin(tp) is tuple else tp
             if dataclasses.is_dataclass(inner):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -29,6 +30,8 @@ import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any
 
+from syncd.after.queue import hook_settings_from
+from syncd.after.stage import AfterSettings, AfterStage
 from syncd.chunksums import ChunkSumsCache
 from syncd.config import Config, load_config
 from syncd.errors import (
@@ -56,6 +59,7 @@ from syncd.ops.webapi import Health, start_http, stop_http
 from syncd.upload.client import MaviClient
 from syncd.upload.pacer import Pacer
 from syncd.upload.poller import Poller
+from syncd.upload.shaper import ByteShaper, timetable_from
 from syncd.upload.uploader import Uploader
 
 if TYPE_CHECKING:  # the driver (asyncpg) is imported only when a ledger.url is used
@@ -65,6 +69,12 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 5.0
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+# Config sections a running daemon cannot take over on SIGHUP: it says they wait for a restart.
+# The sections a SIGHUP cannot apply; upload is compared without its byte budget, which it
+# can (see _reload_config).
+_RESTART_SECTIONS = ("api", "ledger", "fleet", "rate_limits", "http", "settle", "poll", "hooks")
 
 
 class Daemon:
@@ -102,6 +112,7 @@ class Daemon:
         self._reload = asyncio.Event()
         self._stop_reason = ""
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.after: AfterStage | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._http: Any = None
         self.roots = Roots()
@@ -265,6 +276,7 @@ class Daemon:
                 report.interrupted_direct,
                 report.resumed_signed_url,
             )
+        await self._start_after(self.cfg)
         # The local buckets, or the fleet's budget on Redis when fleet.redis_url is set; the
         # Redis client is imported only then (~6 MB of RSS and its import time otherwise).
         if self.cfg.fleet.redis_url is None:
@@ -280,12 +292,15 @@ class Daemon:
     def _build(self) -> None:
         """Wire the stages to one another (nothing runs yet)."""
         cfg = self.cfg
+        # One byte budget for every worker's file bodies (upload.max_bytes_per_s, schedule).
+        self.shaper = ByteShaper(timetable_from(cfg.upload))
         self.client = MaviClient(
             cfg.api.base_url,
             self._key,
             connect_timeout_s=cfg.api.connect_timeout_s,
             read_timeout_s=cfg.api.read_timeout_s,
             verify_tls=cfg.api.verify_tls,
+            shaper=self.shaper,
         )
         # What the hash pass saw of each chunk, for the upload to check what it sends.
         self.chunk_sums = ChunkSumsCache()
@@ -347,6 +362,8 @@ class Daemon:
             task.add_done_callback(lambda t: self._reap(t, True))
             self._workers.append(task)
         self._spawn(self.poller.run(), "poller")
+        if self.after is not None:
+            self._spawn(self.after.run(), "after-upload")
         self._spawn(self._heartbeat(), "heartbeat", critical=False)
         if not self.once:
             self._spawn(self._reload_loop(), "reload", critical=False)
@@ -362,7 +379,7 @@ class Daemon:
             "syncd ready: %d root(s), %d upload worker(s), ledger %s",
             len(self.roots),
             cfg.upload.workers,
-            cfg.ledger.path,
+            self.ledger.path,  # the file, or the shared ledger's URL without its password
         )
 
     async def _start_http(self, listen: str) -> None:
@@ -508,6 +525,22 @@ class Daemon:
                 self.progress(self.snapshot())
             await asyncio.sleep(HEARTBEAT_S if not self.once else 1.0)
 
+    async def _start_after(self, cfg: Config) -> None:
+        """Build the stage after the upload (sidecars, hooks, clean-ups) when the config asks
+        for any of it, and settle the clean-ups a crash interrupted."""
+        self.after = None
+        hooks = await asyncio.to_thread(hook_settings_from, cfg.hooks)
+        settings = AfterSettings({r.path: r for r in cfg.watch}, hooks)
+        if not settings.active:
+            return
+
+        def root_is_there(root: str) -> bool:
+            state = self.roots.get(root)
+            return state is not None and state.available
+
+        self.after = AfterStage(self.ledger, settings, root_available=root_is_there)
+        await self.after.recover()
+
     async def _reload_loop(self) -> None:
         while True:
             await self._reload.wait()
@@ -531,11 +564,26 @@ class Daemon:
             )
             return
         await self.intake.reload(new)
+        timetable = timetable_from(new.upload)
+        if timetable != self.shaper.timetable:
+            self.shaper.update(timetable)
+            log.info("SIGHUP: upload.max_bytes_per_s and upload.schedule are in force")
+        if self.after is not None:
+            # New roots and their after_success, sidecar and move_to apply from now on.
+            roots = {r.path: r for r in new.watch}
+            self.after.settings = AfterSettings(roots, self.after.settings.hooks)
+            self.after.runner.after = self.after.settings
+        # The byte budget is reloaded above: it does not count as a change to upload.
+        reloaded_upload = dataclasses.replace(
+            new.upload,
+            max_bytes_per_s=self.cfg.upload.max_bytes_per_s,
+            schedule=self.cfg.upload.schedule,
+        )
         changed = [
-            name
-            for name in ("api", "ledger", "upload", "rate_limits", "http", "settle", "poll")
-            if getattr(new, name) != getattr(self.cfg, name)
+            name for name in _RESTART_SECTIONS if getattr(new, name) != getattr(self.cfg, name)
         ]
+        if reloaded_upload != self.cfg.upload:
+            changed.insert(3, "upload")
         if changed:
             log.warning("SIGHUP: changes to %s take effect at the next restart", ", ".join(changed))
         self.cfg = new
@@ -578,6 +626,8 @@ class Daemon:
         if not self.intake.idle() or not self.ingest.idle():
             return False
         if self.uploader.state.in_flight or self.uploader.queue_depth():
+            return False
+        if self.after is not None and not await self.after.idle():
             return False
         return await self.ledger.unfinished_count() == 0
 

@@ -8,7 +8,10 @@ a crash point costs one dictionary lookup and does nothing.
 Crash points: ``hashed`` (hashed, not yet recorded), ``attempt_started`` (attempt committed,
 request not sent), ``answered`` (the API answered with an asset id, not yet committed),
 ``allocated`` (a signed URL was allocated, not yet committed), ``stored`` (storage accepted the
-bytes, not yet committed).
+bytes, not yet committed), ``cleanup_committed`` (a clean-up's intent is committed, the file
+not yet touched), ``cleanup_placed`` (a file being moved after SUCCESS is linked or
+copied to its destination, the source not yet removed), ``cleanup_unlinked`` (the source is
+deleted or moved, not yet committed).
 """
 
 from __future__ import annotations
@@ -17,7 +20,18 @@ import os
 import signal
 from collections import Counter
 
-NAMES = frozenset({"hashed", "attempt_started", "answered", "allocated", "stored"})
+NAMES = frozenset(
+    {
+        "hashed",
+        "attempt_started",
+        "answered",
+        "allocated",
+        "stored",
+        "cleanup_committed",
+        "cleanup_placed",
+        "cleanup_unlinked",
+    }
+)
 
 
 def _parse(spec: str) -> dict[str, int]:

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from syncd.config import effective_config, load_config, parse_config, resolve_api_key, schema_docs
+from syncd.apikey import resolve_api_key
+from syncd.config import effective_config, load_config, parse_config, schema_docs
 from syncd.errors import EXIT_CONFIG, ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,6 +43,8 @@ def test_example_config_loads_and_documents_every_key() -> None:
         node: Any = data
         for part in path.split("."):
             if part.endswith("[]"):
+                if part[:-2] in node and node[part[:-2]] == []:
+                    return True  # an empty list by default: its items are shown in comments
                 node = node[part[:-2]][0]
             else:
                 if part not in node:

@@ -18,7 +18,8 @@ from syncd.ingest.settle import Waiting
 from syncd.ledger.sqlite import Ledger
 from syncd.metrics import Metrics
 from syncd.ops import dashboard
-from syncd.ops.dashboard import DaemonView, RateHistory
+from syncd.ops.dashboard import DaemonView
+from syncd.ops.rates import RateHistory
 from syncd.ops.webapi import Health, bound_address, start_http, stop_http
 
 ODD = os.fsdecode(b"/media/<b>bold</b>\ncaf\xe9.mp4")

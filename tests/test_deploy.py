@@ -30,15 +30,14 @@ import pytest
 import yaml
 from aiohttp import web
 
+from syncd.apikey import CREDENTIAL_NAME, resolve_api_key
 from syncd.cli import build_parser
 from syncd.config import (
-    CREDENTIAL_NAME,
     DEFAULT_CONFIG_PATH,
     HttpConfig,
     LedgerConfig,
     ShutdownConfig,
     parse_config,
-    resolve_api_key,
 )
 
 REPO = Path(__file__).resolve().parent.parent

@@ -123,7 +123,7 @@ EXPECTED_PROBLEMS = {
     "watch[0].path": "must be an absolute path, got 'media/incoming'",
     "watch[0].recursive": "expected true or false, got number 1",
     "watch[0].exclude": "expected a list, got string '*.tmp'",
-    "watch[1].pollin": "unknown key (known here: exclude, follow_symlinks, include, path, ",
+    "watch[1].pollin": "unknown key (known here: after_success, after_success_dry_run, exclude, ",
     "api.key_file": "must be an absolute path, got 'secrets/mavi.key'",
     "api.read_timeout_s": "must be greater than 0, got 0",
     "rate_limits.upload_per_s": "must be greater than 0, got -1",
@@ -135,7 +135,7 @@ EXPECTED_PROBLEMS = {
     "upload.workers": "expected integer, got number 2.5",
     "upload.max_attempts": "must be at least 1, got 0",
     "upload.max_file_bytes": "is far too large (at most 10^15)",
-    "logs": "unknown key (known here: api, fleet, http, ledger, log, ",
+    "logs": "unknown key (known here: api, fleet, hooks, http, ledger, log, ",
 }
 
 

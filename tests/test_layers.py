@@ -21,12 +21,23 @@ MAY_IMPORT: dict[str, set[str]] = {
     "ledger": {FOUNDATION, "ledger"},
     "ingest": {FOUNDATION, "ledger", "ingest"},
     "upload": {FOUNDATION, "ledger", "upload"},
-    "ops": {FOUNDATION, "ledger", "ingest", "upload", "ops"},
+    "after": {FOUNDATION, "ledger", "after"},
+    "ops": {FOUNDATION, "ledger", "ingest", "upload", "after", "ops"},
     "emulator": {FOUNDATION, "emulator"},
-    "daemon": {FOUNDATION, "ledger", "ingest", "upload", "ops", "daemon"},
-    "cli": {FOUNDATION, "ledger", "ingest", "upload", "ops", "daemon", "emulator", "cli"},
+    "daemon": {FOUNDATION, "ledger", "ingest", "upload", "after", "ops", "daemon"},
+    "cli": {
+        FOUNDATION,
+        "ledger",
+        "ingest",
+        "upload",
+        "after",
+        "ops",
+        "daemon",
+        "emulator",
+        "cli",
+    },
 }
-SUBPACKAGES = {"ledger", "ingest", "upload", "ops", "emulator"}
+SUBPACKAGES = {"ledger", "ingest", "upload", "after", "ops", "emulator"}
 
 
 def layer_of(module: str) -> str:

@@ -99,6 +99,17 @@ async def test_sighup_reloads_roots_and_keeps_the_old_config_when_the_new_is_inv
     write_media(second / "b.mp4", seed=2)
     await wait_for(lambda: done_count(ledger) == 2, 20, what="b.mp4 done")
 
+    # A fleet setting cannot change under a running daemon: it says so instead of ignoring it.
+    daemon.write_config(
+        config_data(tmp_path, emulator, [root, second], fleet={"host_name": "renamed"})
+    )
+    daemon.signal(signal.SIGHUP)
+    await wait_for(
+        lambda: any("fleet take effect at the next restart" in m for m in daemon.messages()),
+        10,
+        what="the restart warning",
+    )
+
     # An invalid config is rejected with its errors; the old one stays in force.
     daemon.cfg_file.write_text("watch: [ {path: relative/dir} ]\nupload: {workers: 0}\n")
     daemon.signal(signal.SIGHUP)

@@ -216,3 +216,13 @@ def test_names_with_odd_characters() -> None:
     assert filt.accepts(f"{ROOT}/a\ny.mp4")
     undecodable = "bad-\udcff.mp4"  # what os.fsdecode gives for a non-UTF-8 byte
     assert filt.accepts(f"{ROOT}/{undecodable}")
+
+
+def test_sidecar_files_are_never_candidates_even_when_included() -> None:
+    filt = make(include=("*.json", "*.mp4"))
+    assert filt.reason(f"{ROOT}/clip.mp4.mavi.json") == "a sidecar file syncd writes (*.mavi.json)"
+    assert not filt.accepts(f"{ROOT}/sub/x.mavi.json")
+    assert filt.accepts(f"{ROOT}/clip.mp4")
+    assert filt.accepts(f"{ROOT}/clip.mavi.json.mp4")
+    # The temporary name a sidecar is written under is a dot name.
+    assert not make().accepts(f"{ROOT}/.clip.mp4.mavi.json.syncd-tmp")

@@ -19,6 +19,7 @@ from pg_support import PgServer
 
 from syncd.fingerprint import Fingerprint
 from syncd.ledger.postgres import PostgresLedger
+from syncd.ledger.records import NewAfterJob, UploadOrder
 from syncd.ledger.sqlite import Ledger
 from syncd.ledger.store import LedgerStore
 
@@ -438,3 +439,67 @@ async def test_the_dashboard_pages(stores: Harness, store: LedgerStore) -> None:
     assert [r.path for r in await store.problem_paths(["/r"], 10)] == ["/r/e.mp4"]
     assert [r.path for r in await store.find_paths("/r/", 2)] == ["/r/a.mp4", "/r/b.mp4"]
     assert [r.path for r in await store.find_paths("e.mp", 10)] == ["/r/e.mp4"]
+
+
+@pytest.mark.parametrize(
+    ("order", "expected"),
+    [
+        ("oldest", ["c", "b", "a"]),
+        ("newest", ["a", "b", "c"]),
+        ("smallest", ["b", "a", "c"]),
+        ("largest", ["c", "a", "b"]),
+        ("path", ["a", "b", "c"]),
+    ],
+)
+async def test_upload_order_decides_which_due_contents_go_first(
+    stores: Harness, store: LedgerStore, order: UploadOrder, expected: list[str]
+) -> None:
+    found = [("c", 300), ("b", 100), ("a", 200)]  # recorded in this order, a second apart
+    for i, (name, size) in enumerate(found):
+        sha = f"{i + 1:02d}" * 32
+        await store.record_content(f"/r/{name}.mp4", "/r", fp(size=size, ino=i + 1), sha, "mp4")
+        stores.clock.now += 1
+    jobs = await store.due_jobs(10, order=order)
+    assert [j.path for j in jobs] == [f"/r/{name}.mp4" for name in expected]
+
+
+async def test_the_work_after_success_and_after_giving_up_is_queued_per_path(
+    stores: Harness, store: LedgerStore
+) -> None:
+    attempt = await start_direct(store)
+    await store.finish_upload(
+        SHA, attempt, "re_1", bytes_sent=10, http_status=200, next_poll_at=stores.clock.now
+    )
+    start = await store.latest_status_change()
+    await store.record_status(SHA, "re_1", "SUCCESS", next_poll_at=None)
+    (change,) = await store.status_changes_after(start, 10)
+    assert (change.sha256, change.asset_id, change.remote_status) == (SHA, "re_1", "SUCCESS")
+    assert [p.path for p in await store.present_paths_of(SHA)] == ["/r/a.mp4"]
+    assert await store.after_watermark() is None
+
+    jobs = [
+        NewAfterJob(change.id, kind, "/r/a.mp4", "/r", SHA, "re_1", "SUCCESS", change.at)
+        for kind in ("sidecar", "cleanup")
+    ]
+    await store.add_after_jobs(jobs, change.id)
+    await store.add_after_jobs(jobs, change.id)  # made twice, queued once
+    assert await store.after_watermark() == change.id
+    # The clean-up waits for the sidecar of its path.
+    (sidecar,) = await store.due_after_jobs(10)
+    assert sidecar.kind == "sidecar"
+    await store.finish_after_job(sidecar.id, "done", outcome="wrote a.mp4.mavi.json")
+    (cleanup,) = await store.due_after_jobs(10)
+    await store.after_job_acting(cleanup.id, '{"verb": "delete"}')
+    assert [j.intent for j in await store.acting_after_jobs()] == ['{"verb": "delete"}']
+    await store.finish_after_job(cleanup.id, "done", outcome="deleted")
+    assert await store.due_after_jobs(10) == [] and await store.next_after_job_at() is None
+    counts = await store.after_counts()
+    assert counts["cleaned"] == {"deleted": 1}
+    assert counts["sidecar"] == {"done": 1}
+
+    before = await store.latest_failure()
+    await store.record_content("/r/b.mp4", "/r", fp(ino=2), OTHER, "mp4")
+    await store.due_jobs(4)
+    await store.give_up(OTHER, None, state="rejected", outcome="rejected", error="HTTP 400")
+    (failure,) = await store.failures_after(before, 10)
+    assert (failure.sha256, failure.state, failure.reason) == (OTHER, "rejected", "HTTP 400")

@@ -19,15 +19,14 @@ import pytest
 from samples import write_media
 
 from syncd.config import WatchRoot
-from syncd.ingest.watcher import (
-    FsEvent,
-    Watcher,
+from syncd.ingest.rootcheck import (
     WatchError,
-    _watch_error,
     network_filesystem,
     root_available,
     root_identity,
+    watch_error,
 )
+from syncd.ingest.watcher import FsEvent, Watcher
 
 WAIT_S = 10.0
 
@@ -181,12 +180,12 @@ async def test_root_that_is_a_file_or_relative_is_refused(
 
 
 def test_limit_errors_name_the_sysctl_fix(tmp_path: Path) -> None:
-    watches = _watch_error(str(tmp_path), OSError(errno.ENOSPC, "inotify watch limit reached"))
+    watches = watch_error(str(tmp_path), OSError(errno.ENOSPC, "inotify watch limit reached"))
     assert watches.reason == "watch_limit"
     text = str(watches)
     assert "sysctl fs.inotify.max_user_watches=" in text
     assert "/etc/sysctl.d/" in text and "polling: true" in text and "\n" not in text
-    instances = _watch_error(str(tmp_path), OSError(errno.EMFILE, "instance limit"))
+    instances = watch_error(str(tmp_path), OSError(errno.EMFILE, "instance limit"))
     assert instances.reason == "instance_limit"
     assert "fs.inotify.max_user_instances=" in str(instances)
 

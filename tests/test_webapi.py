@@ -152,6 +152,7 @@ async def test_assets_answer_like_show_json(
         ("/v1/assets?path=/media/none.mp4", 404),
         ("/v1/assets", 400),
         ("/v1/assets?path_hex=zz", 400),
+        ("/v1/assets?path=/media/a.mp4&host=b", 400),  # a SQLite ledger holds one host's paths
         ("/nowhere", 404),
     ],
 )

@@ -24,17 +24,12 @@ from syncd.config import Config, WatchRoot
 from syncd.display import display_path
 from syncd.errors import SyncdError
 from syncd.ingest.pathfilter import PathFilter
+from syncd.ingest.rootcheck import WatchError, root_available, root_identity
 from syncd.ingest.roots import Roots, RootState, same_root
 from syncd.ingest.scanner import KnownFiles
 from syncd.ingest.scans import Scans
 from syncd.ingest.settle import Settler
-from syncd.ingest.watcher import (
-    FsEvent,
-    Watcher,
-    WatchError,
-    root_available,
-    root_identity,
-)
+from syncd.ingest.watcher import FsEvent, Watcher
 from syncd.ledger.store import PathLedger
 
 if TYPE_CHECKING:

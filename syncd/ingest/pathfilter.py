@@ -1,7 +1,8 @@
 """Which paths under a watched root are candidates: name rules only, no I/O.
 
 A file is a candidate when neither its name nor the name of any folder between it and the root
-is a temporary one (``settle.temp_patterns``), nothing excludes it or a folder above it, and
+is a temporary one (``settle.temp_patterns``), it is not a sidecar syncd writes
+(``NAME.mavi.json``), nothing excludes it or a folder above it, and
 (when the root has ``include`` globs) it or a folder above it is included. A non-recursive root
 takes only the files directly inside it.
 
@@ -25,7 +26,7 @@ import os
 import re
 from collections.abc import Sequence
 
-from syncd.config import WatchRoot
+from syncd.config import SIDECAR_SUFFIX, WatchRoot
 from syncd.display import display_path
 
 
@@ -233,6 +234,8 @@ class PathFilter:
         temp = self._temp_name
         if temp is not None and temp.fullmatch(name):
             return f"temporary name (matches {self._temp.which(name, name, False)!r})"
+        if name.endswith(SIDECAR_SUFFIX):
+            return f"a sidecar file syncd writes (*{SIDECAR_SUFFIX})"
         exclude = self._exclude
         if not exclude.empty and exclude.matches(rel, name, False):
             return f"excluded by {exclude.which(rel, name, False)!r}"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from syncd.config import WatchRoot
 from syncd.ingest.pathfilter import PathFilter
-from syncd.ingest.watcher import RootIdentity, root_available
+from syncd.ingest.rootcheck import RootIdentity, root_available
 
 
 @dataclass

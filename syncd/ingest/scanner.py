@@ -255,7 +255,13 @@ async def _stream(
 
 
 class _Walker:
-    """The thread side of a scan. ``stop`` is set by the consumer to end the walk early."""
+    """The thread side of a scan. ``stop`` is set by the consumer to end the walk early.
+
+    Over ~300 lines because one walk's state (the root, its filter, the other roots, the
+    ledger's view of the folder at hand, the batch being filled) is read by every step, and
+    :meth:`_drain`, one folder compared with the ledger, is most of it; cut apart, each piece
+    would take that whole state as arguments.
+    """
 
     def __init__(
         self,

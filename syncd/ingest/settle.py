@@ -23,27 +23,35 @@ them) neither delay a file for ever nor make it settle again. A writer found in 
 ("proc") is asked about again every ``quiet_s``. ``max_wait_s`` after a path was first seen,
 ``on_unsettled`` gets the reason ("still open for writing since ..." or "still changing ...")
 and the path is forgotten (a later event starts over).
+
+One path's state and what is read from it alone (when to look again, why it waits) are in
+:mod:`syncd.ingest.tracks`, the heap of deadlines in :mod:`syncd.ingest.deadlines`; the
+``/proc`` walk is :mod:`syncd.ingest.writers`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import logging
 import math
-import os
-import stat
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Final, Literal
+from typing import Final
 
 from syncd import events
 from syncd.display import display_path
-from syncd.files import file_kind
 from syncd.fingerprint import Fingerprint
+from syncd.ingest.deadlines import Deadlines
+from syncd.ingest.tracks import (
+    Track,
+    Writing,
+    next_look,
+    set_writing,
+    stat_all,
+    unsettled_reason,
+    why,
+)
 from syncd.ingest.watcher import FsEvent
 from syncd.ingest.writers import WriterCheck
 
@@ -56,7 +64,6 @@ MIN_RECHECK_S: Final = 0.05
 # How long a path whose stat fails (other than "gone") waits before the next try, at least.
 ERROR_RETRY_S: Final = 1.0
 
-Writing = Literal["no", "maybe", "yes", "proc"]
 LOST_CLOSE_MIN_S = 30.0
 _CONTENT_EVENTS: Final = frozenset({"created", "modified", "attrib", "closed_write", "moved_to"})
 
@@ -85,27 +92,6 @@ class Waiting:
     why: str
 
 
-@dataclass(slots=True, eq=False)
-class _Track:
-    path: str
-    root: str
-    first_seen: float  # settler clock
-    last_event: float  # settler clock: the last content event, or the offer
-    probe: Fingerprint | None = None
-    probe_at: float = -math.inf  # when ``probe`` was taken (clock)
-    old_on_offer: bool = False  # offered with an mtime older than quiet_s
-    writing: Writing = "no"
-    writing_since: float | None = None  # wall clock, for status and reasons
-    pids: tuple[int, ...] = ()
-    opens: int = 0  # opens seen minus closes seen
-    after_create: bool = False  # the last event was its creation: the next open is the creator's
-    yes_by_create: bool = False  # "yes" comes only from that guess, no write seen yet
-    proc_checked_at: float = -math.inf
-    not_before: float = -math.inf
-    error: str | None = None  # the last stat failure
-    scheduled: float = math.inf  # time of its live heap entry
-
-
 class Settler:
     """Decides when a file is complete; see the module docstring for the rule.
 
@@ -114,6 +100,12 @@ class Settler:
     path, root and reason while the path is still tracked, so :meth:`open_for_write` still
     lists it), the ``/proc`` writer check (``None`` disables it), the clock used for
     deadlines, and how many paths :meth:`offer` lets be tracked before it waits.
+
+    Over ~300 lines because the event rules (:meth:`event`), the rounds (:meth:`_round`,
+    :meth:`_finish`) and the scheduling all change the same tracks and the same heap, and the
+    order of their checks is the rule; what is read from one track alone (when to look again,
+    why it waits, why it was given up) is in :mod:`syncd.ingest.tracks`, and the timers in
+    :mod:`syncd.ingest.deadlines`.
     """
 
     def __init__(
@@ -138,10 +130,8 @@ class Settler:
         self._writers = writers
         self._clock = clock
         self._max_tracked = max_tracked
-        self._tracks: dict[str, _Track] = {}
-        self._heap: list[tuple[float, int, str]] = []
-        self._seq = itertools.count()
-        self._wake = asyncio.Event()
+        self._tracks: dict[str, Track] = {}
+        self._deadlines = Deadlines(clock, self._is_live)
         self._room = asyncio.Event()
         self._room.set()
         self._running = False
@@ -188,14 +178,14 @@ class Settler:
             if kind == "opened":
                 tr.opens += 1
                 if tr.after_create:
-                    self._set_writing(tr, "yes")
+                    set_writing(tr, "yes")
                     tr.yes_by_create = True
             else:
                 tr.opens = max(0, tr.opens - 1)
                 if tr.opens == 0 and tr.yes_by_create:
                     # A writable descriptor closes with close_write, so the open after the
                     # creation was a reader's (a hard link being read, say): the guess was wrong.
-                    self._set_writing(tr, "no")
+                    set_writing(tr, "no")
             tr.after_create = False
             return
         if kind not in _CONTENT_EVENTS:
@@ -203,7 +193,7 @@ class Settler:
         now = self._clock()
         if tr is None or kind in ("created", "moved_to"):
             # A new file, or a new inode under a tracked name: start from nothing.
-            tr = _Track(ev.path, ev.root, first_seen=now, last_event=now)
+            tr = Track(ev.path, ev.root, first_seen=now, last_event=now)
             self._tracks[ev.path] = tr
             self._update_room()
             events.publish("settling", path=ev.path, root=ev.root)
@@ -212,12 +202,12 @@ class Settler:
         tr.after_create = kind == "created"
         if kind == "modified":
             if tr.opens > 0:
-                self._set_writing(tr, "yes")
+                set_writing(tr, "yes")
             elif tr.writing == "no" and ev.root in self._open_close_roots:
-                self._set_writing(tr, "maybe")
+                set_writing(tr, "maybe")
         elif kind == "closed_write":
             tr.opens = max(0, tr.opens - 1)
-            self._set_writing(tr, "no")
+            set_writing(tr, "no")
         self._schedule(tr)
 
     async def offer(self, path: str, root: str, fingerprint: Fingerprint) -> None:
@@ -235,7 +225,7 @@ class Settler:
         if path in self._tracks or self._closed:
             return
         now = self._clock()
-        tr = _Track(path, root, first_seen=now, last_event=now, probe=fingerprint, probe_at=now)
+        tr = Track(path, root, first_seen=now, last_event=now, probe=fingerprint, probe_at=now)
         tr.old_on_offer = time.time() - fingerprint.mtime_ns / 1e9 >= self.quiet_s
         self._tracks[path] = tr
         self._update_room()
@@ -287,26 +277,11 @@ class Settler:
                 wall - (now - tr.first_seen),
                 tr.writing,
                 tr.pids,
-                self._why(tr, now),
+                why(tr, now, self.quiet_s),
             )
             for tr in tracks[offset : offset + limit]
         ]
         return len(tracks), page
-
-    def _why(self, tr: _Track, now: float) -> str:
-        """Why ``tr`` is not handed on yet, in words."""
-        if tr.writing == "proc" and tr.pids:
-            return f"open for writing by process {', '.join(map(str, tr.pids))}"
-        if tr.writing in ("yes", "proc"):
-            return "open for writing; waiting for it to be closed"
-        if tr.writing == "maybe":
-            return "probably open for writing (written without an open seen); waiting for its close"
-        if tr.error is not None:
-            return f"cannot be read ({tr.error}); trying again"
-        if tr.old_on_offer:
-            return "found by a scan; checking that it is not changing"
-        quiet = f"complete after {self.quiet_s:g} s without changes"
-        return f"changed {max(0.0, now - tr.last_event):.0f} s ago; {quiet}"
 
     # -- the settle task ----------------------------------------------------------------------
 
@@ -324,49 +299,30 @@ class Settler:
             )
         try:
             while True:
-                await self._sleep_until_due()
+                await self._deadlines.sleep_until_due()
                 await self._round()
         finally:
             self._running = False
             self._closed = True
             self._tracks.clear()
-            self._heap.clear()
+            self._deadlines.clear()
             self._room.set()
 
-    async def _sleep_until_due(self) -> None:
-        while True:
-            while self._heap and self._stale(self._heap[0]):
-                heapq.heappop(self._heap)
-            now = self._clock()
-            if self._heap and self._heap[0][0] <= now:
-                return
-            self._wake.clear()
-            if not self._heap:
-                await self._wake.wait()
-                continue
-            try:
-                async with asyncio.timeout(self._heap[0][0] - now):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
-
-    def _stale(self, entry: tuple[float, int, str]) -> bool:
-        tr = self._tracks.get(entry[2])
-        return tr is None or tr.scheduled != entry[0]
+    def _is_live(self, path: str, when: float) -> bool:
+        """Whether a deadline is the one its path waits for (not forgotten or moved since)."""
+        tr = self._tracks.get(path)
+        return tr is not None and tr.scheduled == when
 
     async def _round(self) -> None:
         """Pop what is due, stat it in one thread hop, ask /proc once, hand on what is done."""
         now = self._clock()
-        due: list[_Track] = []
-        while self._heap and self._heap[0][0] <= now and len(due) < BATCH_MAX:
-            entry = heapq.heappop(self._heap)
-            if self._stale(entry):
-                continue
-            tr = self._tracks[entry[2]]
+        due: list[Track] = []
+        while len(due) < BATCH_MAX and (path := self._deadlines.pop_due(now)) is not None:
+            tr = self._tracks[path]
             tr.scheduled = math.inf
             due.append(tr)
 
-        to_stat: list[_Track] = []
+        to_stat: list[Track] = []
         for tr in due:
             if now - tr.first_seen >= self.max_wait_s:
                 await self._give_up(tr)
@@ -376,7 +332,7 @@ class Settler:
                 and self._proc_usable()
                 and now - tr.last_event >= self._lost_close_s
             ):
-                self._set_writing(tr, "maybe")  # its close may have been lost: ask /proc
+                set_writing(tr, "maybe")  # its close may have been lost: ask /proc
             if self._due(tr) <= now:
                 to_stat.append(tr)
             else:
@@ -386,8 +342,8 @@ class Settler:
 
         started = self._clock()
         items = [(tr.path, tr.root in self.follow_symlink_roots) for tr in to_stat]
-        results = await asyncio.to_thread(_stat_all, items)
-        candidates: list[tuple[_Track, Fingerprint]] = []
+        results = await asyncio.to_thread(stat_all, items)
+        candidates: list[tuple[Track, Fingerprint]] = []
         for tr, res in zip(to_stat, results, strict=True):
             if self._tracks.get(tr.path) is not tr:
                 continue  # forgotten or replaced meanwhile
@@ -429,7 +385,7 @@ class Settler:
         if candidates:
             await self._finish(candidates, started)
 
-    async def _finish(self, candidates: list[tuple[_Track, Fingerprint]], started: float) -> None:
+    async def _finish(self, candidates: list[tuple[Track, Fingerprint]], started: float) -> None:
         """Ask /proc about the candidates, then hand on those nobody writes."""
         found: dict[str, list[int]] = {}
         walked = False
@@ -445,7 +401,7 @@ class Settler:
                 self.quiet_s,
             )
         checked = self._clock()
-        clear: list[tuple[_Track, Fingerprint]] = []
+        clear: list[tuple[Track, Fingerprint]] = []
         for tr, fp in candidates:
             if self._tracks.get(tr.path) is not tr:
                 continue
@@ -460,7 +416,7 @@ class Settler:
                         display_path(tr.path),
                         ", ".join(map(str, pids)),
                     )
-                self._set_writing(tr, "proc")
+                set_writing(tr, "proc")
                 tr.pids = tuple(pids)
                 tr.proc_checked_at = checked
                 self._schedule(tr)
@@ -483,8 +439,8 @@ class Settler:
                 log.exception("handing on %s failed", display_path(tr.path))
 
     async def _unchanged_since_walk(
-        self, clear: list[tuple[_Track, Fingerprint]], checked: float
-    ) -> list[tuple[_Track, Fingerprint]]:
+        self, clear: list[tuple[Track, Fingerprint]], checked: float
+    ) -> list[tuple[Track, Fingerprint]]:
         """Stat again the files /proc found nobody writing; keep those still as they were.
 
         The walk takes time: a writer can finish its work and close the file after the first
@@ -492,8 +448,8 @@ class Settler:
         now, is complete. A file whose stat changed since goes back to settling with its new
         fingerprint (never handed on with the old, shorter one)."""
         items = [(tr.path, tr.root in self.follow_symlink_roots) for tr, _ in clear]
-        results = await asyncio.to_thread(_stat_all, items)
-        kept: list[tuple[_Track, Fingerprint]] = []
+        results = await asyncio.to_thread(stat_all, items)
+        kept: list[tuple[Track, Fingerprint]] = []
         for (tr, fp), res in zip(clear, results, strict=True):
             if self._tracks.get(tr.path) is not tr:
                 continue
@@ -502,7 +458,7 @@ class Settler:
                 continue
             log.debug("%s changed while /proc was read; settling it again", display_path(tr.path))
             if tr.writing == "proc":
-                self._set_writing(tr, "no")  # its writer is gone; quiet time decides again
+                set_writing(tr, "no")  # its writer is gone; quiet time decides again
             if isinstance(res, Fingerprint):
                 tr.probe = res
                 tr.probe_at = checked
@@ -512,16 +468,8 @@ class Settler:
             self._schedule(tr)
         return kept
 
-    async def _give_up(self, tr: _Track) -> None:
-        waited = f"{self.max_wait_s:g} s"
-        if tr.writing != "no" and tr.writing_since is not None:
-            reason = f"still open for writing since {_iso(tr.writing_since)} after {waited}"
-            if tr.pids and tr.writing == "proc":
-                reason += f" (process {', '.join(map(str, tr.pids))})"
-        elif tr.error is not None:
-            reason = f"cannot be read ({tr.error}) after {waited}"
-        else:
-            reason = f"still changing after {waited}"
+    async def _give_up(self, tr: Track) -> None:
+        reason = unsettled_reason(tr, self.max_wait_s)
         events.publish("problem", kind="unsettled", path=tr.path, reason=reason)
         try:
             await self._on_unsettled(tr.path, tr.root, reason)
@@ -536,44 +484,24 @@ class Settler:
     def _proc_usable(self) -> bool:
         return self._writers is not None and self._writers.available
 
-    def _due(self, tr: _Track) -> float:
+    def _due(self, tr: Track) -> float:
         """When ``tr`` should next be looked at (settler clock)."""
-        limit = tr.first_seen + self.max_wait_s
-        if tr.writing == "yes" and self._proc_usable():
-            # A close after writing can be lost (a queue overflow cuts between a file's open
-            # and its close). After a long quiet spell /proc decides, as for "maybe": a writer
-            # that is only pausing still holds the file open there.
-            return min(max(tr.last_event + self._lost_close_s, tr.not_before), limit)
-        if tr.writing == "yes" or (tr.writing == "maybe" and not self._proc_usable()):
-            return limit  # only an event (its close) or the time limit can move it on
-        if tr.old_on_offer:
-            t = tr.last_event
-        elif tr.probe is None or tr.probe_at < tr.last_event:
-            t = max(tr.last_event + self._half_s, tr.probe_at + self._half_s)
-        else:
-            t = max(tr.last_event + self.quiet_s, tr.probe_at + self._half_s)
-        if tr.writing == "proc":
-            t = max(t, tr.proc_checked_at + self._recheck_s)
-        return min(max(t, tr.not_before), limit)
+        return next_look(
+            tr,
+            quiet_s=self.quiet_s,
+            max_wait_s=self.max_wait_s,
+            half_s=self._half_s,
+            recheck_s=self._recheck_s,
+            lost_close_s=self._lost_close_s,
+            proc_usable=self._proc_usable(),
+        )
 
-    def _schedule(self, tr: _Track) -> None:
+    def _schedule(self, tr: Track) -> None:
         when = self._due(tr)
         if when >= tr.scheduled:
             return  # its live entry comes first; it is re-evaluated then
         tr.scheduled = when
-        first = not self._heap or when < self._heap[0][0]
-        heapq.heappush(self._heap, (when, next(self._seq), tr.path))
-        if first:
-            self._wake.set()
-
-    def _set_writing(self, tr: _Track, writing: Writing) -> None:
-        tr.yes_by_create = False
-        if writing == "no":
-            tr.writing_since = None
-            tr.pids = ()
-        elif tr.writing == "no" or tr.writing_since is None:
-            tr.writing_since = time.time()
-        tr.writing = writing
+        self._deadlines.push(tr.path, when)
 
     def _overflow(self, root: str) -> None:
         # Events were lost: counts and "written" are no longer trustworthy. /proc (or quiet
@@ -584,31 +512,9 @@ class Settler:
             tr.opens = 0
             tr.after_create = False
             if tr.writing == "yes":
-                self._set_writing(tr, "maybe")
+                set_writing(tr, "maybe")
             self._schedule(tr)
 
     def _update_room(self) -> None:
         if len(self._tracks) < self._max_tracked:
             self._room.set()
-
-
-def _stat_all(
-    items: Iterable[tuple[str, bool]],
-) -> list[Fingerprint | str | OSError | None]:
-    """Blocking: stat each ``(path, follow_symlinks)``. Returns per path its fingerprint, what
-    it is instead of a regular file (a string), the ``OSError``, or None when it is gone."""
-    out: list[Fingerprint | str | OSError | None] = []
-    for path, follow in items:
-        try:
-            st = os.stat(path, follow_symlinks=follow)
-        except (FileNotFoundError, NotADirectoryError):
-            out.append(None)
-        except OSError as exc:
-            out.append(exc)
-        else:
-            out.append(Fingerprint.of(st) if stat.S_ISREG(st.st_mode) else file_kind(st.st_mode))
-    return out
-
-
-def _iso(epoch_s: float) -> str:
-    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

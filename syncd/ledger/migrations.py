@@ -144,6 +144,54 @@ MIGRATIONS: tuple[Migration, ...] = (
             WHERE state != 'gone';
         """,
     ),
+    # What follows a final status (hooks, the sidecar, the clean-up): one row per path and
+    # kind of work, made from a status_changes row, so a restart loses none of it. The
+    # watermark (the last status change turned into jobs) is in kv, written in the same
+    # transaction as the jobs.
+    Migration(
+        "0003_after_jobs",
+        """
+        CREATE TABLE after_jobs (
+            id INTEGER PRIMARY KEY,
+            change_id INTEGER NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN
+                ('on_success', 'on_failed', 'webhook', 'sidecar', 'cleanup')),
+            path BLOB NOT NULL,
+            root TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            asset_id TEXT,
+            status TEXT NOT NULL,
+            at REAL NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN
+                ('pending', 'acting', 'done', 'given_up')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_at REAL NOT NULL,
+            outcome TEXT,
+            exit_status INTEGER,
+            stderr_tail TEXT,
+            intent TEXT,
+            updated_at REAL NOT NULL,
+            UNIQUE (change_id, kind, path)
+        );
+        CREATE INDEX after_jobs_due ON after_jobs (state, next_at);
+        """,
+    ),
+    # Contents syncd gave up on (attempts exhausted, rejected, or FAILED remotely with no
+    # attempt left): the source of hooks.on_failed, as status_changes is of the SUCCESS work.
+    # Their after_jobs rows carry minus the failure's id as change_id.
+    Migration(
+        "0004_failures",
+        """
+        CREATE TABLE failures (
+            id INTEGER PRIMARY KEY,
+            sha256 TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('failed', 'rejected')),
+            asset_id TEXT,
+            reason TEXT,
+            at REAL NOT NULL
+        );
+        """,
+    ),
 )
 
 

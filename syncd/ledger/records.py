@@ -17,6 +17,10 @@ ContentState = Literal[
     "pending", "allocated", "uploading", "uploaded", "done", "failed", "rejected"
 ]
 PathState = Literal["present", "gone", "skipped", "unsettled", "error"]
+# Which due contents go first (``upload.order``): ``oldest`` in the order they became due
+# (first found first; a retry when its backoff ends), ``newest`` last found first, by size
+# either way, or by the path that holds them.
+UploadOrder = Literal["oldest", "newest", "smallest", "largest", "path"]
 CONTENT_STATES: tuple[ContentState, ...] = (
     "pending",
     "allocated",
@@ -43,6 +47,9 @@ class PathRecord:
     first_seen: float
     last_seen: float
     gone_at: float | None
+    # The fleet host the path is on, where a listing spans hosts (the shared ledger's
+    # iter_assets); None for a SQLite ledger, whose paths are all this host's.
+    host: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,3 +112,70 @@ class RecoveryReport:
     interrupted_direct: int  # back to pending, counted as possible remote duplicates
     resumed_signed_url: int  # back to allocated, resumed on the same asset id
     polls_rescheduled: int
+
+
+# Where each store keeps how far it has turned status changes and failures into jobs (kv).
+AFTER_WATERMARK_KEY = "after_watermark"
+FAILURES_WATERMARK_KEY = "after_failures_watermark"
+
+AfterKind = Literal["on_success", "on_failed", "webhook", "sidecar", "cleanup"]
+AfterJobState = Literal["pending", "acting", "done", "given_up"]
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """One remote status the poller recorded: the source of the work after an upload."""
+
+    id: int
+    sha256: str
+    asset_id: str
+    remote_status: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A content syncd gave up on: ``failed`` or ``rejected``, with the asset id it last
+    had (if any) and why."""
+
+    id: int
+    sha256: str
+    state: str
+    asset_id: str | None
+    reason: str | None
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class NewAfterJob:
+    """Work owed to one path after a status change: a hook, the sidecar or the clean-up."""
+
+    change_id: int
+    kind: AfterKind
+    path: str
+    root: str
+    sha256: str
+    asset_id: str | None
+    status: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AfterJob:
+    """A queued :class:`NewAfterJob` with its id and progress. ``intent`` is the JSON a
+    clean-up commits before it touches the file (``state`` is then ``acting``)."""
+
+    id: int
+    change_id: int
+    kind: AfterKind
+    path: str
+    root: str
+    sha256: str
+    asset_id: str | None
+    status: str
+    at: float
+    state: AfterJobState
+    attempts: int
+    next_at: float
+    outcome: str | None
+    intent: str | None

@@ -33,13 +33,19 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from syncd.fingerprint import Fingerprint
 from syncd.ledger.records import (
+    AfterJob,
+    AfterJobState,
     Attempt,
     Content,
     ContentState,
+    Failure,
     Job,
+    NewAfterJob,
     PathRecord,
     PathState,
     RecoveryReport,
+    StatusChange,
+    UploadOrder,
 )
 
 
@@ -57,8 +63,10 @@ class KvLedger(Protocol):
 class PathLedger(Protocol):
     """The ingest side: what the daemon records about paths as it watches, scans and hashes."""
 
-    async def get_path(self, path: str) -> PathRecord | None:
-        """Given a path, return the store's record of it (this host's), or None."""
+    async def get_path(self, path: str, *, host: str | None = None) -> PathRecord | None:
+        """Given a path, return the store's record of it, or None: this host's path, or on a
+        fleet's shared ledger that of ``host``. Raises :class:`ValueError` for a ``host`` a
+        store of one host cannot look in."""
 
     async def get_paths(self, paths: Sequence[str]) -> dict[str, PathRecord]:
         """Given paths, return the records of those the store knows, keyed by path."""
@@ -125,10 +133,13 @@ class UploadLedger(Protocol):
     ``mark_sending``, ``mark_finishing``) when another host took the content over.
     """
 
-    async def due_jobs(self, limit: int, exclude: Iterable[str] = ()) -> list[Job]:
-        """Given how many to take and the sha256s already in flight, return up to ``limit``
-        contents due for upload now, oldest due first, each with a present path holding it.
-        A due content no present path holds is parked instead (``last_error`` says why)."""
+    async def due_jobs(
+        self, limit: int, exclude: Iterable[str] = (), order: UploadOrder = "oldest"
+    ) -> list[Job]:
+        """Given how many to take, the sha256s already in flight and the order
+        (``upload.order``), return up to ``limit`` contents due for upload now, each with a
+        present path holding it. A due content no present path holds is parked instead
+        (``last_error`` says why)."""
 
     async def next_due_at(self) -> float | None:
         """Return when the next content becomes due for upload, or None if none waits."""
@@ -290,8 +301,10 @@ class OperatorLedger(KvLedger, DashboardLedger, Protocol):
     async def close(self) -> None:
         """Close the store. Idempotent."""
 
-    async def get_path(self, path: str) -> PathRecord | None:
-        """Given a path, return the store's record of it (this host's), or None."""
+    async def get_path(self, path: str, *, host: str | None = None) -> PathRecord | None:
+        """Given a path, return the store's record of it, or None: this host's path, or on a
+        fleet's shared ledger that of ``host``. Raises :class:`ValueError` for a ``host`` a
+        store of one host cannot look in."""
 
     async def get_paths(self, paths: Sequence[str]) -> dict[str, PathRecord]:
         """Given paths, return the records of those the store knows, keyed by path."""
@@ -338,13 +351,16 @@ class OperatorLedger(KvLedger, DashboardLedger, Protocol):
         since: float | None = None,
         page_size: int = 1000,
         on_page: Callable[[int], None] | None = None,
+        host: str | None = None,
     ) -> AsyncGenerator[tuple[PathRecord, Content | None], None]:
         """Stream every known path with its content (None when it holds none), in path order,
         one query per page of ``page_size`` (``on_page(rows)`` after each).
 
         Given optional filters: ``states`` (content and path states mixed; a row matches
-        either), ``root`` (paths below it) and ``since`` (rows first seen, changed or gone
-        since). Raises :class:`ValueError` for an unknown state or a page size below 1.
+        either), ``root`` (paths below it), ``since`` (rows first seen, changed or gone
+        since) and ``host`` (a fleet host's paths only; the shared ledger lists every host's
+        and sets each record's ``host``). Raises :class:`ValueError` for an unknown state, a
+        page size below 1, or a ``host`` a store of one host cannot filter by.
         """
 
     async def upload_activity(self, since: float) -> dict[str, dict[str, int]]:
@@ -365,7 +381,76 @@ class OperatorLedger(KvLedger, DashboardLedger, Protocol):
         """Return the asset id of some content that is done (for a key probe), or None."""
 
 
-class LedgerStore(PathLedger, UploadLedger, PollLedger, OperatorLedger, Protocol):
+class AfterLedger(Protocol):
+    """The work after a final status (hooks, sidecars, clean-ups), queued from the poller's
+    status changes and the failures so a restart loses none of it; in a fleet, each host's
+    own, for its own paths."""
+
+    async def get_path(self, path: str) -> PathRecord | None:
+        """Given a path, return the store's record of it, or None."""
+
+    async def get_content(self, sha256: str) -> Content | None:
+        """Given a sha256, return its content, or None."""
+
+    async def present_paths_of(self, sha256: str) -> list[PathRecord]:
+        """This host's present paths recorded as holding ``sha256`` now or before."""
+
+    async def after_watermark(self, key: str = ...) -> int | None:
+        """The id of the last status change (or failure, by ``key``) already turned into
+        jobs (None: never set)."""
+
+    async def latest_failure(self) -> int:
+        """The id of the last failure recorded (0: none)."""
+
+    async def failures_after(self, failure_id: int, limit: int) -> list[Failure]:
+        """Up to ``limit`` failures after ``failure_id``, oldest first."""
+
+    async def latest_status_change(self) -> int:
+        """The id of the last status change recorded (0: none)."""
+
+    async def status_changes_after(self, change_id: int, limit: int) -> list[StatusChange]:
+        """Up to ``limit`` status changes after ``change_id``, oldest first."""
+
+    async def add_after_jobs(
+        self, jobs: Iterable[NewAfterJob], watermark: int, key: str = ...
+    ) -> None:
+        """Queue ``jobs`` (a job already queued stays as it is) and move the watermark under
+        ``key``, in one transaction."""
+
+    async def due_after_jobs(self, limit: int, exclude: Iterable[int] = ()) -> list[AfterJob]:
+        """Pending jobs due now, oldest first, except ``exclude``; a clean-up waits for the
+        sidecar of its path."""
+
+    async def next_after_job_at(self) -> float | None:
+        """When the earliest pending job is due, or None."""
+
+    async def acting_after_jobs(self) -> list[AfterJob]:
+        """Clean-ups whose intent is committed but whose outcome is not."""
+
+    async def after_job_acting(self, job_id: int, intent: str) -> None:
+        """Commit that a clean-up is about to act, with its JSON intent."""
+
+    async def finish_after_job(
+        self,
+        job_id: int,
+        state: AfterJobState,
+        *,
+        outcome: str,
+        next_at: float | None = None,
+        exit_status: int | None = None,
+        stderr_tail: str | None = None,
+        count_attempt: bool = True,
+    ) -> None:
+        """Record one attempt of a job: its new state and what happened."""
+
+    async def after_counts(self) -> dict[str, dict[str, int]]:
+        """Jobs by kind and state; clean-ups done by what they did."""
+
+    async def mark_gone(self, path: str) -> None:
+        """Given a path that was deleted or moved away, mark it gone."""
+
+
+class LedgerStore(PathLedger, UploadLedger, PollLedger, OperatorLedger, AfterLedger, Protocol):
     """The whole store: every facet, plus the lifecycle the composition root drives."""
 
     @property

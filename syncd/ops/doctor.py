@@ -20,7 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, TextIO
 
-from syncd.config import Config, WatchRoot, resolve_api_key
+from syncd.apikey import resolve_api_key
+from syncd.config import Config, WatchRoot
 from syncd.errors import (
     EXIT_FAILURE,
     EXIT_OK,

@@ -1,7 +1,7 @@
 """The fleet's rate budget as ``syncd status`` shows it (``fleet.redis_url`` set).
 
 Reads Redis directly, as every host's pacer does
-(:func:`~syncd.upload.fleet_pacer.read_fleet_view`): the hosts alive (fresh heartbeat keys) with
+(:func:`~syncd.upload.fleet_redis.read_fleet_view`): the hosts alive (fresh heartbeat keys) with
 their grants per second, and each endpoint's shared cool-down. A Redis that does not answer is
 reported, not raised: status must still print.
 """
@@ -15,9 +15,10 @@ from typing import Any, TextIO
 
 from redis.exceptions import RedisError
 
-from syncd.config import Config, resolve_api_key
+from syncd.apikey import resolve_api_key
+from syncd.config import Config
 from syncd.errors import ConfigError
-from syncd.upload.fleet_pacer import account_name, connect, read_fleet_view, safe_url
+from syncd.upload.fleet_redis import account_name, connect, read_fleet_view, safe_url
 from syncd.upload.pacer import ENDPOINTS
 
 READ_TIMEOUT_S = 5.0

@@ -78,6 +78,8 @@ class Plan:
     reasons: Counter[str] = field(default_factory=Counter)
     uploads: Counter[str] = field(default_factory=Counter)
     roots: list[dict[str, Any]] = field(default_factory=list)
+    # Files a sync would upload whose folder deletes or moves them once SUCCESS.
+    after_success: Counter[str] = field(default_factory=Counter)
     # Queued contents held by several paths are uploaded once.
     queued_seen: set[str] = field(default_factory=set)
 
@@ -128,7 +130,7 @@ class _Planner:
                     continue
                 content = contents.get(rec.sha256) if rec.sha256 else None
                 if content is not None:
-                    self.known(content, size)
+                    self.known(content, size, root)
                     continue
             fresh.append(e)
         quiet_ns = self.cfg.settle.quiet_s * 1e9
@@ -173,12 +175,18 @@ class _Planner:
                 continue
             self.plan.tallies["upload"].add(size)
             self.plan.uploads[upload_mode_for(self.cfg, size)] += 1
+            self.cleaned(root)
 
-    def known(self, content: Content, size: int) -> None:
+    def cleaned(self, root: WatchRoot) -> None:
+        if root.after_success != "keep":
+            self.plan.after_success[root.after_success] += 1
+
+    def known(self, content: Content, size: int, root: WatchRoot) -> None:
         if content.state in _UPLOADED_STATES:
             self.plan.tallies["duplicate"].add(size)
         elif content.state in _QUEUED_STATES:
             self.plan.tallies["queued"].add(size)
+            self.cleaned(root)
             if content.sha256 not in self.plan.queued_seen:
                 self.plan.queued_seen.add(content.sha256)
                 self.plan.uploads[upload_mode_for(self.cfg, content.size)] += 1
@@ -230,6 +238,10 @@ def plan_document(cfg: Config, plan: Plan, ledger_exists: bool) -> dict[str, Any
             "metadata": limits.metadata_per_s,
         },
         "estimated_s": round(max(paced_s.values()), 1),
+        "after_success": {
+            "delete": plan.after_success["delete"],
+            "move": plan.after_success["move"],
+        },
         "ledger": {"path": cfg.ledger.path, "exists": ledger_exists},
         "notes": notes,
     }
@@ -260,6 +272,12 @@ def render_plan(doc: Mapping[str, Any], out: TextIO | None = None) -> None:
         f"{limits['upload']:g}/s, signed-URL {limits['signed_url']:g}/s, metadata "
         f"{limits['metadata']:g}/s)\n"
     )
+    after = doc["after_success"]
+    if after["delete"] or after["move"]:
+        w(
+            f"after      {after['delete']} would be deleted and {after['move']} moved once "
+            "SUCCESS (after_success), unless they change first\n"
+        )
     for note in doc["notes"]:
         w(f"note: {note}\n")
 

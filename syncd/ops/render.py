@@ -224,9 +224,10 @@ LS_HEADER = f"{'STATE':<9} {'FILE':<9} {'SIZE':>9}  {'ASSET ID':<22} PATH"
 def ls_human(row: Mapping[str, Any]) -> str:
     size = human_bytes(row["size"]) if row["size"] is not None else "-"
     note = f"  ({one_line(row['reason'])})" if row["reason"] else ""
+    where = f"{one_line(row['host'])}:" if row.get("host") else ""  # a fleet's listing
     return (
         f"{row['state']:<9} {row['path_state']:<9} {size:>9}  {row['asset_id'] or '-':<22} "
-        f"{one_line(row['path'])}{note}"
+        f"{where}{one_line(row['path'])}{note}"
     )
 
 
@@ -285,6 +286,13 @@ def render_status(doc: Mapping[str, Any], out: TextIO | None = None) -> None:
         lines.append(("oldest", f"{what}: waiting {human_duration(o['age_s'])}: {o['why']}"))
     if doc["possible_remote_duplicates"]:
         lines.append(("duplicates", f"{doc['possible_remote_duplicates']} possible remote"))
+    after = doc.get("after_upload")
+    if after and any(after.values()):
+        cleaned = f"{after['deleted']} deleted, {after['moved']} moved, {after['kept']} kept"
+        if after["would"]:
+            cleaned += f", {after['would']} would be (dry run)"
+        hooks = f"{after['hooks_pending']} pending, {after['hooks_given_up']} given up"
+        lines.append(("after upload", f"{cleaned}; hooks {hooks}"))
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         w(f"{key:<{width}}  {value}\n")

@@ -104,12 +104,34 @@ def iso(ts: float | None) -> str | None:
 # Opening the ledger.
 
 
-async def open_readonly(cfg: Config) -> OperatorLedger:
+async def open_readonly(cfg: Config, host: str | None = None) -> OperatorLedger:
     """Open the configured ledger read-only, skipping the slow integrity check (``syncd
-    doctor`` runs it). Raises :class:`~syncd.errors.LedgerError` when there is none."""
+    doctor`` runs it); on a fleet's shared ledger, as ``host`` (default: this host).
+
+    Raises :class:`~syncd.errors.LedgerError` when there is none, :class:`SyncdError` when a
+    ``host`` is named for a SQLite ledger (it holds this host's paths only).
+    """
     if cfg.ledger.url is not None:
-        return await _open_fleet(cfg)
+        return await _open_fleet(cfg, host)
+    _no_host_on_sqlite(cfg, host)
     return await Ledger.open(cfg.ledger.path, readonly=True, check=False)
+
+
+def add_host_argument(p: argparse.ArgumentParser, what: str) -> None:
+    """``--host NAME``: on a fleet's shared ledger, ``what`` of that host only."""
+    p.add_argument(
+        "--host",
+        metavar="NAME",
+        help=f"fleet ledger (ledger.url) only: {what} of the host named NAME (fleet.host_name)",
+    )
+
+
+def _no_host_on_sqlite(cfg: Config, host: str | None) -> None:
+    if host is not None:
+        raise SyncdError(
+            f"--host {host}: only a fleet's shared ledger (ledger.url) holds other hosts' paths; "
+            f"this config's ledger is the SQLite file {cfg.ledger.path}"
+        )
 
 
 async def open_for_update(cfg: Config) -> OperatorLedger:
@@ -122,15 +144,16 @@ async def open_for_update(cfg: Config) -> OperatorLedger:
     return await Ledger.open(cfg.ledger.path, check=False)
 
 
-async def _open_fleet(cfg: Config) -> OperatorLedger:
-    """The shared PostgreSQL ledger as this host (``fleet.host_name``) sees it: its own paths,
-    every host's contents. Neither migrates nor claims anything."""
+async def _open_fleet(cfg: Config, host: str | None = None) -> OperatorLedger:
+    """The shared PostgreSQL ledger as ``host`` (default: this host, ``fleet.host_name``)
+    sees it: its own paths and heartbeat, every host's contents. Neither migrates nor claims
+    anything."""
     assert cfg.ledger.url is not None  # noqa: S101 - the callers checked
     # Imported here: the driver (asyncpg) costs every start ~35 ms and ~3 MB otherwise.
     from syncd.ledger.postgres import PostgresLedger
 
     return await PostgresLedger.open(
-        cfg.ledger.url, host=cfg.fleet.host_name, readonly=True, pool_size=1
+        cfg.ledger.url, host=host or cfg.fleet.host_name, readonly=True, pool_size=1
     )
 
 
@@ -291,13 +314,14 @@ def add_show_arguments(p: argparse.ArgumentParser) -> None:
         metavar="PATH|SHA256|ASSET_ID",
         help="a file, a sha256 (or 8+ hex digit prefix) or an asset id",
     )
+    add_host_argument(p, "a PATH is looked up among the paths")
     add_format_arguments(p)
 
 
 async def run_show(args: argparse.Namespace, cfg: Config) -> int:
     """``syncd show``: print one content. Returns 0; raises :class:`NotFound` (exit 1) for an
     unknown key and ledger errors as they come."""
-    ledger = await open_readonly(cfg)
+    ledger = await open_readonly(cfg, args.host)
     try:
         doc = await show_data(ledger, await resolve(ledger, args.key))
     finally:
@@ -379,6 +403,8 @@ def ls_row(rec: PathRecord, content: Content | None) -> dict[str, Any]:
         first_seen=iso(rec.first_seen),
         updated_at=iso(updated),
     )
+    if rec.host is not None:
+        row["host"] = rec.host  # a fleet's listing: the host the path is on
     return row
 
 
@@ -396,6 +422,7 @@ def add_ls_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--since", metavar="T", help="only rows seen or changed since T (30m, 2d, 2024-05-01)"
     )
+    add_host_argument(p, "only the paths (default: every host's, each row naming its host)")
     add_format_arguments(p, csv=True)
 
 
@@ -409,10 +436,16 @@ async def run_ls(args: argparse.Namespace, cfg: Config, *, page_size: int = 1000
         raise SyncdError(f"--state {bad[0]!r}: expected one of {', '.join(known)}")
     since = parse_since(args.since) if args.since else None
     root = await asyncio.to_thread(os.path.abspath, args.root) if args.root else None
-    writer = RowWriter(args.format, LS_COLUMNS, ls_human, LS_HEADER)
+    if cfg.ledger.url is None:
+        _no_host_on_sqlite(cfg, args.host)
+    # A fleet's listing spans hosts: each row names the host its path is on.
+    columns = (*LS_COLUMNS, "host") if cfg.ledger.url is not None else LS_COLUMNS
+    writer = RowWriter(args.format, columns, ls_human, LS_HEADER)
     ledger = await open_readonly(cfg)
     try:
-        rows = ledger.iter_assets(states=states, root=root, since=since, page_size=page_size)
+        rows = ledger.iter_assets(
+            states=states, root=root, since=since, page_size=page_size, host=args.host
+        )
         async with contextlib.aclosing(rows):
             async for rec, content in rows:
                 writer.write(ls_row(rec, content))
@@ -610,8 +643,42 @@ async def status_data(
         "cooldowns": cooldowns,
         "oldest_waiting": oldest,
         "possible_remote_duplicates": await ledger.possible_duplicates(),
+        "after_upload": await _after_json(ledger),
         "daemon": daemon,
     }
+
+
+async def _after_json(ledger: OperatorLedger) -> dict[str, int] | None:
+    """What followed SUCCESS so far: files ``deleted``, ``moved``, ``kept`` (changed, or
+    unsafe to touch), ``would`` (dry run), and hooks (sidecars, commands, webhooks)
+    ``pending`` and ``given_up`` (in a fleet, this host's); None when the ledger has no
+    such record yet."""
+    if isinstance(ledger, Ledger):
+        after_counts = ledger.after_counts
+    else:
+        # The PostgreSQL store is loaded only for a ledger.url: without it, none exists.
+        if "syncd.ledger.postgres" not in sys.modules:
+            return None
+        from syncd.ledger.postgres import PostgresLedger
+
+        if not isinstance(ledger, PostgresLedger):
+            return None
+        after_counts = ledger.after_counts
+    try:
+        counts = await after_counts()
+    except SyncdError:
+        return None  # a ledger no daemon of this version has opened yet
+    cleaned = counts.pop("cleaned", {})
+    out = {key: cleaned.get(key, 0) for key in ("deleted", "moved", "kept", "would")}
+    out["hooks_pending"] = sum(
+        n
+        for kind, by in counts.items()
+        if kind != "cleanup"
+        for st, n in by.items()
+        if st in ("pending", "acting")
+    )
+    out["hooks_given_up"] = sum(by.get("given_up", 0) for by in counts.values())
+    return out
 
 
 def status_exit_code(doc: Mapping[str, Any]) -> int:
@@ -623,13 +690,14 @@ def status_exit_code(doc: Mapping[str, Any]) -> int:
 
 def add_status_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``syncd status``."""
+    add_host_argument(p, "the daemon, its heartbeat and its waiting files are those")
     add_format_arguments(p)
 
 
 async def run_status(args: argparse.Namespace, cfg: Config) -> int:
     """``syncd status``: print the overview. Returns 0 when no daemon runs or it is healthy,
     1 when the daemon that owns the ledger is unhealthy or its heartbeat is stale."""
-    ledger = await open_readonly(cfg)
+    ledger = await open_readonly(cfg, args.host)
     try:
         doc = await status_data(ledger, cfg)
     finally:

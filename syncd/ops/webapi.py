@@ -7,7 +7,8 @@ Routes (GET and HEAD only; any other method is answered 405):
 - ``/metrics``: every metric of :mod:`syncd.metrics` in Prometheus text format 0.0.4, with the
   ledger-derived gauges (files and paths by state, backlog bytes, oldest pending age) computed
   at scrape time (at most every few seconds, so frequent scrapes cannot load the ledger).
-- ``/v1/assets?path=PATH`` (or ``?path_hex=HEX`` for a name that is not UTF-8) and
+- ``/v1/assets?path=PATH`` (or ``?path_hex=HEX`` for a name that is not UTF-8; ``&host=NAME``
+  for another fleet host's path) and
   ``/v1/assets/{sha256, prefix or asset id}``: the same JSON as ``syncd show --json``;
   404 when unknown, 409 for an ambiguous prefix.
 - ``/v1/events``: the daemon's state changes as Server-Sent Events (:mod:`syncd.ops.eventstream`).
@@ -275,7 +276,11 @@ async def _asset_by_path(request: web.Request) -> web.Response:
         path = query["path"]
     else:
         return _json({"error": "give ?path=PATH or ?path_hex=HEX"}, status=400)
-    rec = await state.ledger.get_path(path)
+    try:
+        # On a fleet's shared ledger, ?host=NAME looks among that host's paths.
+        rec = await state.ledger.get_path(path, host=query.get("host"))
+    except ValueError as exc:
+        return _json({"error": str(exc)}, status=400)
     if rec is None:
         return _json({"error": "the ledger does not know this path"}, status=404)
     return await _show(state, Resolved(rec.sha256, rec, "path"))

@@ -81,6 +81,7 @@ from syncd.upload.filebody import (
     multipart_filename,
     open_checked,
 )
+from syncd.upload.shaper import ByteShaper
 
 __all__ = [
     "ASSET_ID_RE",
@@ -147,8 +148,14 @@ class MaviClient:
 
     Given the base URL (``.../serve/api/v2``), the raw API key (sent as ``Authorization``
     without ``Bearer``), the connect and read timeouts, whether to verify TLS certificates,
-    and the upload chunk size. Use it as ``async with MaviClient(...) as client`` or call
-    :meth:`close`. Raises :class:`~syncd.errors.ConfigError` for an unusable base URL or key.
+    the upload chunk size, and the byte budget file bodies are sent under (``None``: none).
+    Use it as ``async with MaviClient(...) as client`` or call :meth:`close`. Raises
+    :class:`~syncd.errors.ConfigError` for an unusable base URL or key.
+
+    Over ~300 lines because it is the API's calls and the one request path they share
+    (:meth:`_send_file`, :meth:`_exchange` with its deadlines): each call is short, and the
+    parts that could stand alone already do (``answers.py`` classifies, ``filebody.py``
+    streams the body).
     """
 
     def __init__(
@@ -160,6 +167,7 @@ class MaviClient:
         read_timeout_s: float = 120,
         verify_tls: bool = True,
         chunk_bytes: int = 1 << 20,
+        shaper: ByteShaper | None = None,
     ) -> None:
         try:
             base = URL(base_url.rstrip("/"))
@@ -178,6 +186,7 @@ class MaviClient:
         self._read_timeout_s = float(read_timeout_s)
         self._verify_tls = verify_tls
         self._chunk_bytes = chunk_bytes
+        self.shaper = shaper
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
@@ -423,6 +432,7 @@ class MaviClient:
                 on_headers_sent=on_headers_sent,
                 before_last_bytes=before_last_bytes,
                 verify=verify,
+                shaper=self.shaper,
             )
             answer = await self._exchange("POST", url, endpoint=endpoint, auth=auth, body=payload)
             return answer, payload

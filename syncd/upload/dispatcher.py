@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from syncd.ledger.records import Job
+from syncd.ledger.records import Job, UploadOrder
 from syncd.ledger.store import UploadLedger
 from syncd.upload.wake import Wake
 
@@ -51,9 +51,16 @@ class Dispatcher:
     number of worker ``slots`` and a clock; :meth:`run` claims until :meth:`stop_intake`."""
 
     def __init__(
-        self, ledger: UploadLedger, state: UploaderState, *, slots: int, clock: Callable[[], float]
+        self,
+        ledger: UploadLedger,
+        state: UploaderState,
+        *,
+        slots: int,
+        clock: Callable[[], float],
+        order: UploadOrder = "oldest",
     ) -> None:
         self._ledger = ledger
+        self._order = order  # upload.order
         self._state = state
         self._clock = clock
         self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=slots)
@@ -82,7 +89,9 @@ class Dispatcher:
                 if now < pause.until:
                     await self._sleep_or_wake(pause.until - now)
                 elif pause.probe is None:
-                    probes = await self._ledger.due_jobs(1, exclude=self._state.in_flight)
+                    probes = await self._ledger.due_jobs(
+                        1, exclude=self._state.in_flight, order=self._order
+                    )
                     if not probes:
                         await self._sleep_or_wake(1.0)
                         continue
@@ -97,7 +106,9 @@ class Dispatcher:
             free = self._queue.maxsize - self._queue.qsize()
             jobs: list[Job] = []
             if free > 0:
-                jobs = await self._ledger.due_jobs(free, exclude=self._state.in_flight)
+                jobs = await self._ledger.due_jobs(
+                    free, exclude=self._state.in_flight, order=self._order
+                )
             for job in jobs:
                 self._state.in_flight.add(job.content.sha256)
                 await self._queue.put(job)

@@ -32,6 +32,7 @@ from syncd.errors import EXIT_IOERR, SyncdError
 from syncd.files import NotRegularFile, open_regular
 from syncd.fingerprint import Fingerprint
 from syncd.formats import FORMATS, extension_of
+from syncd.upload.shaper import ByteShaper
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,7 @@ class FilePayload(aiohttp.Payload):
         on_headers_sent: Callable[[], None] | None,
         before_last_bytes: Callable[[], Awaitable[None]] | None = None,
         verify: ChunkSums | None = None,
+        shaper: ByteShaper | None = None,
     ) -> None:
         boundary = "syncd-" + secrets.token_hex(16)
         super().__init__(None, content_type=f"multipart/form-data; boundary={boundary}")
@@ -176,6 +178,7 @@ class FilePayload(aiohttp.Payload):
         self._on_headers_sent = on_headers_sent
         self._before_last_bytes = before_last_bytes
         self._verify = verify if verify is not None and verify.covers(file_size) else None
+        self._shaper = shaper
         self._head = (
             f"--{boundary}\r\n"
             f'Content-Disposition: form-data; name="file"; '
@@ -226,6 +229,9 @@ class FilePayload(aiohttp.Payload):
         index = 0
         while offset < self._file_size:
             want = min(chunk_bytes, self._file_size - offset)
+            if self._shaper is not None and verify is None:
+                # The byte budget every worker shares: at most what it grants, after its wait.
+                want = await self._shaper.take(want)
             try:
                 if verify is None:
                     data = await asyncio.to_thread(
@@ -248,7 +254,16 @@ class FilePayload(aiohttp.Payload):
                     self._path, f"file shrank while being sent ({offset} of {self._file_size})"
                 )
                 raise self.local_error
-            await self._send(writer, data)
+            if self._shaper is not None and verify is not None:
+                # A checked chunk is read whole (its checksum covers all of it), then sent in
+                # the slices the shared byte budget grants, each after its wait.
+                rest = memoryview(data)
+                while rest:
+                    n = await self._shaper.take(len(rest))
+                    await self._send(writer, rest[:n])
+                    rest = rest[n:]
+            else:
+                await self._send(writer, data)
             index += 1
             offset += len(data)
             self.bytes_sent = offset
@@ -267,7 +282,7 @@ class FilePayload(aiohttp.Payload):
     ) -> None:
         await self.write(writer)
 
-    async def _send(self, writer: AbstractStreamWriter, data: bytes) -> None:
+    async def _send(self, writer: AbstractStreamWriter, data: bytes | memoryview) -> None:
         try:
             async with asyncio.timeout(self._stall_timeout_s):
                 await writer.write(data)

@@ -25,7 +25,9 @@ lost, one line says it is back; reconnection retries with backoff. Reservations 
 server's now, so the hosts resume one slot after another, without a burst.
 
 Each host writes a heartbeat key with a TTL (its grants per second per endpoint); any host, and
-``syncd status``, reads the fleet's view from them (:func:`read_fleet_view`).
+``syncd status``, reads the fleet's view from them
+(:func:`~syncd.upload.fleet_redis.read_fleet_view`). The keys and the scripts live in
+:mod:`syncd.upload.fleet_redis`.
 """
 
 from __future__ import annotations
@@ -33,30 +35,40 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import socket
 import time
-import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from syncd.config import Config
 from syncd.metrics import Metrics
+from syncd.upload.fleet_redis import (
+    REDIS_TIMEOUT_S,
+    RESERVE_SCRIPT,
+    SENT_SCRIPT,
+    START_SCRIPT,
+    STATE_TTL_MS,
+    SUCCEEDED_SCRIPT,
+    THROTTLED_SCRIPT,
+    UNREACHABLE,
+    US,
+    account_name,
+    connect,
+    endpoint_key,
+    host_key,
+    read_fleet_view,
+    safe_url,
+)
 from syncd.upload.pacer import EndpointStats, Pacer
 
 log = logging.getLogger(__name__)
 
-KEY_PREFIX = "syncd"
 LATE_SLOT_S = 0.2
 """A slot woken later than this after its time is void: the caller reserves again."""
 HEARTBEAT_S = 2.0
@@ -64,111 +76,8 @@ HEARTBEAT_TTL_S = 10.0
 """A host whose heartbeat key is older than this is no longer counted as alive."""
 RATE_WINDOW_S = 10.0
 """Grants per second are averaged over this window."""
-REDIS_TIMEOUT_S = 2.0
 BACKOFF_INITIAL_S = 0.2
 BACKOFF_MAX_S = 5.0
-STATE_TTL_MS = 7 * 86400 * 1000
-"""An endpoint's state (cool-down level) is forgotten after a week without a grant."""
-
-_US = 1_000_000
-
-# Lua numbers are doubles: epoch microseconds (~1.8e15) are exact, but tostring() would write
-# them in exponent form, hence string.format('%.0f') before storing.
-_RESERVE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local st = redis.call('HMGET', KEYS[1], 'tat', 'cool_until')
-local tat = tonumber(st[1]) or 0
-local cool = tonumber(st[2]) or 0
-local slot = math.max(now, tat - (burst - 1) * interval, cool)
-redis.call('HSET', KEYS[1], 'tat', string.format('%.0f', math.max(tat, slot) + interval))
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
-return {slot, now}
-"""
-
-_START = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local slot = tonumber(ARGV[1])
-local gap = tonumber(ARGV[2])
-local late = tonumber(ARGV[3])
-local st = redis.call('HMGET', KEYS[1], 'last_start', 'cool_until')
-local last = tonumber(st[1]) or 0
-local cool = tonumber(st[2]) or 0
-if cool > now then
-  return {-1, now}
-end
-local ready = math.max(slot, last + gap)
-if math.max(now, ready) - slot > late then
-  return {-1, now}
-end
-if ready > now then
-  return {ready - now, now}
-end
-redis.call('HSET', KEYS[1], 'last_start', string.format('%.0f', now))
-redis.call('HINCRBY', KEYS[1], 'granted', 1)
-return {0, now}
-"""
-
-_SENT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local st = redis.call('HMGET', KEYS[1], 'tat', 'last_start')
-local tat = tonumber(st[1]) or 0
-local last = tonumber(st[2]) or 0
-redis.call('HSET', KEYS[1], 'tat', string.format('%.0f', math.max(tat, now + interval)),
-  'last_start', string.format('%.0f', math.max(last, now)))
-return now
-"""
-
-_THROTTLED = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local initial = tonumber(ARGV[1])
-local max = tonumber(ARGV[2])
-local cut = tonumber(ARGV[3])
-local st = redis.call('HMGET', KEYS[1], 'cool_until', 'level', 'tat')
-local cool = tonumber(st[1]) or 0
-local level = tonumber(st[2]) or 0
-local tat = tonumber(st[3]) or 0
-redis.call('HINCRBY', KEYS[1], 'throttles', 1)
-if cool > now then
-  return {cool - now, 0}
-end
-if level <= 0 then
-  level = initial
-else
-  level = math.min(math.max(level * 2, initial), max)
-end
-local length = math.floor(level * (1 - cut))
-redis.call('HSET', KEYS[1], 'cool_until', string.format('%.0f', now + length),
-  'level', string.format('%.0f', level), 'tat', string.format('%.0f', math.max(tat, now + length)))
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
-return {length, 1}
-"""
-
-_SUCCEEDED = """
-local level = tonumber(redis.call('HGET', KEYS[1], 'level') or '0') or 0
-local eased = math.max(0, level - tonumber(ARGV[1]))
-redis.call('HSET', KEYS[1], 'level', string.format('%.0f', eased))
-return eased
-"""
-
-_VIEW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local out = {now}
-for i, key in ipairs(KEYS) do
-  local st = redis.call('HMGET', key, 'cool_until', 'level', 'throttles', 'granted')
-  out[#out + 1] = {st[1] or '0', st[2] or '0', st[3] or '0', st[4] or '0'}
-end
-return out
-"""
-
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 def _raise_if_cancelling(exc: BaseException | None = None) -> None:
@@ -184,57 +93,17 @@ def _raise_if_cancelling(exc: BaseException | None = None) -> None:
         raise asyncio.CancelledError from exc
 
 
-def account_name(cfg: Config, api_key: str | None) -> str:
-    """Return the account's name in Redis keys: ``fleet.account``, else ``key-`` and the first
-    12 hex digits of the API key's SHA-256 (hosts sharing a key agree; the key stays secret).
-
-    Raises ``ValueError`` when neither is given.
-    """
-    if cfg.fleet.account is not None:
-        return cfg.fleet.account
-    if not api_key:
-        raise ValueError("fleet.account is not set and there is no API key to derive it from")
-    return "key-" + hashlib.sha256(api_key.encode()).hexdigest()[:12]
-
-
-def safe_url(url: str) -> str:
-    """Return ``url`` without its password (for logs and status)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-    netloc = f"{parts.username or ''}:***@{netloc}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-
-
-def connect(url: str) -> aioredis.Redis:
-    """Return a client for ``url`` that gives up on an unreachable server within
-    :data:`REDIS_TIMEOUT_S` (the pacer retries by itself, with its own backoff and log lines)."""
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=REDIS_TIMEOUT_S,
-        socket_connect_timeout=REDIS_TIMEOUT_S,
-        retry=Retry(NoBackoff(), 0),
-        decode_responses=True,
-    )
-
-
-def endpoint_key(account: str, endpoint: str) -> str:
-    """The hash holding one endpoint's budget and cool-down for ``account``."""
-    return f"{KEY_PREFIX}:{account}:ep:{endpoint}"
-
-
-def host_key(account: str, host: str) -> str:
-    """The heartbeat key of ``host`` in ``account``'s fleet."""
-    return f"{KEY_PREFIX}:{account}:host:{host}"
-
-
 class RedisPacer(Pacer):
     """A :class:`Pacer` whose budgets and cool-downs are shared through Redis.
 
     Given the Redis client, the account name, this host's name, the optional metrics, and the
     keywords of :class:`Pacer`. The global pause (:meth:`pause`) stays local to this host.
     Call :meth:`start` before use and :meth:`aclose` at the end.
+
+    Over ~300 lines because it is the local pacer's whole interface again, on Redis (pacing,
+    reports, introspection, the heartbeat that keeps the fleet's view), each method short and
+    all of them on one connection and its fail-closed state; the keys, the scripts and
+    reading the view are in :mod:`syncd.upload.fleet_redis`.
     """
 
     def __init__(
@@ -256,21 +125,21 @@ class RedisPacer(Pacer):
         self._host = host
         self._url = safe_url(url)
         self._metrics = metrics
-        self._late_us = int(late_slot_s * _US)
+        self._late_us = int(late_slot_s * US)
         self._heartbeat_s = heartbeat_s
         # The least distance between two starts (and from a send to the next start): the
         # interval with its margin, as the local pacer keeps it after a send; without the
         # margin, the variance between a send and its arrival at the API would have no room.
-        self._gaps_us = {name: int(b.interval_s * _US) for name, b in self._buckets.items()}
+        self._gaps_us = {name: int(b.interval_s * US) for name, b in self._buckets.items()}
         self._locks = {name: asyncio.Lock() for name in rates_per_s}
         self._grants: dict[str, collections.deque[float]] = {
             name: collections.deque() for name in rates_per_s
         }
-        self._reserve = client.register_script(_RESERVE)
-        self._start = client.register_script(_START)
-        self._sent = client.register_script(_SENT)
-        self._throttled = client.register_script(_THROTTLED)
-        self._succeeded = client.register_script(_SUCCEEDED)
+        self._reserve = client.register_script(RESERVE_SCRIPT)
+        self._start = client.register_script(START_SCRIPT)
+        self._sent = client.register_script(SENT_SCRIPT)
+        self._throttled = client.register_script(THROTTLED_SCRIPT)
+        self._succeeded = client.register_script(SUCCEEDED_SCRIPT)
         self._lost = False
         self._voided = 0
         self.last_start_us = 0
@@ -343,7 +212,7 @@ class RedisPacer(Pacer):
         while True:
             try:
                 result = await script(keys=[key], args=list(args))
-            except _UNREACHABLE as exc:
+            except UNREACHABLE as exc:
                 _raise_if_cancelling(exc)
                 self._mark_lost(exc)
                 await asyncio.sleep(delay_s)
@@ -389,7 +258,7 @@ class RedisPacer(Pacer):
         """
         key = self._key(endpoint)
         bucket = self._bucket(endpoint)
-        interval_us = int(bucket.interval_s * _US)
+        interval_us = int(bucket.interval_s * US)
         bucket.waiting += 1
         try:
             async with self._locks[endpoint]:
@@ -413,7 +282,7 @@ class RedisPacer(Pacer):
         gap_us = self._gaps_us[endpoint] if self._burst == 1 else 0
         while True:
             if wait_us > 0:
-                await self._sleep(wait_us / _US)
+                await self._sleep(wait_us / US)
             more_us, now_us = await self._call(self._start, key, slot_us, gap_us, self._late_us)
             more_us = int(more_us)
             if more_us < 0:
@@ -434,7 +303,7 @@ class RedisPacer(Pacer):
     def sent(self, endpoint: str) -> None:
         """Record that the request granted last went out now: the fleet's next start keeps its
         spacing from this send (on the server's clock)."""
-        interval_us = int(self._bucket(endpoint).interval_s * _US)
+        interval_us = int(self._bucket(endpoint).interval_s * US)
         self._report(self._sent, self._key(endpoint), interval_us)
 
     def throttled(self, endpoint: str) -> float:
@@ -454,8 +323,8 @@ class RedisPacer(Pacer):
         self._report(
             self._throttled,
             self._key(endpoint),
-            int(self._cooldown_initial_s * _US),
-            int(self._cooldown_max_s * _US),
+            int(self._cooldown_initial_s * US),
+            int(self._cooldown_max_s * US),
             cut,
             STATE_TTL_MS,
         )
@@ -465,7 +334,7 @@ class RedisPacer(Pacer):
 
     def succeeded(self, endpoint: str) -> None:
         """Record an accepted request: the fleet's cool-down level of ``endpoint`` eases off."""
-        self._report(self._succeeded, self._key(endpoint), int(self._ease_step_s * _US))
+        self._report(self._succeeded, self._key(endpoint), int(self._ease_step_s * US))
 
     # ------------------------------------------------------------------ introspection
 
@@ -525,7 +394,7 @@ class RedisPacer(Pacer):
             try:
                 await self._beat()
                 _raise_if_cancelling()
-            except _UNREACHABLE as exc:
+            except UNREACHABLE as exc:
                 _raise_if_cancelling(exc)
                 self._mark_lost(exc)
             except RedisError as exc:  # a server-side error: worth a line, not a crash
@@ -556,49 +425,6 @@ class RedisPacer(Pacer):
                     m.set(
                         "syncd_fleet_grants_per_second", rate, host=host["host"], endpoint=endpoint
                     )
-
-
-async def read_fleet_view(
-    client: aioredis.Redis, account: str, endpoints: tuple[str, ...]
-) -> dict[str, Any]:
-    """Return the budget as the fleet sees it: the hosts alive (fresh heartbeat keys) with
-    their grants per second, and each endpoint's shared cool-down, level, throttles and grants.
-
-    Given a client built with ``decode_responses=True``. Raises the client's errors.
-    """
-    hosts: list[dict[str, Any]] = []
-    async for key in client.scan_iter(match=host_key(account, "*"), count=100):
-        raw = await client.get(key)
-        if raw is None:
-            continue  # expired between the scan and the read
-        try:
-            beat = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(beat, dict):
-            hosts.append(
-                {
-                    "host": str(beat.get("host", key.rsplit(":", 1)[-1])),
-                    "grants_per_s": dict(beat.get("grants_per_s") or {}),
-                    "updated_at": beat.get("updated_at"),
-                }
-            )
-    hosts.sort(key=lambda h: str(h["host"]))
-    keys = [endpoint_key(account, e) for e in endpoints]
-    raw_view = await client.eval(_VIEW, len(keys), *keys)
-    now_us = float(raw_view[0])
-    out = []
-    for endpoint, (cool, level, throttles, granted) in zip(endpoints, raw_view[1:], strict=True):
-        out.append(
-            {
-                "endpoint": endpoint,
-                "cooldown_remaining_s": round(max(0.0, (float(cool) - now_us) / _US), 3),
-                "level_s": round(float(level) / _US, 3),
-                "throttles": int(throttles),
-                "granted": int(granted),
-            }
-        )
-    return {"account": account, "hosts": hosts, "endpoints": out}
 
 
 async def build_pacer(cfg: Config, api_key: str | None, metrics: Metrics | None = None) -> Pacer:

@@ -112,7 +112,9 @@ class Uploader:
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
         self.clock = clock
         self.state = UploaderState()
-        self.dispatcher = Dispatcher(ledger, self.state, slots=cfg.upload.workers, clock=clock)
+        self.dispatcher = Dispatcher(
+            ledger, self.state, slots=cfg.upload.workers, clock=clock, order=cfg.upload.order
+        )
         self.outcomes = Outcomes(
             cfg,
             ledger,
@@ -277,6 +279,10 @@ class Uploader:
                 ),
             )
             return
+        shaper = self.client.shaper
+        if shaper is not None:
+            # A zero-rate window of upload.schedule: no upload starts until it ends.
+            await shaper.wait_open()
         mode = self._mode_for(content)
         verify = (
             self.chunk_sums.get(content.sha256, now_fp) if self.chunk_sums is not None else None

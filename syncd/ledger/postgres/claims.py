@@ -22,19 +22,33 @@ from syncd.ledger.postgres.base import (
     _s,
 )
 from syncd.ledger.postgres.statements import _take_over_expired
-from syncd.ledger.records import Job
+from syncd.ledger.records import Job, UploadOrder
 
 if TYPE_CHECKING:
     from syncd.ledger.postgres_migrations import Db
+
+
+# ``upload.order`` as ORDER BY terms over the contents table ``c`` ($1 is this host); ties
+# go to the content due first.
+_ORDER_SQL: dict[UploadOrder, str] = {
+    "oldest": "c.next_attempt_at",
+    "newest": "c.created_at DESC, c.next_attempt_at",
+    "smallest": "c.size, c.next_attempt_at",
+    "largest": "c.size DESC, c.next_attempt_at",
+    "path": "(SELECT o.path FROM paths o WHERE o.sha256 = c.sha256 AND o.host = $1 "
+    "AND o.state = 'present' ORDER BY o.path LIMIT 1), c.next_attempt_at",
+}
 
 
 class PgClaims(PgBase):
     """Which host works on which content: claiming, asking and releasing."""
 
     @_retry_unreachable
-    async def due_jobs(self, limit: int, exclude: Iterable[str] = ()) -> list[Job]:
+    async def due_jobs(
+        self, limit: int, exclude: Iterable[str] = (), order: UploadOrder = "oldest"
+    ) -> list[Job]:
         """Claim up to ``limit`` contents due for upload now that a present path of this host
-        holds, oldest due first; returns them with that path.
+        holds, in ``order`` (``upload.order``); returns them with that path.
 
         ``exclude`` names contents already in flight here. Contents claimed by another host
         whose lease is live are skipped (``FOR UPDATE SKIP LOCKED`` keeps two hosts from
@@ -52,7 +66,7 @@ class PgClaims(PgBase):
                 "AND p.host = $1 AND p.state = 'present') FROM contents c "
                 "WHERE c.state IN ('pending', 'allocated') AND c.next_attempt_at <= $2 "
                 f"AND NOT (c.sha256 = ANY($3::text[])) AND {_FREE} AND {_WORKABLE} "
-                "ORDER BY c.next_attempt_at LIMIT $4 FOR UPDATE OF c SKIP LOCKED",
+                f"ORDER BY {_ORDER_SQL[order]} LIMIT $4 FOR UPDATE OF c SKIP LOCKED",
                 self.host,
                 now,
                 skip,
@@ -96,7 +110,9 @@ class PgClaims(PgBase):
             )
             where = {r[0]: r for r in paths}
             jobs: list[Job] = []
-            for row in sorted(claimed, key=lambda r: (r["next_attempt_at"], r["sha256"])):
+            # In the order the claim query chose them (``mine`` keeps it).
+            rank = {sha: i for i, sha in enumerate(mine)}
+            for row in sorted(claimed, key=lambda r: rank[r["sha256"]]):
                 content = _content(row)
                 p = where[content.sha256]
                 fp = None if p[2] is None else Fingerprint(p[2], p[3], p[4], p[5], p[6])

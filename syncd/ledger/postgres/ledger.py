@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from syncd.errors import LedgerError, LedgerUnreachable
+from syncd.ledger.postgres.after import PgAfterJobs
 from syncd.ledger.postgres.base import (
     _FREE,
     _NOW,
@@ -70,7 +71,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class PostgresLedger(PgPathRows, PgClaims, PgUploads, PgPolling, PgQueries, PgPages):
+class PostgresLedger(PgPathRows, PgClaims, PgUploads, PgPolling, PgQueries, PgPages, PgAfterJobs):
     """Async access to the shared ledger, as one host of a fleet. Use :meth:`open`.
 
     The one owner of the pool, the lifecycle (open and migrate, lease renewal, close) and

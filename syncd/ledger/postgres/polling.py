@@ -120,6 +120,16 @@ class PgPolling(PgBase):
             )
             await _keep_superseded(db, asset_id, sha256, sha256, self.host, None, reason, now)
             state: ContentState = "failed" if row[0] >= max_attempts else "pending"
+            if state == "failed":
+                # The source of hooks.on_failed, in the same transaction as the verdict.
+                await db.execute(
+                    "INSERT INTO failures (sha256, state, asset_id, reason, at) "
+                    "VALUES ($1, 'failed', $2, $3, $4)",
+                    sha256,
+                    asset_id,
+                    reason,
+                    now,
+                )
             await db.execute(
                 "UPDATE contents SET state = $1, remote_status = 'FAILED', asset_id = NULL, "
                 "remote_failures = remote_failures + 1, last_error = $2, next_attempt_at = $3, "

@@ -6,6 +6,7 @@ host's paths first.
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
@@ -206,7 +207,7 @@ class PgQueries(PgBase):
             for row in page:
                 values = list(row)
                 content = None if values[_N_PATH] is None else _content(values[_N_PATH:-1])
-                yield _path(values[:_N_PATH]), content
+                yield dataclasses.replace(_path(values[:_N_PATH]), host=values[-1]), content
             if len(page) < page_size:
                 return
             after = (bytes(page[-1][0]), str(page[-1][-1]))

@@ -329,6 +329,14 @@ class PgUploads(PgBase):
                     int(attempt_id is not None),
                     sha256,
                 )
+                # The source of hooks.on_failed, in the same transaction as the verdict.
+                await db.execute(
+                    "INSERT INTO failures (sha256, state, asset_id, reason, at) "
+                    "SELECT sha256, state, asset_id, $1, $2 FROM contents WHERE sha256 = $3",
+                    error,
+                    now,
+                    sha256,
+                )
             if attempt_id is not None:
                 await _end_attempt(
                     db, now, attempt_id, outcome, error, http_status, None, self.host

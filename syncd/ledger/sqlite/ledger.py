@@ -28,6 +28,7 @@ from typing import Any
 
 from syncd.errors import LedgerCorrupt, LedgerError, LedgerUnwritable
 from syncd.ledger.records import RecoveryReport
+from syncd.ledger.sqlite.after import AfterJobs
 from syncd.ledger.sqlite.base import _retry_stalled, classify_sqlite_error
 from syncd.ledger.sqlite.connection import _connect, _Connection, _fetch, _prepare, _uri_path
 from syncd.ledger.sqlite.lock import prepare_ledger_dir
@@ -38,13 +39,14 @@ from syncd.ledger.sqlite.queries import Queries
 from syncd.ledger.sqlite.uploads import Uploads
 
 
-class Ledger(PathRows, Uploads, Polling, Queries, Pages):
+class Ledger(PathRows, Uploads, Polling, Queries, Pages, AfterJobs):
     """Async access to the ledger: one owner of the connections, the lifecycle and recovery.
 
     Use :meth:`open`. The methods are those of the sections it is made of, one module each
-    (paths, uploads, polling, queries, pages; see :class:`~syncd.ledger.sqlite.base.LedgerBase`
-    for how each runs); this class adds opening, closing, checking and backing up
-    the file, the key/value rows and startup recovery. It implements
+    (paths, uploads, polling, queries, pages, the work after a final status; see
+    :class:`~syncd.ledger.sqlite.base.LedgerBase` for how each runs); this class adds
+    opening, closing, checking and backing up the file, the key/value rows and startup
+    recovery. It implements
     :class:`~syncd.ledger.store.LedgerStore`.
     """
 

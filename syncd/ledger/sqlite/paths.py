@@ -29,8 +29,11 @@ from syncd.ledger.sqlite.connection import _uri_path
 class PathRows(LedgerBase):
     """The path rows of the ledger (its :class:`~syncd.ledger.store.PathLedger` facet)."""
 
-    async def get_path(self, path: str) -> PathRecord | None:
-        """Return the ledger's record of ``path``, or None."""
+    async def get_path(self, path: str, *, host: str | None = None) -> PathRecord | None:
+        """Return the ledger's record of ``path``, or None. Raises :class:`ValueError` for any
+        ``host``: a SQLite ledger holds this host's paths only."""
+        if host is not None:
+            raise ValueError(f"host {host!r}: a SQLite ledger holds this host's paths only")
         rows = await self._read(f"SELECT {_PATH_COLS} FROM paths WHERE path = ?", (_b(path),))
         return _path(rows[0]) if rows else None
 

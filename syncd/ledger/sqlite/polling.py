@@ -89,6 +89,13 @@ class Polling(LedgerBase):
                 (asset_id, sha256, sha256, reason, now),
             )
             state: ContentState = "failed" if row[0] >= max_attempts else "pending"
+            if state == "failed":
+                # The source of hooks.on_failed, in the same transaction as the verdict.
+                db.execute(
+                    "INSERT INTO failures (sha256, state, asset_id, reason, at) "
+                    "VALUES (?, 'failed', ?, ?, ?)",
+                    (sha256, asset_id, reason, now),
+                )
             db.execute(
                 "UPDATE contents SET state = ?, remote_status = 'FAILED', asset_id = NULL, "
                 "remote_failures = remote_failures + 1, last_error = ?, next_attempt_at = ?, "

@@ -134,6 +134,7 @@ class Queries(LedgerBase):
         since: float | None = None,
         page_size: int = 1000,
         on_page: Callable[[int], None] | None = None,
+        host: str | None = None,
     ) -> AsyncGenerator[tuple[PathRecord, Content | None], None]:
         """Stream every known path with its content (None when it holds none), in path order.
 
@@ -141,8 +142,12 @@ class Queries(LedgerBase):
         such as ``skipped``, mixed freely; a row matches either), ``root`` (a folder: only paths
         below it) and ``since`` (epoch seconds: only rows first seen, changed or gone since
         then). Fetches ``page_size`` rows per query, calling ``on_page(rows)`` after each one.
-        Raises :class:`ValueError` for an unknown state, :class:`LedgerError` on SQLite errors.
+        Raises :class:`ValueError` for an unknown state or for any ``host`` (a SQLite ledger
+        holds one host's paths: there is nothing to filter by), :class:`LedgerError` on SQLite
+        errors.
         """
+        if host is not None:
+            raise ValueError(f"host {host!r}: a SQLite ledger holds this host's paths only")
         unknown = [s for s in states if s not in CONTENT_STATES and s not in PATH_STATES]
         if unknown:
             raise ValueError(f"unknown state {unknown[0]!r}")

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from typing import Literal
 
 from syncd.fingerprint import Fingerprint
-from syncd.ledger.records import Content, Job
+from syncd.ledger.records import Content, Job, UploadOrder
 from syncd.ledger.sqlite.base import (
     _CONTENT_COLS,
     LedgerBase,
@@ -21,6 +21,17 @@ from syncd.ledger.sqlite.base import (
     _s,
 )
 
+# ``upload.order`` as ORDER BY terms over the contents table aliased ``t``; ties go to the
+# content due first.
+_ORDER_SQL: dict[UploadOrder, str] = {
+    "oldest": "{t}.next_attempt_at",
+    "newest": "{t}.created_at DESC, {t}.next_attempt_at",
+    "smallest": "{t}.size, {t}.next_attempt_at",
+    "largest": "{t}.size DESC, {t}.next_attempt_at",
+    "path": "(SELECT MIN(o.path) FROM paths o WHERE o.sha256 = {t}.sha256 "
+    "AND o.state = 'present'), {t}.next_attempt_at",
+}
+
 
 class Uploads(LedgerBase):
     """The upload transitions of the ledger: pending → uploading (→ allocated) → uploaded, or
@@ -28,8 +39,11 @@ class Uploads(LedgerBase):
     machine's core: every method is one arrow of ``docs/ledger.md``, kept side by side."""
 
     @_retry_stalled
-    async def due_jobs(self, limit: int, exclude: Iterable[str] = ()) -> list[Job]:
-        """Return up to ``limit`` contents due for upload now, oldest due first.
+    async def due_jobs(
+        self, limit: int, exclude: Iterable[str] = (), order: UploadOrder = "oldest"
+    ) -> list[Job]:
+        """Return up to ``limit`` contents due for upload now, in ``order`` (``oldest``: due
+        first, the index's own order; see :data:`~syncd.ledger.records.UploadOrder`).
 
         ``exclude`` names contents already in flight. A due content with no present path is
         parked (``last_error`` says why) until a path holding it appears again.
@@ -37,19 +51,21 @@ class Uploads(LedgerBase):
         now = self._clock()
         skip = set(exclude)
         n_content = len(Content.__slots__)
+        by = _ORDER_SQL[order]
         # The content with its most recently seen present path and that path's fingerprint,
         # in one query. The due contents are limited first: joined before the LIMIT, the path
         # lookup ran for every due content, so each call cost time in the backlog's size
-        # (3.3 ms at 2,000 pending, against 0.07 ms).
+        # (3.3 ms at 2,000 pending, against 0.07 ms). Orders other than the default sort
+        # every due content once per call.
         rows = await self._read(
             f"SELECT {', '.join('c.' + c for c in Content.__slots__)}, "
             "p.path, p.dev, p.ino, p.size, p.mtime_ns, p.ctime_ns "
-            "FROM (SELECT * FROM contents WHERE state IN ('pending', 'allocated') "
-            "AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?) AS c "
+            "FROM (SELECT * FROM contents AS d WHERE state IN ('pending', 'allocated') "
+            f"AND next_attempt_at <= ? ORDER BY {by.format(t='d')} LIMIT ?) AS c "
             "LEFT JOIN paths p ON p.path = "
             "(SELECT p2.path FROM paths p2 WHERE p2.sha256 = c.sha256 AND p2.state = 'present' "
             " ORDER BY p2.last_seen DESC LIMIT 1) "
-            "ORDER BY c.next_attempt_at",
+            f"ORDER BY {by.format(t='c')}",
             (now, limit + len(skip)),
         )
         jobs: list[Job] = []
@@ -277,6 +293,12 @@ class Uploads(LedgerBase):
                 "UPDATE contents SET state = ?, last_error = ?, updated_at = ?, "
                 "attempts = attempts + ? WHERE sha256 = ?",
                 (state, error, now, int(attempt_id is not None), sha256),
+            )
+            # The source of hooks.on_failed, in the same transaction as the verdict.
+            db.execute(
+                "INSERT INTO failures (sha256, state, asset_id, reason, at) "
+                "SELECT sha256, state, asset_id, ?, ? FROM contents WHERE sha256 = ?",
+                (error, now, sha256),
             )
             if attempt_id is not None:
                 _end_attempt(db, now, attempt_id, outcome, error, http_status, None)
