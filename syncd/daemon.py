@@ -13,8 +13,9 @@ the next start), flushes the ledger and logs one summary line with counters. Wha
 running daemon shows of itself (summary, heartbeat, dashboard, progress line) is rendered from
 one ``snapshot()`` by ``syncd.ops.live``.
 
-A little over 500 lines: the wiring of five stages, the endpoint, SIGHUP reload, ``--once``
-and the two ledgers (SQLite with its lock, or the fleet's) is what is left, each a few lines.
+About 600 lines: the wiring of six stages (ingest, intake, upload, polling, the work after a
+final status, housekeeping), the endpoint, SIGHUP reload, ``--once`` and the two ledgers
+(SQLite with its lock, or the fleet's) is what is left, each a few lines.
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@ Each command builds plain data from the ledger (the same dictionaries back ``--j
 local HTTP endpoint's ``/v1/assets``), and ``render.py`` writes it as a terse table for humans,
 JSON for scripts, or CSV. The JSON keys are stable and documented in ``docs/operations.md``.
 This module is the read model plus the five commands that use it (``COMMANDS``, the list the
-CLI wires); it stays a little over 500 lines until the read model moves to the ledger's store
-protocol, which changes every one of its ledger annotations.
+CLI wires). It is about 800 lines, one section per command (``status`` the largest, ~250),
+because the five share what makes them one interface: opening either ledger read-only (as
+any fleet host with ``--host``), resolving a path, sha256 prefix or asset id, and the row and
+path shapes their JSON is made of.
 
 Conventions shared by every command:
 
