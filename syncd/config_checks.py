@@ -46,32 +46,15 @@ def check_semantics(cfg: Config, problems: Problems) -> None:
                 "ledger.backup_dir",
                 "not used with ledger.url: back a PostgreSQL ledger up with pg_dump",
             )
-    host_name = cfg.fleet.host_name
-    if host_name is not None and (
-        not host_name
-        or len(host_name) > 63
-        or not all(c.isprintable() for c in host_name)
-        or any(c.isspace() for c in host_name)
-    ):
-        problems.add(
-            "fleet.host_name",
-            f"must be 1 to 63 printable characters without spaces, got {host_name!r}",
-        )
+    for key, name in (("host_name", cfg.fleet.host_name), ("account", cfg.fleet.account)):
+        if name is not None and not _is_fleet_name(name):
+            problems.add(
+                f"fleet.{key}", f"must be 1 to 63 printable characters without spaces, got {name!r}"
+            )
     if cfg.fleet.redis_url is not None:
         redis_problem = _redis_url_problem(cfg.fleet.redis_url)
         if redis_problem is not None:
             problems.add("fleet.redis_url", redis_problem)
-    account = cfg.fleet.account
-    if account is not None and (
-        not account
-        or len(account) > 63
-        or not all(c.isprintable() for c in account)
-        or any(c.isspace() for c in account)
-    ):
-        problems.add(
-            "fleet.account",
-            f"must be 1 to 63 printable characters without spaces, got {account!r}",
-        )
     if cfg.upload.backoff_initial_s > cfg.upload.backoff_max_s:
         problems.add("upload.backoff_initial_s", "must not exceed upload.backoff_max_s")
     if cfg.rate_limits.cooldown_initial_s > cfg.rate_limits.cooldown_max_s:
@@ -107,6 +90,12 @@ _HOST_NAME = re.compile(
 )
 
 
+def _is_fleet_name(name: str) -> bool:
+    """Whether ``name`` can name a fleet host or account: 1 to 63 printable characters, no
+    white space (it goes into Redis keys, ledger rows and log lines)."""
+    return 0 < len(name) <= 63 and all(c.isprintable() and not c.isspace() for c in name)
+
+
 def _is_host_name(name: str) -> bool:
     """Whether ``name`` can be a Host header's host: a DNS name or an IP address, no port."""
     bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
@@ -117,13 +106,21 @@ def _is_host_name(name: str) -> bool:
     return True
 
 
-def _base_url_problem(url: str) -> str | None:
-    """Return what makes ``url`` unusable as the API base URL, or ``None``."""
+def _split_url(url: str) -> urllib.parse.SplitResult | str:
+    """Return ``url``'s parts, or what makes it no URL at all (a bad port included)."""
     try:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port out of range
     except ValueError as exc:
         return f"not a valid URL ({exc})"
+    return parts
+
+
+def _base_url_problem(url: str) -> str | None:
+    """Return what makes ``url`` unusable as the API base URL, or ``None``."""
+    parts = _split_url(url)
+    if isinstance(parts, str):
+        return parts
     if parts.scheme not in ("http", "https"):
         return "must start with http:// or https://"
     if not parts.hostname:
@@ -140,11 +137,9 @@ def _base_url_problem(url: str) -> str | None:
 
 def _redis_url_problem(url: str) -> str | None:
     """Return what makes ``url`` unusable as the fleet's Redis URL, or ``None``."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError as exc:
-        return f"not a valid URL ({exc})"
+    parts = _split_url(url)
+    if isinstance(parts, str):
+        return parts
     if parts.scheme not in ("redis", "rediss", "unix"):
         return f"must start with redis://, rediss:// or unix://, got {url!r}"
     if parts.scheme == "unix":
@@ -156,11 +151,9 @@ def _redis_url_problem(url: str) -> str | None:
 
 def _ledger_url_problem(url: str) -> str | None:
     """Return what makes ``url`` unusable as a PostgreSQL ledger URL, or ``None``."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError as exc:
-        return f"not a valid URL ({exc})"
+    parts = _split_url(url)
+    if isinstance(parts, str):
+        return parts
     if parts.scheme not in ("postgresql", "postgres"):
         return f"must start with postgresql://, got {url!r}"
     if not parts.hostname and "host=" not in parts.query:
@@ -233,11 +226,9 @@ def _check_hooks(hooks: HooksConfig, problems: Problems) -> None:
 
 def _webhook_url_problem(url: str) -> str | None:
     """Return what makes ``url`` unusable as a webhook, or ``None``."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError as exc:
-        return f"not a valid URL ({exc})"
+    parts = _split_url(url)
+    if isinstance(parts, str):
+        return parts
     if parts.scheme not in ("http", "https"):
         return f"must start with http:// or https://, got {url!r}"
     if not parts.hostname:
