@@ -38,6 +38,7 @@ from syncd.upload.client import MaviClient, UploadResult
 from syncd.upload.dispatcher import UploaderState
 from syncd.upload.outcomes import Outcomes
 from syncd.upload.pacer import Pacer
+from syncd.upload.poller import Poller
 
 
 @pytest.fixture
@@ -443,5 +444,54 @@ async def test_the_finish_window_ends_when_the_outcome_is_committed_before_the_l
         assert seen == [("uploaded" if same_bytes else "pending", 0)]
         if same_bytes:
             assert any(r.getMessage().startswith("uploaded") for r in caplog.records)
+    finally:
+        await ledger.close()
+
+
+async def test_a_batch_of_status_polls_records_every_answer_and_requeues_the_unknown(
+    tmp_path: Path, root: Path, emulator: EmulatorServer
+) -> None:
+    # The poller commits a batch's answers together: each still lands on its own content,
+    # and an asset the API does not know sends its content back to the upload queue.
+    cfg = make_config(tmp_path, emulator, [root])
+    ledger = await Ledger.open(str(tmp_path / "ledger.db"))
+    requeued: list[int] = []
+    try:
+        async with MaviClient(emulator.base_url, emulator.key) as client:
+            shas = []
+            for i, path in enumerate(drop(root, 4, size=3000)):
+                sha = sha256_of(path)
+                shas.append(sha)
+                await ledger.record_content(
+                    str(path), str(root), Fingerprint.stat(str(path)), sha, "mp4"
+                )
+                attempt = await ledger.begin_attempt(sha, str(path), "direct")
+                if i < 3:
+                    result = await client.upload(str(path), filename=path.name)
+                    assert result.asset_id is not None
+                    asset_id = result.asset_id
+                else:
+                    asset_id = "re_123456789012345678"  # never allocated by this emulator
+                await ledger.finish_upload(
+                    sha, attempt, asset_id, bytes_sent=3000, http_status=200, next_poll_at=0.0
+                )
+            poller = Poller(
+                cfg,
+                ledger,
+                client,
+                Pacer({"metadata": 100.0}),
+                Metrics(),
+                on_requeued=lambda: requeued.append(1),
+            )
+            due = await ledger.due_polls(16)
+            assert len(due) == 4
+            await poller.poll_batch(due)
+        after = [await ledger.get_content(sha) for sha in shas]
+        for content in after[:3]:
+            assert content is not None
+            assert content.state in ("uploaded", "done") and content.remote_status is not None
+            assert content.polls == 1 and content.next_poll_at != 0.0
+        assert after[3] is not None and after[3].state == "pending"
+        assert requeued == [1] and poller.remote_failed == 1
     finally:
         await ledger.close()
