@@ -130,11 +130,12 @@ class BytesChanged(LocalFileError):
         self.index = index
 
 
-READ_BATCH_BYTES: Final = 4 << 20
-"""Most bytes read per worker-thread call, and handed to the socket per write: several chunks
-at once, each still checked against its own checksum (the checksums' granularity, and where a
-change is caught, stay those of the hash pass). A thread hop and an event-loop write per 4 MiB
-instead of per 1 MiB; the larger reads cost nothing more per byte (figure 3)."""
+READ_BATCH_BYTES: Final = 2 << 20
+"""Most bytes read per worker-thread call, and handed to the socket per write: a span of
+several chunks, each still checked against its own checksum (the checksums' granularity, and
+where a change is caught, stay those of the hash pass). Against one 1 MiB chunk per call it
+cut the send side's CPU from ~0.72 to ~0.65 CPU-s per GB (fewer thread hops and event-loop
+writes); 4 MiB spans measured the same as 2 MiB and cost ~7 MB more peak RSS (figure 3)."""
 
 
 def _read_span(
