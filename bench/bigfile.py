@@ -6,7 +6,8 @@ file: a media header, then a hole, so writing it costs nothing and reading it co
 I/O), closes it, and waits for the daemon's ``uploaded ... asset=...`` line, logged right
 after the asset id is committed to the ledger. The time runs from the close to that line,
 minus ``settle.quiet_s`` (the time syncd waits on purpose); it includes settling, hashing the
-whole file, allocating the signed URL and streaming the bytes (hashed again as they go).
+whole file, allocating the signed URL and streaming the bytes (each chunk checked against
+the hash pass's checksum as it goes).
 syncd's peak RSS is the daemon's ``VmHWM`` over its whole life. syncd's CPU seconds per GB are
 the daemon's clock ticks (``/proc/PID/stat``, all threads) from just before the file is
 written to its ``uploaded`` line; curl's are its whole run (``os.wait4``).
@@ -76,11 +77,34 @@ FINDINGS = {
         "the page cache 0.09, the send side's `pread` 0.09, xxh3 twice 0.03, the loopback "
         "socket's copy ~0.15 (a `socketpair` costs 0.25 for both ends); the rest, ~0.35, is "
         "Python per chunk: a thread hop for each 1 MiB read and the event loop's write of it "
-        "(~2,000 of each for 2 GiB), settling, the ledger and the logs. Bigger chunks for "
-        "the send (e.g. 4 MiB, with the checksums taken per 4 MiB) would cut the per-chunk "
-        "part by ~3/4; `sendfile` cannot be used, since every byte sent must be read for the "
-        "check. The emulator needs 5-9 CPU-s to receive 2 GiB from either client and shares "
-        "the two cores, which is why the throughput swings with the load."
+        "(~2,000 of each for 2 GiB), settling, the ledger and the logs. The emulator needs "
+        "5-9 CPU-s to receive 2 GiB from either client and shares the two cores, which is why "
+        "the throughput swings with the load. Round 2, the send side: it now reads a span of "
+        "2 MiB (two chunks, each still checked against its own checksum, the body stopping "
+        "before the first that differs) per worker-thread call and hands the socket a "
+        "`memoryview` (asyncio's transport slices off what the socket took at once and "
+        "buffers the rest, and slicing `bytes` copied that rest once more). Measured on the "
+        "send side alone (one client uploading 1 GB twice to the emulator's signed URL with "
+        "the chunk checksums; the client process's CPU by `getrusage`; 6 runs per span size, "
+        "interleaved, load average 2.8-4.7), median (range): 1 MiB per call 0.72 (0.66-0.76) "
+        "CPU-s per GB, 2 MiB 0.65 (0.61-0.79), 4 MiB 0.67 (0.62-0.68); peak RSS 50, 57, 64 "
+        "MB. `perf` on that client: the kernel's copy out of the page cache for `pread` ~27 % "
+        "of its CPU, the socket's copy in ~18 %, the transport's buffer (`bytearray` extend "
+        "and memmove of what the socket did not take at once) ~12 %, xxh3 ~11 % (more than "
+        "its 0.018 CPU-s per GiB alone: the data has left the cache by then), the "
+        "interpreter ~6 %. So the thread hop and the write per chunk, put at ~0.35 CPU-s per "
+        "GB above, were ~0.07; the rest of the send side is copies. In this benchmark, 3 runs "
+        "each alternating with the previous main at load average 2.5-5.5 (which inflates "
+        "every CPU figure): 1.60 (1.57-1.61) -> 1.62 (1.51-1.65) CPU-s per GB, 0.64x "
+        "(0.49-0.72) -> 0.70x (0.52-0.73) curl, peak RSS 57.1 -> 59.2-63.4 MB: the send "
+        "side's ~0.07 CPU-s per GB is inside the noise here. Tried and not kept: 4 MiB spans "
+        "(no less CPU than 2 MiB, ~7 MB more RSS). Not done, and why: reading into one reused "
+        "buffer (`preadv` into a `bytearray`) to save the allocation: the transport keeps a "
+        "reference to what it could not send at once (Python 3.12 and later no longer copy "
+        "it, nor does the SSL transport), so a reused buffer could be overwritten before it "
+        "is sent; `mmap` or `sendfile`: the bytes would be read from the page cache after "
+        "their check, and a writer could change them in between, so the bytes sent would no "
+        "longer be the bytes checked."
     ),
     "throughput": (
         "On two cores shared with the emulator (which spends 5-9 CPU-s receiving 2 GiB) the "
@@ -91,8 +115,11 @@ FINDINGS = {
     "cpu_per_gb": (
         "A run of code without the one-pass change (two SHA-256 passes: the content hash, "
         "then the hash of the bytes as they are sent) spends ~1.9 CPU-s per GB; with it "
-        "1.3-1.5 (see below): the rest is the one SHA-256 pass, the copies and Python per "
-        "chunk."
+        "1.3-1.5 (see below). What is left is the one SHA-256 pass with its read (~0.66) and "
+        "the send side (~0.65, nearly all of it copies: see below), so 1.2 is out of reach "
+        "without removing a copy, and the ways to remove one (`mmap`, `sendfile`) or the "
+        "allocation (a reused buffer) would each let bytes other than the ones checked reach "
+        "the API."
     ),
 }
 

@@ -25,6 +25,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 from samples import write_media
 
+from syncd.chunksums import SUM_BYTES, ChunkSums
 from syncd.emulator import EmulatorServer
 from syncd.emulator.clock import FakeClock
 from syncd.errors import (
@@ -49,6 +50,7 @@ from syncd.upload.client import (
     MaviClient,
     multipart_filename,
 )
+from syncd.upload.filebody import READ_BATCH_BYTES
 
 KEY = "sk-mavi-T3stK3y0123456789abcdefXYZ"
 BASE_PATH = "/serve/api/v2"
@@ -906,6 +908,80 @@ async def test_a_chunk_changed_during_the_upload_stops_the_body_before_its_end(
     assert info.value.index == 2
     # The body stopped at the changed chunk: the service holds no file at all.
     assert [a for a in emulator.assets() if a.sha256 is not None] == []
+
+
+async def test_a_chunk_changed_past_the_first_span_stops_the_body_before_that_chunk(
+    api: ScriptedServer, tmp_path: Path
+) -> None:
+    # Spans of several chunks are read and checked per worker-thread call: a change in a
+    # later span is still caught at its own chunk, and none of that chunk is sent.
+    path = tmp_path / "long.mp4"
+    span_chunks = READ_BATCH_BYTES // CHUNK
+    write_media(path, size=(span_chunks + 4) * CHUNK + 1000)
+    _sha, fingerprint, verify = await _hash_chunks(path)
+    bad = span_chunks + 2
+
+    def overwrite() -> None:
+        with open(path, "r+b") as f:
+            f.seek(bad * CHUNK + 5)
+            f.write(b"\xff" * 10)
+
+    async with MaviClient(api.base_url, KEY) as c:
+        with pytest.raises(BytesChanged, match=f"chunk {bad} ") as info:
+            await c.upload(
+                str(path),
+                filename=path.name,
+                expected=fingerprint,
+                verify=verify,
+                on_headers_sent=overwrite,
+            )
+    assert info.value.index == bad
+    # What reached the server stops before the changed chunk (and it got no whole file).
+    assert all(s.file_bytes <= bad * CHUNK for s in api.seen)
+
+
+@pytest.mark.parametrize("mode", ["direct", "signed_url"])
+async def test_a_small_file_whose_bytes_do_not_match_its_checksum_sends_none_of_them(
+    emulator: EmulatorServer, emu_client: MaviClient, tmp_path: Path, mode: str
+) -> None:
+    # A file of one chunk is read and checked in the same worker-thread call that opens it;
+    # checksums that do not match (as after a change that kept the fingerprint) stop the body
+    # before any of the file's bytes.
+    path = tmp_path / "small.mp4"
+    write_media(path, size=5000)
+    _sha, fingerprint, verify = await _hash_chunks(path)
+    wrong = ChunkSums(verify.sha256, fingerprint, verify.chunk_bytes, b"\0" * SUM_BYTES)
+    with pytest.raises(BytesChanged, match="chunk 0 ") as info:
+        await _send(emu_client, mode, path, fingerprint, wrong)
+    assert info.value.index == 0
+    assert [a for a in emulator.assets() if a.sha256 is not None] == []
+
+
+async def test_a_small_file_is_read_when_it_is_opened_and_sends_those_bytes(
+    api: ScriptedServer, tmp_path: Path
+) -> None:
+    # One thread hop opens, reads and checks a small file: a write after that (here, just
+    # before the first body byte) does not reach the body, which stays the bytes checked.
+    # The uploader's stat after the answer is what notices such a change.
+    path = tmp_path / "small.mp4"
+    sha = write_media(path, size=5000)
+    _sha, fingerprint, verify = await _hash_chunks(path)
+
+    def overwrite() -> None:
+        with open(path, "r+b") as f:
+            f.seek(100)
+            f.write(b"\xff" * 10)
+
+    async with MaviClient(api.base_url, KEY) as c:
+        result = await c.upload(
+            str(path),
+            filename=path.name,
+            expected=fingerprint,
+            verify=verify,
+            on_headers_sent=overwrite,
+        )
+    assert (result.sha256, result.bytes_sent) == (sha, 5000)
+    assert (api.seen[0].file_sha256, api.seen[0].file_bytes) == (sha, 5000)
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
+import random
+import sqlite3
 import time
 from pathlib import Path
 
@@ -29,7 +33,12 @@ from syncd.daemon import Daemon
 from syncd.emulator import EmulatorServer, uniform_rates
 from syncd.fingerprint import Fingerprint
 from syncd.ledger.sqlite import Ledger
-from syncd.upload.client import MaviClient
+from syncd.metrics import Metrics
+from syncd.upload.client import MaviClient, UploadResult
+from syncd.upload.dispatcher import UploaderState
+from syncd.upload.outcomes import Outcomes
+from syncd.upload.pacer import Pacer
+from syncd.upload.poller import Poller
 
 
 @pytest.fixture
@@ -368,3 +377,121 @@ async def test_a_cool_down_survives_a_restart(
     # A restart during the storm does not hammer the API: the cool-down is still in force.
     async with running(cfg, emulator.key) as d:
         assert d.pacer.cooldown_remaining_s("upload") > 1.0
+
+
+class _NoResettle:
+    settle_delay_s = 0.0
+
+    async def resettle(self, path: str) -> None:
+        self.path = path
+
+
+@pytest.mark.parametrize("same_bytes", [True, False])
+async def test_the_finish_window_ends_when_the_outcome_is_committed_before_the_log_line(
+    tmp_path: Path,
+    root: Path,
+    emulator: EmulatorServer,
+    caplog: pytest.LogCaptureFixture,
+    same_bytes: bool,
+) -> None:
+    # The uploader's one-finisher window must last until the answer is committed, and no
+    # longer: ``recorded`` (where the uploader ends it) runs once the ledger holds the
+    # outcome, before the log line and the metrics that follow.
+    path = root / "a.mp4"
+    sha = write_media(path, size=5000)
+    fp = Fingerprint.stat(str(path))
+    db = tmp_path / "ledger.db"
+    ledger = await Ledger.open(str(db))
+    try:
+        await ledger.record_content(str(path), str(root), fp, sha, "mp4")
+        content = await ledger.get_content(sha)
+        assert content is not None
+        attempt = await ledger.begin_attempt(sha, str(path), "direct")
+        await ledger.mark_finishing(attempt)
+        seen: list[tuple[str, int]] = []
+
+        def recorded() -> None:
+            with contextlib.closing(sqlite3.connect(db)) as other:
+                (state,) = other.execute(
+                    "SELECT state FROM contents WHERE sha256 = ?", (sha,)
+                ).fetchone()
+            logged = [r for r in caplog.records if r.getMessage().startswith("uploaded")]
+            seen.append((state, len(logged)))
+
+        outcomes = Outcomes(
+            make_config(tmp_path, emulator, [root]),
+            ledger,
+            Pacer({"upload": 100.0}),
+            Metrics(),
+            UploaderState(),
+            resettle=_NoResettle(),
+            on_uploaded=lambda: None,
+            rng=random.Random(0),
+            clock=time.time,
+        )
+        sent = sha if same_bytes else "0" * 64
+        with caplog.at_level(logging.INFO):
+            await outcomes.uploaded(
+                content,
+                attempt,
+                str(path),
+                fp,
+                UploadResult("re_1", sent, 5000, 200),
+                0.01,
+                "upload",
+                recorded=recorded,
+            )
+        assert seen == [("uploaded" if same_bytes else "pending", 0)]
+        if same_bytes:
+            assert any(r.getMessage().startswith("uploaded") for r in caplog.records)
+    finally:
+        await ledger.close()
+
+
+async def test_a_batch_of_status_polls_records_every_answer_and_requeues_the_unknown(
+    tmp_path: Path, root: Path, emulator: EmulatorServer
+) -> None:
+    # The poller commits a batch's answers together: each still lands on its own content,
+    # and an asset the API does not know sends its content back to the upload queue.
+    cfg = make_config(tmp_path, emulator, [root])
+    ledger = await Ledger.open(str(tmp_path / "ledger.db"))
+    requeued: list[int] = []
+    try:
+        async with MaviClient(emulator.base_url, emulator.key) as client:
+            shas = []
+            for i, path in enumerate(drop(root, 4, size=3000)):
+                sha = sha256_of(path)
+                shas.append(sha)
+                await ledger.record_content(
+                    str(path), str(root), Fingerprint.stat(str(path)), sha, "mp4"
+                )
+                attempt = await ledger.begin_attempt(sha, str(path), "direct")
+                if i < 3:
+                    result = await client.upload(str(path), filename=path.name)
+                    assert result.asset_id is not None
+                    asset_id = result.asset_id
+                else:
+                    asset_id = "re_123456789012345678"  # never allocated by this emulator
+                await ledger.finish_upload(
+                    sha, attempt, asset_id, bytes_sent=3000, http_status=200, next_poll_at=0.0
+                )
+            poller = Poller(
+                cfg,
+                ledger,
+                client,
+                Pacer({"metadata": 100.0}),
+                Metrics(),
+                on_requeued=lambda: requeued.append(1),
+            )
+            due = await ledger.due_polls(16)
+            assert len(due) == 4
+            await poller.poll_batch(due)
+        after = [await ledger.get_content(sha) for sha in shas]
+        for content in after[:3]:
+            assert content is not None
+            assert content.state in ("uploaded", "done") and content.remote_status is not None
+            assert content.polls == 1 and content.next_poll_at != 0.0
+        assert after[3] is not None and after[3].state == "pending"
+        assert requeued == [1] and poller.remote_failed == 1
+    finally:
+        await ledger.close()

@@ -29,8 +29,9 @@ permanent error would mark the file itself as unsendable. It is never followed, 
 carries it. Error messages are one line, name the endpoint and the HTTP status, and never
 contain the API key (any occurrence is masked) nor a signed URL's query string.
 
-Uploads stream the file from disk in chunks; each chunk is read and hashed (SHA-256) in one
-worker-thread call, so the digest returned is the digest of exactly the bytes that were sent.
+Uploads stream the file from disk in spans of a few chunks; each span is read and hashed
+(SHA-256), or checked chunk by chunk against the hash pass's checksums, in one worker-thread
+call, so the digest returned is the digest of exactly the bytes that were sent.
 The request carries a ``Content-Length`` (no chunked encoding). There is no total timeout on an
 upload: ``connect_timeout_s`` bounds connecting, ``read_timeout_s`` bounds every silence while
 reading the answer, every stall while sending a chunk, and the whole answer once the request
@@ -79,7 +80,6 @@ from syncd.upload.filebody import (
     LocalFileError,
     clean_name,
     multipart_filename,
-    open_checked,
 )
 from syncd.upload.shaper import ByteShaper
 
@@ -420,26 +420,25 @@ class MaviClient:
         before_last_bytes: Callable[[], Awaitable[None]] | None = None,
         verify: ChunkSums | None = None,
     ) -> tuple[Answer, FilePayload]:
-        fd, size = await asyncio.to_thread(open_checked, path, expected)
+        payload = await asyncio.to_thread(
+            FilePayload.open,
+            path,
+            expected,
+            filename=filename,
+            chunk_bytes=self._chunk_bytes,
+            stall_timeout_s=self._read_timeout_s,
+            on_headers_sent=on_headers_sent,
+            before_last_bytes=before_last_bytes,
+            verify=verify,
+            shaper=self.shaper,
+        )
         try:
-            payload = FilePayload(
-                fd,
-                size,
-                path=path,
-                filename=filename,
-                chunk_bytes=self._chunk_bytes,
-                stall_timeout_s=self._read_timeout_s,
-                on_headers_sent=on_headers_sent,
-                before_last_bytes=before_last_bytes,
-                verify=verify,
-                shaper=self.shaper,
-            )
             answer = await self._exchange("POST", url, endpoint=endpoint, auth=auth, body=payload)
             return answer, payload
         finally:
             # A worker thread may still be in pread() on this fd if we were cancelled; the
             # kernel keeps the open file alive for it, and its result is discarded.
-            os.close(fd)
+            os.close(payload.fd)
 
     async def _exchange(
         self,

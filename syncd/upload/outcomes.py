@@ -100,7 +100,12 @@ class Outcomes:
         result: UploadResult,
         duration_s: float,
         via: str,
+        recorded: Callable[[], None] | None = None,
     ) -> None:
+        """Record a successful answer: the asset id, or, if the bytes sent or the file's
+        stat do not match the content, the asset as superseded (and the file settles again).
+        ``recorded()``, when given, is called as soon as that is committed, before the
+        bookkeeping that follows (the uploader ends its finish window there)."""
         asset_id = result.asset_id
         assert asset_id is not None  # noqa: S101 - the client never returns success without one
         try:
@@ -127,6 +132,8 @@ class Outcomes:
                 path=path,
                 reason=why,
             )
+            if recorded is not None:
+                recorded()
             self.stats.superseded += 1
             self.metrics.inc("syncd_uploads_total", outcome="superseded")
             await self.resettle.resettle(path)
@@ -139,6 +146,8 @@ class Outcomes:
             http_status=result.http_status,
             next_poll_at=self.clock() + self.cfg.poll.initial_s,
         )
+        if recorded is not None:
+            recorded()
         if self.chunk_sums is not None:
             self.chunk_sums.discard(content.sha256)  # its bytes are sent: no longer needed
         self.on_uploaded()

@@ -344,8 +344,17 @@ class Uploader:
                 "syncd_requests_total", endpoint="upload", status=str(result.http_status)
             )
             self.pacer.succeeded("upload")
+            # The window ends as soon as the outcome is committed, not after the log line
+            # and the metrics that follow it.
             await self.outcomes.uploaded(
-                content, attempt, path, before, result, time.monotonic() - t0, "upload"
+                content,
+                attempt,
+                path,
+                before,
+                result,
+                time.monotonic() - t0,
+                "upload",
+                recorded=finisher.leave,
             )
         finally:
             finisher.leave()
