@@ -34,13 +34,13 @@ from syncd.ingest.hashing import (
     Hasher,
     HasherClosed,
     HashItem,
-    HashOutcome,
     Refused,
 )
 from syncd.ingest.media import HEAD_BYTES, check_extension, preflight
 from syncd.ingest.roots import Roots
 from syncd.ingest.settle import Settled, Settler
 from syncd.ingest.writers import WriterCheck
+from syncd.ledger.records import HashedPath
 from syncd.ledger.store import PathLedger
 from syncd.metrics import Metrics
 
@@ -227,8 +227,14 @@ class IngestStage:
                 )
             except HasherClosed:
                 outcomes = []  # shutting down: the next start's scan finds these files again
+            done: list[tuple[Settled, Hashed]] = []
             for s, outcome in zip(to_hash, outcomes, strict=False):
-                steps.append((s.path, self._after_hash(s, outcome)))
+                if isinstance(outcome, Hashed):
+                    done.append((s, outcome))
+                else:
+                    steps.append((s.path, self._after_hash(s, outcome)))
+            if done:
+                steps.append((done[0][0].path, self._record(done)))
         await self._run_steps(steps)
 
     def _preflight(self, path: str, fingerprint: Fingerprint, head: bytes) -> str | None:
@@ -259,12 +265,10 @@ class IngestStage:
         if fatal is not None:
             raise fatal
 
-    async def _after_hash(self, s: Settled, outcome: HashOutcome) -> None:
-        """Record what hashing one file of a batch came to."""
+    async def _after_hash(self, s: Settled, outcome: Refused | OSError | SyncdError) -> None:
+        """Record what hashing one file of a batch came to when it was not hashed."""
         path, root = s.path, s.root
-        if isinstance(outcome, Hashed):
-            await self._record(s, outcome)
-        elif isinstance(outcome, Refused):
+        if isinstance(outcome, Refused):
             await self._skip(s, outcome.reason, outcome.fingerprint)
         elif isinstance(outcome, FileChanged):
             log.debug("%s changed while hashing; settling it again", display_path(path))
@@ -285,41 +289,62 @@ class IngestStage:
         log.info("skipping %s: %s", display_path(s.path), reason)
         await self.ledger.record_path_state(s.path, s.root, "skipped", reason, fingerprint)
 
-    async def _record(self, s: Settled, hashed: Hashed) -> None:
-        path = s.path
-        failpoint("hashed")
-        self.counters.hashed += 1
-        self.metrics.inc("syncd_files_hashed_total")
-        self.metrics.inc("syncd_bytes_hashed_total", hashed.size)
-        content = await self.ledger.record_content(
-            path, s.root, hashed.fingerprint, hashed.sha256, extension_of(os.path.basename(path))
-        )
-        events.publish(
-            "hashed", path=path, sha256=hashed.sha256, size=hashed.size, state=content.state
-        )
-        chunks = hashed.chunks()
-        if content.state == "pending" and self.chunk_sums is not None and chunks is not None:
-            self.chunk_sums.put(chunks)
-        if content.created_at >= time.time() - 5 and content.state == "pending":
-            self.counters.new_contents += 1
-            log.info(
-                "queued %s sha256=%s (%d bytes)",
-                display_path(path),
-                hashed.sha256[:12],
-                hashed.size,
+    async def _record(self, files: list[tuple[Settled, Hashed]]) -> None:
+        """Record the hashed files of a batch in one transaction, then say what each became."""
+        for _, hashed in files:
+            failpoint("hashed")
+            self.counters.hashed += 1
+            self.metrics.inc("syncd_files_hashed_total")
+            self.metrics.inc("syncd_bytes_hashed_total", hashed.size)
+        try:
+            contents = await self.ledger.record_contents(
+                [
+                    HashedPath(
+                        s.path,
+                        s.root,
+                        hashed.fingerprint,
+                        hashed.sha256,
+                        extension_of(os.path.basename(s.path)),
+                    )
+                    for s, hashed in files
+                ]
             )
+        except SyncdError as exc:
+            if exc.exit_code != EXIT_FAILURE:
+                raise
+            for s, _ in files:
+                log.error("%s: %s", display_path(s.path), exc)
+            return
+        recent = time.time() - 5
+        due = False
+        for (s, hashed), content in zip(files, contents, strict=True):
+            path = s.path
+            events.publish(
+                "hashed", path=path, sha256=hashed.sha256, size=hashed.size, state=content.state
+            )
+            chunks = hashed.chunks()
+            if content.state == "pending" and self.chunk_sums is not None and chunks is not None:
+                self.chunk_sums.put(chunks)
+            due = due or content.state == "pending"
+            if content.created_at >= recent and content.state == "pending":
+                self.counters.new_contents += 1
+                log.info(
+                    "queued %s sha256=%s (%d bytes)",
+                    display_path(path),
+                    hashed.sha256[:12],
+                    hashed.size,
+                )
+            else:
+                self.counters.duplicates += 1
+                log.info(
+                    "%s holds known content sha256=%s (%s%s); not uploading it again",
+                    display_path(path),
+                    hashed.sha256[:12],
+                    content.state,
+                    f", asset {content.asset_id}" if content.asset_id else "",
+                )
+        if due:
             self._on_queued()
-        else:
-            self.counters.duplicates += 1
-            log.info(
-                "%s holds known content sha256=%s (%s%s); not uploading it again",
-                display_path(path),
-                hashed.sha256[:12],
-                content.state,
-                f", asset {content.asset_id}" if content.asset_id else "",
-            )
-            if content.state == "pending":
-                self._on_queued()
 
     async def _file_error(self, path: str, root: str, exc: OSError) -> None:
         self.counters.file_errors += 1
