@@ -5,7 +5,9 @@ callable from the daemon, the stage owns the settler (is the file complete?), th
 with its workers, and the hasher's thread pool. A settled path is checked against its ledger
 row (same stat fingerprint and hashed: nothing to do), pre-flighted by extension and magic
 bytes, hashed off the loop, and recorded as a path and a content; ``on_queued()`` then tells
-the upload stage that something may be due. A file that changed under an upload comes back
+the upload stage that something may be due. The paths queued together go as one batch (one
+ledger read, one hashing thread call, one transaction for the records), each with its own
+outcome. A file that changed under an upload comes back
 through :meth:`IngestStage.resettle`.
 """
 
@@ -51,7 +53,7 @@ log = logging.getLogger(__name__)
 # are committed and its next batch is read from the ledger.
 TASKS_PER_HASH_THREAD = 2
 # A task takes what the settler has queued, up to this many files or bytes (at least one
-# file), as one batch: one ledger read, one thread call, one group commit. The byte cap keeps
+# file), as one batch: one ledger read, one thread call, one transaction. The byte cap keeps
 # big files spread over the threads instead of queued behind each other in one.
 BATCH_FILES = 64
 BATCH_BYTES = 16 << 20
