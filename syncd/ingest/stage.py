@@ -7,8 +7,8 @@ row (same stat fingerprint and hashed: nothing to do), pre-flighted by extension
 bytes, hashed off the loop, and recorded as a path and a content; ``on_queued()`` then tells
 the upload stage that something may be due. The paths queued together go as one batch (one
 ledger read, one hashing thread call, one transaction for the records), each with its own
-outcome. A file that changed under an upload comes back
-through :meth:`IngestStage.resettle`.
+outcome. A file that changed under an upload comes back through
+:meth:`IngestStage.resettle`.
 """
 
 from __future__ import annotations
@@ -187,6 +187,11 @@ class IngestStage:
             self.hashing.update(s.path for s in batch)
             try:
                 await self._ingest_batch(batch)
+            except SyncdError as exc:
+                if exc.exit_code != EXIT_FAILURE:
+                    raise  # the ledger cannot be written: stop rather than lose track
+                for s in batch:
+                    log.error("%s: %s", display_path(s.path), exc)
             finally:
                 for s in batch:
                     self.hashing.discard(s.path)
@@ -196,8 +201,9 @@ class IngestStage:
         """Ingest settled paths together: one ledger read for all of them, one call to a
         hashing thread that reads each file's head, pre-flights it and hashes it, and their
         records queued at once (the ledger's writer commits what is queued together in one
-        transaction). Each file's outcome is its own: a vanished or unreadable file is one
-        line, the others go on. Raises the SyncdError of a ledger that cannot be written."""
+        transaction). Each file's outcome is its own (an unreadable file is one warning line,
+        a vanished one is marked gone), the others go on. Raises the SyncdError of a ledger
+        that cannot be written."""
         todo = [(s, state) for s in batch if (state := self.roots.get(s.root)) is not None]
         if not todo:
             return
