@@ -36,7 +36,7 @@ from syncd.errors import (
     ConfigError,
     SyncdError,
 )
-from syncd.logs import add_secret, setup_logging
+from syncd.logs import add_secret, close_logging, setup_logging
 
 if TYPE_CHECKING:
     from syncd.ops.live import Snapshot
@@ -73,7 +73,7 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     path = config_path_from(args.config)
     cfg = load_config(path)
     _require_roots(cfg)
-    _configure_logging(args, cfg)
+    _configure_logging(args, cfg, queued=True)
     key = resolve_api_key(cfg)
     add_secret(key)
     return await Daemon(cfg, key, config_path=path).run()
@@ -87,7 +87,7 @@ async def _cmd_sync(args: argparse.Namespace) -> int:
     path = config_path_from(args.config)
     cfg = load_config(path)
     _require_roots(cfg)
-    _configure_logging(args, cfg)
+    _configure_logging(args, cfg, queued=True)
     key = resolve_api_key(cfg)
     add_secret(key)
     progress = Progress(sys.stderr)
@@ -453,10 +453,15 @@ def _operator_handler(cmd: Any) -> Handler:
     return handler
 
 
-def _configure_logging(args: argparse.Namespace, cfg: Config | None) -> None:
+def _configure_logging(
+    args: argparse.Namespace, cfg: Config | None, *, queued: bool = False
+) -> None:
+    # ``queued`` (the daemon's commands): its lines are written by a thread of their own, so
+    # a line per file does not stall the event loop on a write to stderr; main() writes what
+    # is still queued before it prints an error or returns.
     level = "debug" if args.debug else (cfg.log.level if cfg else "warning")
     fmt = cfg.log.format if cfg else "auto"
-    setup_logging(level, fmt)
+    setup_logging(level, fmt, queued=queued)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -472,9 +477,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging("debug" if args.debug else "warning", "auto")
     handler: Handler = args.handler
     try:
-        result = handler(args)
-        if asyncio.iscoroutine(result):
-            result = asyncio.run(result)
+        try:
+            result = handler(args)
+            if asyncio.iscoroutine(result):
+                result = asyncio.run(result)
+        finally:
+            close_logging()  # every line logged is out before an error is printed below
         return int(result)  # type: ignore[arg-type]
     except ConfigError as exc:
         print(f"syncd: {exc}", file=sys.stderr)

@@ -17,7 +17,7 @@ from unprivileged import run_unprivileged, shared_folder
 
 from syncd.files import NotRegularFile
 from syncd.fingerprint import Fingerprint
-from syncd.ingest.hashing import FileChanged, Hashed, Hasher, HasherClosed
+from syncd.ingest.hashing import FileChanged, Hashed, Hasher, HasherClosed, HashItem, Refused
 
 SMALL_BUFFER = 4096
 # A sparse file this big takes no disk space, and with SMALL_BUFFER reads it takes long enough
@@ -95,6 +95,53 @@ async def test_expected_fingerprint_is_checked_before_reading(tmp_path: Path) ->
             await hasher.hash(str(path), seen)
         assert hasher.files_hashed == 1
         assert hasher.bytes_hashed == 4096
+
+
+async def test_a_batch_gives_each_file_its_own_outcome_in_order(tmp_path: Path) -> None:
+    good = [tmp_path / f"clip{i}.mp4" for i in range(3)]
+    digests = [write_media(p, size=100_000 + i, seed=i) for i, p in enumerate(good)]
+    text = tmp_path / "notes.mp4"
+    text.write_bytes(b"just some text\n" * 10_000)
+    changed = tmp_path / "changed.mp4"
+    write_media(changed)
+    changed_seen = Fingerprint.stat(str(changed))
+    with changed.open("ab") as f:
+        f.write(b"more")
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    heads: dict[str, bytes] = {}
+
+    def check(path: str, fp: Fingerprint, head: bytes) -> str | None:
+        heads[path] = head
+        return "content is not media" if head.startswith(b"just") else None
+
+    items = [
+        HashItem(str(good[0]), Fingerprint.stat(str(good[0]))),
+        HashItem(str(tmp_path / "vanished.mp4"), None),
+        HashItem(str(text), None),
+        HashItem(str(good[1]), None),
+        HashItem(str(changed), changed_seen),
+        HashItem(str(fifo), None),
+        HashItem(str(good[2]), None),
+    ]
+    async with Hasher(buffer_bytes=SMALL_BUFFER) as hasher:
+        out = await asyncio.wait_for(hasher.hash_batch(items, check=check, head_bytes=64), 30)
+        assert len(out) == len(items)
+        hashed = [out[0], out[3], out[6]]
+        assert all(isinstance(h, Hashed) for h in hashed)
+        assert [h.sha256 for h in hashed if isinstance(h, Hashed)] == digests
+        # The head the check saw is the file's first bytes; the hash still covers the whole.
+        assert heads[str(good[0])] == good[0].read_bytes()[:64]
+        assert isinstance(out[1], FileNotFoundError)
+        assert isinstance(out[2], Refused) and out[2].reason == "content is not media"
+        assert out[2].fingerprint == Fingerprint.stat(str(text))
+        assert isinstance(out[4], FileChanged) and str(changed) not in heads  # never read
+        assert isinstance(out[5], NotRegularFile)
+        # Only what was hashed counts: the refused file was not read past its head.
+        assert hasher.files_hashed == 3
+        assert hasher.bytes_hashed == sum(p.stat().st_size for p in good)
+    with pytest.raises(HasherClosed):
+        await hasher.hash_batch(items)
 
 
 async def test_file_growing_while_hashed(tmp_path: Path) -> None:

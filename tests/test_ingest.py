@@ -28,6 +28,8 @@ from samples import media_bytes, write_media
 
 from syncd.emulator import EmulatorServer
 from syncd.errors import EXIT_TEMPFAIL
+from syncd.fingerprint import Fingerprint
+from syncd.ingest.settle import Settled
 
 
 @pytest.fixture
@@ -190,6 +192,60 @@ async def test_preflight_skips_cost_no_request(
         rec = await d.ledger.get_path(str(root / name))
         assert rec is not None and rec.reason is not None and reason in rec.reason
     assert emulator.requests() == []
+
+
+async def test_a_batch_of_settled_files_gives_each_its_own_outcome(
+    tmp_path: Path, root: Path, emulator: EmulatorServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A long quiet time: the files below are handed to the stage by the test, as one batch.
+    cfg = make_config(tmp_path, emulator, [root], settle={"quiet_s": 60, "max_wait_s": 600})
+    async with running(cfg, emulator.key) as d:
+        shas = [write_media(root / f"clip{i}.jpg", size=20_000, seed=i) for i in range(3)]
+        (root / "notes.jpg").write_bytes(b"not a picture\n" * 100)
+        (root / "readme.txt").write_bytes(b"text")
+        (root / "folder.mp4").mkdir()
+        write_media(root / "gone.mp4")
+        write_media(root / "grew.mp4")
+        names = [
+            "clip0.jpg",
+            "gone.mp4",
+            "notes.jpg",
+            "readme.txt",
+            "clip1.jpg",
+            "grew.mp4",
+            "folder.mp4",
+            "clip2.jpg",
+        ]
+        top = d.cfg.watch[0].path
+        batch = [Settled(str(root / n), top, Fingerprint.stat(str(root / n))) for n in names]
+        (root / "gone.mp4").unlink()
+        with (root / "grew.mp4").open("ab") as f:
+            f.write(b"more")
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="syncd"):
+            await d.ingest._ingest_batch(batch)
+        for i, sha in enumerate(shas):
+            rec = await d.ledger.get_path(str(root / f"clip{i}.jpg"))
+            assert rec is not None and rec.state == "present" and rec.sha256 == sha
+        for name, why in (
+            ("notes.jpg", "content is not media"),
+            ("readme.txt", "not a supported media format"),
+            ("folder.mp4", "not a regular file"),
+        ):
+            rec = await d.ledger.get_path(str(root / name))
+            assert rec is not None and rec.state == "skipped" and rec.reason is not None
+            assert why in rec.reason, rec.reason
+        # Gone before it was opened: nothing recorded; changed since it settled: not hashed
+        # with a stale fingerprint, back to settling instead.
+        assert await d.ledger.get_path(str(root / "gone.mp4")) is None
+        assert await d.ledger.get_path(str(root / "grew.mp4")) is None
+        lines = [r.getMessage() for r in caplog.records if r.name.startswith("syncd.ingest")]
+        assert sorted(m.split(" ")[1] for m in lines if m.startswith("queued ")) == [
+            str(root / f"clip{i}.jpg") for i in range(3)
+        ]
+        assert len([m for m in lines if m.startswith("skipping ")]) == 2
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert d.counters.hashed == 3 and d.hasher.files_hashed == 3
 
 
 async def test_file_deleted_before_it_settles_is_never_uploaded(

@@ -74,6 +74,9 @@ async def test_a_second_sigint_exits_at_once(
     assert daemon.alive  # the first SIGINT waits for the in-flight upload (grace 60 s)
     daemon.signal(signal.SIGINT)
     assert await daemon.wait(10) == 130
+    # Its lines are written by a thread of their own, but a warning is out before the call
+    # returns: the one logged just before os._exit is not lost.
+    assert any(m.startswith("second SIGINT: exiting at once") for m in daemon.messages())
     # The ledger survived the abrupt exit and the interrupted upload is retried next time.
     ledger = Path(data["ledger"]["path"])
     assert query(ledger, "PRAGMA integrity_check") == [("ok",)]

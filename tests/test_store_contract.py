@@ -19,7 +19,7 @@ from pg_support import PgServer
 
 from syncd.fingerprint import Fingerprint
 from syncd.ledger.postgres import PostgresLedger
-from syncd.ledger.records import NewAfterJob, UploadOrder
+from syncd.ledger.records import HashedPath, NewAfterJob, UploadOrder
 from syncd.ledger.sqlite import Ledger
 from syncd.ledger.store import LedgerStore
 
@@ -373,6 +373,44 @@ async def test_a_content_no_present_path_holds_is_parked_until_one_appears(
     stores.clock.now += 1
     await store.record_content("/r/e.mp4", "/r", fp(ino=2), SHA, "mp4")
     assert [j.path for j in await store.due_jobs(4)] == ["/r/e.mp4"]
+
+
+async def test_a_batch_of_hashed_paths_is_recorded_as_each_one_alone(
+    stores: Harness, store: LedgerStore
+) -> None:
+    # A content parked for want of a present path, and one already uploaded and done.
+    await store.record_content("/r/d/old.mp4", "/r", fp(ino=7), OTHER, "mp4")
+    assert await store.mark_gone_under("/r/d") == 1
+    stores.clock.now += 1
+    assert await store.record_contents([]) == []
+    contents = await store.record_contents(
+        [
+            HashedPath("/r/a.mp4", "/r", fp(size=42, ino=1), SHA, "mp4"),
+            HashedPath("/r/b.mov", "/r", fp(size=42, ino=2), SHA, "mov"),
+            HashedPath("/r/c.mp4", "/r", fp(ino=3), OTHER, "mp4"),
+        ]
+    )
+    assert [(c.sha256, c.state) for c in contents] == [
+        (SHA, "pending"),
+        (SHA, "pending"),
+        (OTHER, "pending"),
+    ]
+    # The first path of a content created it: its size and extension; one content, two paths.
+    assert (contents[0].size, contents[0].extension) == (42, "mp4")
+    assert contents[0].created_at == stores.clock.now
+    for path, sha, ino, size in (
+        ("/r/a.mp4", SHA, 1, 42),
+        ("/r/b.mov", SHA, 2, 42),
+        ("/r/c.mp4", OTHER, 3, 10),
+    ):
+        rec = await store.get_path(path)
+        assert rec is not None
+        assert (rec.state, rec.sha256, rec.fingerprint) == ("present", sha, fp(size=size, ino=ino))
+    # The parked content is due again, at the path recorded in the batch.
+    jobs = {j.content.sha256: j.path for j in await store.due_jobs(4)}
+    assert jobs[OTHER] == "/r/c.mp4" and jobs[SHA] in ("/r/a.mp4", "/r/b.mov")
+    counts = await store.counts()
+    assert counts["contents"]["pending"] == 2
 
 
 async def test_paths_without_content_missing_paths_and_forgetting(

@@ -53,6 +53,18 @@ class PathRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class HashedPath:
+    """A path under ``root`` that was hashed: the fingerprint it was hashed with, its SHA-256
+    and its extension (what :meth:`record_contents` records for each path)."""
+
+    path: str
+    root: str
+    fingerprint: Fingerprint
+    sha256: str
+    extension: str
+
+
+@dataclass(frozen=True, slots=True)
 class Content:
     """One content (distinct bytes) and its remote asset."""
 

@@ -39,6 +39,7 @@ from syncd.ledger.records import (
     Content,
     ContentState,
     Failure,
+    HashedPath,
     Job,
     NewAfterJob,
     PathRecord,
@@ -86,6 +87,11 @@ class PathLedger(Protocol):
         """Given a path under ``root``, the fingerprint it was hashed with, its hash and its
         extension, record that the path holds that content (new contents are ``pending``,
         due now; a known content is not uploaded again). Returns the content as it stands."""
+
+    async def record_contents(self, hashed: Sequence[HashedPath]) -> list[Content]:
+        """Given hashed paths, record each as :meth:`record_content` does, all in one
+        transaction (in order: a content two of them hold is created once). Returns each
+        one's content as it stands after the transaction, in the order given."""
 
     async def record_path_state(
         self,

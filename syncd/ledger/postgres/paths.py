@@ -25,7 +25,7 @@ from syncd.ledger.postgres.base import (
     _rowcount,
 )
 from syncd.ledger.postgres.statements import _upsert_path
-from syncd.ledger.records import Content, PathRecord, PathState
+from syncd.ledger.records import Content, HashedPath, PathRecord, PathState
 
 if TYPE_CHECKING:
     from syncd.ledger.postgres_migrations import Db
@@ -103,38 +103,74 @@ class PgPathRows(PgBase):
         now = self._clock()
 
         async def tx(db: Db) -> Content:
-            await db.execute(
-                "INSERT INTO contents (sha256, size, extension, state, next_attempt_at, "
-                "created_at, updated_at) VALUES ($1, $2, $3, 'pending', $4, $4, $4) "
-                "ON CONFLICT (sha256) DO NOTHING",
-                sha256,
-                fingerprint.size,
-                extension,
-                now,
-            )
-            await db.execute(
-                "UPDATE contents SET next_attempt_at = $1, updated_at = $1 WHERE sha256 = $2 "
-                "AND state IN ('pending', 'allocated') AND next_attempt_at > $1 "
-                "AND last_error LIKE 'no present path%'",
-                now,
-                sha256,
-            )
-            await _upsert_path(db, self.host, path, root, "present", sha256, None, fingerprint, now)
-            await db.execute(
-                "INSERT INTO holdings (sha256, host, path, first_seen, last_seen) "
-                "VALUES ($1, $2, $3, $4, $4) ON CONFLICT (sha256, host, path) "
-                "DO UPDATE SET last_seen = excluded.last_seen",
-                sha256,
-                self.host,
-                _b(path),
-                now,
-            )
+            await self._record_content(db, path, root, fingerprint, sha256, extension, now)
             row = await db.fetchrow(
                 f"SELECT {_CONTENT_COLS} FROM contents WHERE sha256 = $1", sha256
             )
             return _content(_must(row))
 
         return await self._tx(tx)
+
+    @_retry_unreachable
+    async def record_contents(self, hashed: Sequence[HashedPath]) -> list[Content]:
+        """Record each of this host's hashed paths as :meth:`record_content` does, in one
+        transaction, with one query for the contents at the end. Returns each one's content as
+        it stands after the transaction, in order."""
+        if not hashed:
+            return []
+        now = self._clock()
+
+        async def tx(db: Db) -> list[Content]:
+            for h in hashed:
+                await self._record_content(
+                    db, h.path, h.root, h.fingerprint, h.sha256, h.extension, now
+                )
+            rows = await db.fetch(
+                f"SELECT {_CONTENT_COLS} FROM contents WHERE sha256 = ANY($1::text[])",
+                list(dict.fromkeys(h.sha256 for h in hashed)),
+            )
+            found = {content.sha256: content for content in map(_content, rows)}
+            return [_must(found.get(h.sha256)) for h in hashed]
+
+        return await self._tx(tx)
+
+    async def _record_content(
+        self,
+        db: Db,
+        path: str,
+        root: str,
+        fingerprint: Fingerprint,
+        sha256: str,
+        extension: str,
+        now: float,
+    ) -> None:
+        """Inside a transaction: record that this host's ``path`` holds ``sha256``."""
+        await db.execute(
+            "INSERT INTO contents (sha256, size, extension, state, next_attempt_at, "
+            "created_at, updated_at) VALUES ($1, $2, $3, 'pending', $4, $4, $4) "
+            "ON CONFLICT (sha256) DO NOTHING",
+            sha256,
+            fingerprint.size,
+            extension,
+            now,
+        )
+        await db.execute(
+            "UPDATE contents SET next_attempt_at = $1, updated_at = $1 WHERE sha256 = $2 "
+            "AND state IN ('pending', 'allocated') AND next_attempt_at > $1 "
+            "AND last_error LIKE 'no present path%'",
+            now,
+            sha256,
+        )
+        await _upsert_path(db, self.host, path, root, "present", sha256, None, fingerprint, now)
+        await db.execute(
+            "INSERT INTO holdings (sha256, host, path, first_seen, last_seen) "
+            "VALUES ($1, $2, $3, $4, $4) ON CONFLICT (sha256, host, path) "
+            "DO UPDATE SET last_seen = excluded.last_seen",
+            sha256,
+            self.host,
+            _b(path),
+            now,
+        )
 
     @_retry_unreachable
     async def record_path_state(

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from syncd.fingerprint import Fingerprint
-from syncd.ledger.records import Content, PathRecord, PathState
+from syncd.ledger.records import Content, HashedPath, PathRecord, PathState
 from syncd.ledger.sqlite.base import (
     _CONTENT_COLS,
     _IN_CHUNK,
@@ -100,28 +100,37 @@ class PathRows(LedgerBase):
         now = self._clock()
 
         def tx(db: sqlite3.Connection) -> Content:
-            db.execute(
-                "INSERT INTO contents (sha256, size, extension, state, next_attempt_at, "
-                "created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?) "
-                "ON CONFLICT (sha256) DO NOTHING",
-                (sha256, fingerprint.size, extension, now, now, now),
-            )
-            db.execute(
-                "UPDATE contents SET next_attempt_at = ?, updated_at = ? "
-                "WHERE sha256 = ? AND state IN ('pending', 'allocated') AND next_attempt_at > ? "
-                "AND last_error LIKE 'no present path%'",
-                (now, now, sha256, now),
-            )
-            _upsert_path(db, path, root, "present", sha256, None, fingerprint, now)
-            db.execute(
-                "INSERT INTO holdings (sha256, path, first_seen, last_seen) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (sha256, path) DO UPDATE SET last_seen = excluded.last_seen",
-                (sha256, _b(path), now, now),
-            )
+            _record_content(db, path, root, fingerprint, sha256, extension, now)
             row = db.execute(
                 f"SELECT {_CONTENT_COLS} FROM contents WHERE sha256 = ?", (sha256,)
             ).fetchone()
             return _content(_must(row))
+
+        return await self._transaction(tx)
+
+    @_retry_stalled
+    async def record_contents(self, hashed: Sequence[HashedPath]) -> list[Content]:
+        """Record each hashed path as :meth:`record_content` does, in one transaction (one
+        function on the writer's thread, one query for the contents at the end). Returns each
+        one's content as it stands after the transaction, in order."""
+        if not hashed:
+            return []
+        now = self._clock()
+
+        def tx(db: sqlite3.Connection) -> list[Content]:
+            for h in hashed:
+                _record_content(db, h.path, h.root, h.fingerprint, h.sha256, h.extension, now)
+            shas = list(dict.fromkeys(h.sha256 for h in hashed))
+            found: dict[str, Content] = {}
+            for i in range(0, len(shas), _IN_CHUNK):
+                chunk = shas[i : i + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for row in db.execute(
+                    f"SELECT {_CONTENT_COLS} FROM contents WHERE sha256 IN ({marks})", chunk
+                ):
+                    content = _content(row)
+                    found[content.sha256] = content
+            return [_must(found.get(h.sha256)) for h in hashed]
 
         return await self._transaction(tx)
 
@@ -224,6 +233,36 @@ class PathRows(LedgerBase):
     async def forget_path(self, path: str) -> bool:
         """Stop tracking ``path`` (the content and the remote asset stay). Returns True if known."""
         return await self._write("DELETE FROM paths WHERE path = ?", (_b(path),)) > 0
+
+
+def _record_content(
+    db: sqlite3.Connection,
+    path: str,
+    root: str,
+    fingerprint: Fingerprint,
+    sha256: str,
+    extension: str,
+    now: float,
+) -> None:
+    """Record that ``path`` holds ``sha256`` (see :meth:`PathRows.record_content`)."""
+    db.execute(
+        "INSERT INTO contents (sha256, size, extension, state, next_attempt_at, "
+        "created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?) "
+        "ON CONFLICT (sha256) DO NOTHING",
+        (sha256, fingerprint.size, extension, now, now, now),
+    )
+    db.execute(
+        "UPDATE contents SET next_attempt_at = ?, updated_at = ? "
+        "WHERE sha256 = ? AND state IN ('pending', 'allocated') AND next_attempt_at > ? "
+        "AND last_error LIKE 'no present path%'",
+        (now, now, sha256, now),
+    )
+    _upsert_path(db, path, root, "present", sha256, None, fingerprint, now)
+    db.execute(
+        "INSERT INTO holdings (sha256, path, first_seen, last_seen) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (sha256, path) DO UPDATE SET last_seen = excluded.last_seen",
+        (sha256, _b(path), now, now),
+    )
 
 
 def _upsert_path(
