@@ -85,13 +85,16 @@ FINDINGS = {
         "(61.73-66.92) MB before, 54.88 (53.14-55.12) MB after; wakeups 2.7-3.75/s before, "
         "3.05-3.5/s after. What came off: a start without `http.listen` imports no HTTP server "
         "(aiohttp's server, the dashboard, the emulator's application: ~3 MB and ~25 ms); "
-        "aiohttp's two default TLS contexts no longer load the system's CA roots unless a URL "
-        "is `https://` (`syncd/tlsroots.py`: ~2 MB and ~40 ms); and the watches of one inotify "
+        "and the watches of one inotify "
         "instance share one {id: callback} dict where watchdog gave each its own (~220 B a "
         "watched folder, ~2 MB at 10,000): `tracemalloc` over adding the watches of 10,000 "
         "folders counts 518 B of live Python objects a folder before, 284 B after. What is "
         "left a folder: watchdog's `Watch` object (~100 B), its three maps between watch "
-        "descriptors and paths (~90 B), the path (~50 B) and the descriptor (~30 B)."
+        "descriptors and paths (~90 B), the path (~50 B) and the descriptor (~30 B). Tried and "
+        "not kept: building aiohttp's two default TLS contexts without the system's CA roots "
+        "(loaded when a URL is `https://`) saved ~2 MB and ~40 ms (in the 'after' above), but "
+        "it patched `ssl` while aiohttp was imported: too fragile for a saving that size on "
+        "the path that verifies certificates."
     ),
 }
 

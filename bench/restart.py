@@ -105,9 +105,10 @@ FINDINGS = {
         '(medians of 15 runs each), less than the ~0.45 s of "Python per entry" estimated '
         "before, which was mostly `lstat`; (2) a start without `http.listen` imports no HTTP "
         "server (aiohttp's server, the dashboard, the emulator's application: ~25 ms, ~3 MB); "
-        "(3) aiohttp's two default TLS contexts are built without the system's CA roots, "
-        "loaded when a URL is `https://` (`syncd/tlsroots.py`: ~40 ms, ~2 MB on a plain "
-        "`http://` start). CPU-seconds from spawn to the scan's done line, 6 runs each: 1.02 "
+        "(3) aiohttp's two default TLS contexts built without the system's CA roots, loaded "
+        "when a URL is `https://` (~40 ms, ~2 MB on a plain `http://` start; measured with it, "
+        "and not kept: it patched `ssl` while aiohttp was imported). "
+        "CPU-seconds from spawn to the scan's done line, 6 runs each: 1.02 "
         "(0.99-1.12) before, 0.94 (0.88-0.97) after; wall 1.06 (1.03-1.35) s before, 0.95 "
         "(0.90-0.98) s after. The figure itself, 9 runs each (3 rounds of `--repeat 3`): 1.55 "
         "(0.98-3.12) s, 5.8x find before; 1.15 (1.06-1.48) s, 6.2x after, `find` itself "
