@@ -54,9 +54,8 @@ from syncd.ledger.sqlite import Ledger, LedgerLock, PathReader, prepare_ledger_d
 from syncd.ledger.store import LedgerStore
 from syncd.metrics import Metrics
 from syncd.notify import Notifier, watchdog_loop
-from syncd.ops.dashboard import DaemonView
+from syncd.ops.health import Health
 from syncd.ops.live import RootView, Snapshot, heartbeat_record, live_view, stopped_line
-from syncd.ops.webapi import Health, start_http, stop_http
 from syncd.upload.client import MaviClient
 from syncd.upload.pacer import Pacer
 from syncd.upload.poller import Poller
@@ -384,6 +383,11 @@ class Daemon:
         )
 
     async def _start_http(self, listen: str) -> None:
+        # Imported here: a daemon without the endpoint never loads aiohttp's server
+        # (~15 ms and ~2 MB of every start).
+        from syncd.ops.dashboard import DaemonView
+        from syncd.ops.webapi import start_http
+
         cfg = self.cfg
         try:
             self._http = await start_http(
@@ -431,6 +435,8 @@ class Daemon:
         await self.pacer.aclose()
         self.events.close()  # ends every /v1/events stream: none may hold the shutdown up
         if self._http is not None:
+            from syncd.ops.webapi import stop_http
+
             await stop_http(self._http)
         log.info(
             "%s",

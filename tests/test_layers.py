@@ -8,6 +8,8 @@ lazy import inside a function counts the same as one at the top.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -158,3 +160,21 @@ def test_the_pipeline_stages_know_the_ledger_only_through_its_protocol() -> None
         if m.startswith(concrete)
     )
     assert found == []
+
+
+def test_a_start_without_the_http_endpoint_imports_no_http_server() -> None:
+    """``syncd run`` builds the whole command line and imports the daemon; aiohttp's server
+    and the emulator's application are imported only when something serves HTTP."""
+    code = (
+        "import sys\n"
+        "from syncd import cli\n"
+        "cli.build_parser()\n"
+        "import syncd.daemon\n"
+        "loaded = [m for m in sys.modules if m.startswith(('aiohttp.web', 'syncd.emulator.app',"
+        " 'syncd.emulator.server', 'syncd.ops.webapi', 'syncd.ops.dashboard'))]\n"
+        "print(','.join(sorted(loaded)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == ""

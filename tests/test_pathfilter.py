@@ -226,3 +226,24 @@ def test_sidecar_files_are_never_candidates_even_when_included() -> None:
     assert filt.accepts(f"{ROOT}/clip.mavi.json.mp4")
     # The temporary name a sidecar is written under is a dot name.
     assert not make().accepts(f"{ROOT}/.clip.mp4.mavi.json.syncd-tmp")
+
+
+@pytest.mark.parametrize(
+    ("include", "exclude"),
+    [((), ()), (("*.jpg",), ()), ((), ("*.mp4",)), (("keep/",), ("b*",))],
+)
+@pytest.mark.parametrize("included", [True, False])
+def test_a_folder_of_names_is_accepted_exactly_when_each_file_is(
+    include: tuple[str, ...], exclude: tuple[str, ...], included: bool
+) -> None:
+    # The scanner's one-pass check must agree with file_verdict, name by name.
+    root = WatchRoot(path="/media", include=include, exclude=exclude)
+    filt = PathFilter(root, DEFAULT_TEMP_PATTERNS)
+    names = ["a.jpg", "b.mp4", ".hidden.jpg", "c.jpg.part", "d.jpg.mavi.json", "~$e.jpg", "f\ng"]
+    for prefix in ("", "keep/"):
+        for name in names:
+            one = filt.file_verdict(prefix + name, name, included) is None
+            assert filt.all_files_accepted(prefix, [name], included) is one, (prefix, name)
+        every = all(filt.file_verdict(prefix + n, n, included) is None for n in names)
+        assert filt.all_files_accepted(prefix, names, included) is every
+    assert filt.all_files_accepted("", [], included)

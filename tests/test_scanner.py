@@ -462,6 +462,59 @@ async def test_a_walk_compared_with_the_ledger_hands_on_only_new_and_changed_fil
     assert await no_scan_threads_left()
 
 
+@pytest.mark.parametrize("chunk", [4, 4096])
+async def test_a_folder_compared_a_slice_at_a_time_finds_each_difference(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    # An unchanged slice of a listing is taken out with one comparison; a slice with any
+    # difference is decided entry by entry. Small slices put differences in some slices
+    # and not in others; one slice holding the whole folder mixes them all in one.
+    from syncd.ingest import scanner
+    from syncd.ingest.scanner import ScanReport
+    from syncd.ledger.sqlite import Ledger, PathReader
+
+    monkeypatch.setattr(scanner, "LIST_CHUNK", chunk)
+    top = tmp_path / "media"
+    (top / "sub").mkdir(parents=True)
+    (top / "t").mkdir()
+    names = [f"f{i:02d}.mp4" for i in range(20)]
+    for i, name in enumerate(names):
+        write_media(top / name, seed=i)
+    write_media(top / "sub" / "s.mp4", seed=30)
+    # A folder where nothing changed but the filter: x.tmp was tracked once, and is a
+    # temporary name to the filter now (that makes it gone, as a file deleted would be).
+    write_media(top / "t" / "ok.mp4", seed=31)
+    (top / "t" / "x.tmp").write_bytes(b"x" * 100)
+    ledger_path = str(tmp_path / "ledger.db")
+    led = await Ledger.open(ledger_path)
+    try:
+        root = str(top)
+        for i, rel in enumerate([*names, "sub/s.mp4", "t/ok.mp4", "t/x.tmp"]):
+            path = str(top / rel)
+            fp = await asyncio.to_thread(Fingerprint.stat, path)
+            if rel == "f11.mp4":
+                await led.record_path_state(path, root, "unsettled", "still written", fp)
+            else:
+                await led.record_content(path, root, fp, f"{i:064x}", "mp4")
+    finally:
+        await led.close()
+    write_media(top / "f05.mp4", size=4096, seed=40)  # changed since it was recorded
+    write_media(top / "new.mp4", seed=41)
+    (top / "f17.mp4").unlink()
+
+    report = ScanReport()
+    root_cfg, filt = make_root(top)
+    entries = await collect(
+        scan_root(root_cfg, filt, known=lambda: PathReader(ledger_path), report=report)
+    )
+    assert rel_paths(entries, top) == {"f05.mp4", "f11.mp4", "new.mp4"}
+    changed = next(e for e in entries if e.path.endswith("f05.mp4"))
+    assert changed.fingerprint == Fingerprint.stat(str(top / "f05.mp4"))
+    assert report.compared and not report.unreadable and not report.vanished
+    assert report.seen == 22 and report.unchanged == 19  # 17 of the 20, sub/s.mp4, t/ok.mp4
+    assert sorted(report.missing) == [str(top / "f17.mp4"), str(top / "t" / "x.tmp")]
+
+
 async def test_a_folder_excluded_or_beyond_a_non_recursive_root_is_not_there(
     tmp_path: Path,
 ) -> None:

@@ -426,3 +426,44 @@ async def test_a_queue_that_does_not_drain_does_not_stall_walks(
 
     unpaced_until = await asyncio.wait_for(asyncio.to_thread(fill_then_walk), 30)
     assert unpaced_until > time.monotonic()
+
+
+def test_watches_share_one_callbacks_dict_until_theirs_changes(tmp_path: Path) -> None:
+    # Each watch's own {id: callback} dict cost ~220 B a watched folder; watches with the one
+    # usual callback share a dict, and a change to one watch's callbacks never reaches another.
+    from syncd.ingest._inotify import _CountingInotifyFD
+
+    class NoHooks:
+        def root_gone(self, why: str) -> None:
+            raise AssertionError(why)
+
+        def watch_limit(self, path: str) -> None:
+            raise AssertionError(path)
+
+    class Callback:
+        def on_event(self, event: object) -> None: ...
+        def on_watch_deleted(self, wd: int) -> None: ...
+        def on_queue_overflow(self) -> None: ...
+
+    for name in ("x", "y", "z"):
+        (tmp_path / name).mkdir()
+    first, second = Callback(), Callback()
+    fd = _CountingInotifyFD(NoHooks())
+    try:
+        mask = 0x100  # IN_CREATE
+        wd_x = fd.add_callback(bytes(tmp_path / "x"), mask, first, 1)
+        wd_y = fd.add_callback(bytes(tmp_path / "y"), mask, first, 1)
+        fd.add_callback(bytes(tmp_path / "y"), mask, first, 1)  # again: nothing changes
+        watches = fd._watch_for_wd
+        assert watches[wd_x].callbacks is watches[wd_y].callbacks == {1: first}
+        fd.add_callback(bytes(tmp_path / "y"), mask, second, 2)
+        assert watches[wd_y].callbacks == {1: first, 2: second}
+        assert watches[wd_x].callbacks == {1: first}
+        wd_z = fd.add_callback(bytes(tmp_path / "z"), mask, first, 1)
+        fd.remove_callbacks([(wd_x, 1)])
+        assert wd_x not in watches
+        assert watches[wd_z].callbacks == {1: first}
+        fd.remove_callbacks([(wd_y, 2)])
+        assert watches[wd_y].callbacks == {1: first} and watches[wd_z].callbacks == {1: first}
+    finally:
+        fd.close()

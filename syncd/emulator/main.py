@@ -17,7 +17,6 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-from syncd.emulator.server import EmulatorServer
 from syncd.emulator.settings import DEMO_ACCOUNT, DEMO_KEY, ENDPOINTS, EmulatorSettings
 from syncd.errors import EXIT_OK, EXIT_UNAVAILABLE, ConfigError, SyncdError
 
@@ -271,6 +270,9 @@ def _remove_quietly(path: str) -> None:
 
 
 async def _serve(settings: EmulatorSettings, args: argparse.Namespace) -> int:
+    # Imported here: the daemon's command line reads this module for its flags alone.
+    from syncd.emulator.server import EmulatorServer
+
     if settings.data_dir is not None:
         try:
             await asyncio.to_thread(os.makedirs, settings.data_dir, exist_ok=True)

@@ -93,6 +93,12 @@ class _CountingInotifyFD(InotifyFD):
         max_events = sysctl("fs.inotify.max_queued_events") or 16384
         self._room_bytes = int(max_events * _ROOM_FRACTION) * _INOTIFY_EVENT_BYTES
         self._unpaced_until = -math.inf  # after a wait that timed out, walks go unpaced
+        # Every watch of this instance has the same one callback (the one group of the one
+        # root): each watch's own {id: callback} dict was ~220 B a watched folder (~2 MB at
+        # 10,000 folders, figure 10 of docs/benchmarks.md). A watch that has only that one
+        # callback shares this dict; it gets a dict of its own (a copy) before its callbacks
+        # change. Read and written under the instance's lock, as watch.callbacks is.
+        self._shared_callbacks: dict[CallbackId, WatchCallback] | None = None
 
     def backlog_bytes(self) -> int:
         """Bytes of events queued in the kernel and not read yet (``FIONREAD``). Raises
@@ -142,9 +148,24 @@ class _CountingInotifyFD(InotifyFD):
         # folder moved in) is walked when its top appears, and then each sub-folder's own
         # creation event adds it again. Putting the same callback back changes nothing.
         watch = self._get_or_create_watch(path, mask)
-        watch.callbacks[id_] = callback
+        shared = self._shared_callbacks
+        if shared is None:
+            shared = self._shared_callbacks = {id_: callback}
+        if not watch.callbacks and shared.get(id_) is callback and len(shared) == 1:
+            watch.callbacks = shared
+        elif watch.callbacks.get(id_) is not callback:
+            if watch.callbacks is shared:
+                watch.callbacks = dict(shared)
+            watch.callbacks[id_] = callback
         wd: WatchDescriptor = watch.wd
         return wd
+
+    def _remove_callback(self, wd: WatchDescriptor, id_: CallbackId) -> None:
+        # watchdog pops the callback from watch.callbacks: from a copy, never the shared dict.
+        watch = self._watch_for_wd.get(wd)
+        if watch is not None and watch.callbacks is self._shared_callbacks:
+            watch.callbacks = dict(watch.callbacks)
+        super()._remove_callback(wd, id_)
 
 
 @dataclass

@@ -170,6 +170,13 @@ class PathFilter:
         self._temp_name = self._temp.name_any
         self._exclude = _Globs(root.exclude)
         self._include = _Globs(root.include)
+        # Every name a file may not have whatever folder it is in (a temporary name, a
+        # sidecar), as one regex: a folder's names are checked with one C-level pass.
+        sidecar = ".*" + re.escape(SIDECAR_SUFFIX)
+        temp = self._temp_name
+        self._rejected_name = re.compile(
+            sidecar if temp is None else f"(?:{temp.pattern})|(?:{sidecar})", re.DOTALL
+        )
 
     # -- public API --------------------------------------------------------------------------
 
@@ -243,6 +250,17 @@ class PathFilter:
             globs = ", ".join(repr(p) for p in self._include.patterns)
             return f"not matched by any include glob ({globs})"
         return None
+
+    def all_files_accepted(self, rel_prefix: str, names: Sequence[str], included: bool) -> bool:
+        """Given the path relative to the root of a folder the caller accepted (with a
+        trailing slash, ``""`` for the root), names of files in it and whether the folder is
+        included, return whether :meth:`file_verdict` accepts every one. Without exclude
+        globs, in an included folder, only the name rules apply: one regex pass over the
+        names, no Python per name."""
+        if self._exclude.empty and included:
+            return not any(map(self._rejected_name.fullmatch, names))
+        verdict = self.file_verdict
+        return all(verdict(rel_prefix + name, name, included) is None for name in names)
 
     def dir_verdict(self, rel: str, name: str, included: bool) -> tuple[str | None, bool]:
         """Given a sub-folder's path relative to the root, its name and whether its parent is

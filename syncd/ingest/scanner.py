@@ -22,9 +22,12 @@ back up the tree, met while one new folder is scanned, would otherwise re-report
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
+import itertools
 import logging
+import operator
 import os
 import sqlite3
 import stat
@@ -47,6 +50,13 @@ log = logging.getLogger(__name__)
 QUEUE_BATCHES: Final = 4
 # A partial batch is handed over after this long, so a slow walk still shows progress.
 FLUSH_AFTER_S: Final = 0.5
+# Entries of one folder's listing taken at a time (a folder of a million files is compared
+# with the ledger a slice at a time, not held whole).
+LIST_CHUNK: Final = 4096
+# A stat's fingerprint as the ledger keeps it, taken in C: (dev, ino, size, mtime_ns, ctime_ns).
+_fingerprint_of: Final = operator.attrgetter(
+    "st_dev", "st_ino", "st_size", "st_mtime_ns", "st_ctime_ns"
+)
 # How long closing the iterator waits for the walker thread (stuck in a hung NFS call, say).
 STOP_WAIT_S: Final = 10.0
 
@@ -481,58 +491,74 @@ class _Walker:
             seen = unchanged = 0  # this folder's, added to the report after its listing
             try:
                 with os.scandir(fd) as it:
-                    for entry in it:
-                        if stop.is_set():
+                    while not stop.is_set():
+                        # A slice of the listing at a time: a folder of a million files is
+                        # never held whole (the ledger's rows for it are, as before).
+                        chunk = list(itertools.islice(it, LIST_CHUNK))
+                        if not chunk:
+                            listed = True
                             break
-                        name = entry.name
-                        try:
-                            if entry.is_file(follow_symlinks=False):
-                                rel = rel_prefix + name
-                                if file_verdict(rel, name, dir_included) is not None:
-                                    continue
-                                st = entry.stat(follow_symlinks=False)
-                            elif entry.is_dir(follow_symlinks=False):
-                                if recursive:
+                        if rows:
+                            chunk, same = self._unchanged_files(
+                                chunk, rows, rel_prefix, dir_included
+                            )
+                            seen += same
+                            unchanged += same
+                        for entry in chunk:
+                            if stop.is_set():
+                                break
+                            name = entry.name
+                            try:
+                                if entry.is_file(follow_symlinks=False):
                                     rel = rel_prefix + name
-                                    why, included = dir_verdict(rel, name, dir_included)
-                                    if why is None:
-                                        st = entry.stat(follow_symlinks=False)
-                                        pending.append((-1, prefix + name, rel, included, st))
-                                continue
-                            elif follow and entry.is_symlink():
-                                linked = self._symlink(
-                                    entry, prefix + name, rel_prefix + name, dir_included, pending
-                                )
-                                if linked is None:
+                                    if file_verdict(rel, name, dir_included) is not None:
+                                        continue
+                                    st = entry.stat(follow_symlinks=False)
+                                elif entry.is_dir(follow_symlinks=False):
+                                    if recursive:
+                                        rel = rel_prefix + name
+                                        why, included = dir_verdict(rel, name, dir_included)
+                                        if why is None:
+                                            st = entry.stat(follow_symlinks=False)
+                                            pending.append((-1, prefix + name, rel, included, st))
                                     continue
-                                st = linked
-                            else:
-                                continue  # FIFOs, sockets, devices, unfollowed symlinks
-                        except FileNotFoundError:
-                            continue  # gone since the listing: the watcher will tell
-                        except OSError as exc:
-                            if not warned:
-                                warned = True
-                                self._warn_dir(dir_path, exc)
-                            continue
-                        seen += 1
-                        fp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                        if rows is not None:
-                            row = rows.pop(name, None)
-                            # Unchanged: tracked with this very fingerprint, and hashed or
-                            # skipped. Nothing to hand on, nothing to write.
-                            if row is not None and row == fp:
-                                unchanged += 1
+                                elif follow and entry.is_symlink():
+                                    linked = self._symlink(
+                                        entry,
+                                        prefix + name,
+                                        rel_prefix + name,
+                                        dir_included,
+                                        pending,
+                                    )
+                                    if linked is None:
+                                        continue
+                                    st = linked
+                                else:
+                                    continue  # FIFOs, sockets, devices, unfollowed symlinks
+                            except FileNotFoundError:
+                                continue  # gone since the listing: the watcher will tell
+                            except OSError as exc:
+                                if not warned:
+                                    warned = True
+                                    self._warn_dir(dir_path, exc)
                                 continue
-                        batch.append(ScanEntry(prefix + name, root_name, Fingerprint(*fp)))
-                        if len(batch) >= self.batch_size:
-                            if not post(batch):
-                                return
-                            batch = []
-                            flushed_at = time.monotonic()
-                    else:
-                        listed = True
+                            seen += 1
+                            fp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                            if rows is not None:
+                                row = rows.pop(name, None)
+                                # Unchanged: tracked with this very fingerprint, and hashed or
+                                # skipped. Nothing to hand on, nothing to write.
+                                if row is not None and row == fp:
+                                    unchanged += 1
+                                    continue
+                            batch.append(ScanEntry(prefix + name, root_name, Fingerprint(*fp)))
+                            if len(batch) >= self.batch_size:
+                                if not post(batch):
+                                    return
+                                batch = []
+                                flushed_at = time.monotonic()
             except OSError as exc:
+                listed = False
                 warned = True
                 self._warn_dir(dir_path, exc)
             finally:
@@ -557,6 +583,40 @@ class _Walker:
                 flushed_at = time.monotonic()
         if batch and not stop.is_set():
             post(batch)
+
+    def _unchanged_files(
+        self,
+        chunk: list[os.DirEntry[str]],
+        rows: dict[str, KnownRow],
+        rel_prefix: str,
+        included: bool,
+    ) -> tuple[list[os.DirEntry[str]], int]:
+        """Given a slice of a folder's listing, the ledger's rows for the folder (by name),
+        the folder's path relative to the root (with a trailing slash, or ``""``) and whether
+        it is included: when every regular file of the slice is a candidate the ledger has
+        with this very fingerprint, take their rows out of ``rows`` and return the rest of
+        the slice (folders, links, others) and how many files were taken; otherwise return
+        the slice whole and 0. An unchanged folder then costs one C-level comparison instead
+        of Python per file; any difference (a new, changed, unsettled or filtered-out file, a
+        stat that fails) leaves the slice to the per-entry path, which decides each entry
+        as before and reuses the stats taken here (``DirEntry`` keeps them)."""
+        try:
+            files = [e for e in chunk if e.is_file(follow_symlinks=False)]
+            if not files:
+                return chunk, 0
+            names = [e.name for e in files]
+            if not self.filt.all_files_accepted(rel_prefix, names, included):
+                return chunk, 0
+            stats = [e.stat(follow_symlinks=False) for e in files]
+        except OSError:
+            return chunk, 0
+        listing = dict(zip(names, map(_fingerprint_of, stats), strict=True))
+        if not listing.items() <= rows.items():
+            return chunk, 0
+        collections.deque(map(rows.__delitem__, names), maxlen=0)
+        if len(files) == len(chunk):
+            return [], len(files)
+        return [e for e in chunk if not e.is_file(follow_symlinks=False)], len(files)
 
     def _symlink(
         self,

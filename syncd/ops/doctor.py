@@ -36,9 +36,9 @@ from syncd.errors import (
 )
 from syncd.ingest.pathfilter import PathFilter
 from syncd.ledger.sqlite import Ledger, holder_pid
+from syncd.ops.health import is_loopback, parse_listen
 from syncd.ops.render import add_format_arguments, human_bytes, write_json
 from syncd.ops.report import Command
-from syncd.ops.webapi import is_loopback, parse_listen
 from syncd.upload.client import MaviClient
 
 Status = Literal["PASS", "WARN", "FAIL"]

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncd.ingest.stage import Counters
+from syncd.ops.health import Health
 from syncd.ops.report import iso, path_fields
-from syncd.ops.webapi import Health
 from syncd.upload.dispatcher import Pause
 from syncd.upload.outcomes import UploadStats
 

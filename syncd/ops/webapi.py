@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import ipaddress
 import json
 import logging
 import os
@@ -34,19 +33,21 @@ import socket
 import stat
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from syncd.errors import LedgerError, SyncdError
+from syncd.errors import LedgerError
 from syncd.ledger.records import CONTENT_STATES, PATH_STATES
 from syncd.ledger.store import OperatorLedger
 from syncd.metrics import Metrics
 from syncd.ops import dashboard, eventstream
 from syncd.ops.dashboard import DaemonView, StaticFile, load_static
 from syncd.ops.eventstream import HEARTBEAT_S
+from syncd.ops.health import Health as Health
+from syncd.ops.health import is_loopback as is_loopback
+from syncd.ops.health import parse_listen as parse_listen
 from syncd.ops.report import NotFound, Resolved, resolve, show_data
 
 log = logging.getLogger(__name__)
@@ -57,17 +58,6 @@ LEDGER_GAUGES_MAX_AGE_S = 5.0
 
 _METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _ALLOWED = ("GET", "HEAD")
-
-
-@dataclass
-class Health:
-    """The daemon's health as the endpoint reports it: ``healthy`` drives ``/healthz``,
-    ``ready`` drives ``/readyz``, ``reason`` says why either is false (or notes a degraded
-    state)."""
-
-    healthy: bool
-    ready: bool
-    reason: str
 
 
 class _State:
@@ -92,34 +82,6 @@ class _State:
 
 
 _STATE = web.AppKey("syncd_state", _State)
-
-
-def parse_listen(listen: str) -> tuple[str, int] | str:
-    """Given ``http.listen``, return ``(host, port)`` or the Unix socket path.
-
-    Accepts ``HOST:PORT``, ``[IPv6]:PORT`` and ``unix:/abs/path``; raises :class:`SyncdError`
-    (one line) for anything else.
-    """
-    if listen.startswith("unix:"):
-        path = listen[len("unix:") :]
-        if not os.path.isabs(path):
-            raise SyncdError(f"http.listen {listen!r}: the unix socket path must be absolute")
-        return path
-    host, sep, port = listen.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise SyncdError(f"http.listen {listen!r}: expected HOST:PORT or unix:/path")
-    return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a name or an address) is this machine's loopback."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # Every answer carries these. The dashboard loads its script and styles from files of its own
