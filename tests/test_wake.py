@@ -21,13 +21,18 @@ async def test_the_sleep_ends_by_itself_after_its_delay() -> None:
     await asyncio.wait_for(Wake().sleep(0.05), 5)
 
 
-async def test_a_call_before_the_sleep_is_cleared_by_it() -> None:
+async def test_a_call_between_sleeps_ends_the_next_sleep_and_is_used_up() -> None:
+    # The dispatcher reads the ledger, then sleeps: a content recorded (and its wake-up
+    # called) between the two must not wait out the sleep's whole delay.
     wake = Wake()
     wake.set()
+    await asyncio.wait_for(wake.sleep(30), 5)
     sleeper = asyncio.create_task(wake.sleep(30))
     await asyncio.sleep(0.05)
-    assert not sleeper.done()  # a sleep starts fresh: only a call made during it wakes it
+    assert not sleeper.done()  # the call was used up by the sleep it ended
     sleeper.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sleeper
 
 
 @pytest.mark.parametrize("turns_between", [0, 1, 2, 3])

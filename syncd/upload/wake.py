@@ -28,12 +28,18 @@ class Wake:
         self._event.set()
 
     async def sleep(self, delay_s: float) -> None:
-        """Clear the call, then wait until :meth:`set` is called or ``delay_s`` passes.
+        """Wait until :meth:`set` is called or ``delay_s`` passes; a call made since the last
+        sleep returned (while the round looked at the ledger, say) ends it at once. The call
+        is used up either way, so the sleep after waits again.
 
         Returns either way; raises ``CancelledError`` when the waiting task is cancelled, even
         if the call came in the same turn of the loop.
         """
+        # Not cleared before waiting: a call that came between the round's last ledger read
+        # and this sleep would be lost, and the work it announced would wait a whole delay
+        # (up to 30 s). An early return costs one more round at most.
+        if not self._event.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay_s):
+                    await self._event.wait()
         self._event.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay_s):
-                await self._event.wait()
