@@ -11,7 +11,6 @@ back while the hashing and ledger threads hold it). See :class:`QueuedHandler`.
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import json
 import logging
@@ -151,8 +150,14 @@ class QueuedHandler(logging.Handler):
     def _prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         # The arguments may change once the caller goes on, and a traceback holds frames:
         # render both now; the costly part (time stamp, JSON, redaction) is the thread's.
-        record = copy.copy(record)
-        record.msg = record.getMessage()
+        # The copy (other handlers still see the record as it was) takes its attributes
+        # directly: copy.copy's way through the pickle protocol was ~1.8 of the ~9 us a
+        # queued line cost its caller.
+        message = record.getMessage()
+        copied = logging.LogRecord.__new__(type(record))
+        copied.__dict__.update(record.__dict__)
+        record = copied
+        record.msg = message
         record.args = None
         if record.exc_info:
             record.exc_text = (self.formatter or logging.Formatter()).formatException(

@@ -104,3 +104,27 @@ def test_flush_waits_for_the_queued_lines() -> None:
         assert len(out.getvalue().splitlines()) == 100
     finally:
         handler.close()
+
+
+def test_the_queued_handler_leaves_the_record_as_it_was_for_the_handlers_after_it(
+    restore_logging: None,
+) -> None:
+    out = io.StringIO()
+    setup_logging("info", "json", stream=out, queued=True)
+    seen: list[logging.LogRecord] = []
+    after = logging.Handler()
+    after.emit = seen.append  # type: ignore[method-assign]
+    logging.getLogger().addHandler(after)  # called after the queued handler
+    log = logging.getLogger("syncd.test")
+    log.info("queued %s (%d bytes)", "a.mp4", 10)
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        log.exception("upload of %s failed", "a.mp4")
+    close_logging()
+    first, second = seen
+    assert (first.msg, first.args) == ("queued %s (%d bytes)", ("a.mp4", 10))
+    assert second.exc_info is not None and second.exc_info[0] is RuntimeError
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line["msg"] for line in lines] == ["queued a.mp4 (10 bytes)", "upload of a.mp4 failed"]
+    assert "RuntimeError: boom" in lines[1]["exc"]

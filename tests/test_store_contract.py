@@ -413,6 +413,28 @@ async def test_a_batch_of_hashed_paths_is_recorded_as_each_one_alone(
     assert counts["contents"]["pending"] == 2
 
 
+async def test_a_batch_bigger_than_one_statement_records_every_path(store: LedgerStore) -> None:
+    # 150 paths, two a content: more rows than one statement of the SQLite store takes
+    # (its rows are cut to stay under the parameter limit), a known path among them.
+    await store.record_content("/r/p007.mp4", "/r", fp(ino=9999), OTHER, "mp4")
+    batch = [
+        HashedPath(f"/r/p{n:03d}.mp4", "/r", fp(size=n + 1, ino=n), f"{n // 2:064x}", "mp4")
+        for n in range(150)
+    ]
+    contents = await store.record_contents(batch)
+    assert [c.sha256 for c in contents] == [h.sha256 for h in batch]
+    assert all(c.state == "pending" for c in contents)
+    # The first path of a content created it (its size): the even ones.
+    assert [c.size for c in contents] == [n - n % 2 + 1 for n in range(150)]
+    known = await store.get_paths([h.path for h in batch])
+    assert len(known) == 150
+    for h in batch:
+        rec = known[h.path]
+        assert (rec.state, rec.sha256, rec.fingerprint) == ("present", h.sha256, h.fingerprint)
+    counts = await store.counts()
+    assert counts["contents"]["pending"] == 76  # 75 new ones and OTHER, still pending
+
+
 async def test_paths_without_content_missing_paths_and_forgetting(
     stores: Harness, store: LedgerStore
 ) -> None:
