@@ -37,6 +37,18 @@ DESCRIPTION = (
     "(10^6 bytes/s); the ratio is syncd / openssl per paired run."
 )
 
+FINDINGS = {
+    "throughput": (
+        "Not a change in syncd: measured back to back on 2026-12-07 (2 runs each, load average "
+        "~1), the code of this round gave 0.907 and 0.931x openssl and the code before it "
+        "(session 3's main, the same hashing loop) 0.918 and 0.916x. The earlier report's "
+        "1.12x was another day's machine (openssl 1,400 MB/s then, 1,450-1,480 now, syncd "
+        "1,570 then, ~1,350 now). Per byte syncd does what openssl does plus an xxh3-64 "
+        "checksum per 1 MiB chunk for the upload's check (~0.02 CPU-s per GiB, figure 3) and "
+        "a `pread` into one reused buffer; openssl reads 8 KiB at a time."
+    ),
+}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add this benchmark's flags."""
