@@ -21,6 +21,7 @@ from samples import write_media
 from syncd.config import WatchRoot
 from syncd.ingest.rootcheck import (
     WatchError,
+    is_network_fs,
     network_filesystem,
     root_available,
     root_identity,
@@ -467,3 +468,25 @@ def test_watches_share_one_callbacks_dict_until_theirs_changes(tmp_path: Path) -
         assert watches[wd_y].callbacks == {1: first} and watches[wd_z].callbacks == {1: first}
     finally:
         fd.close()
+
+
+@pytest.mark.parametrize(
+    ("fs_type", "network"),
+    [
+        ("nfs4", True),
+        ("nfs", True),
+        ("smb3", True),
+        ("cifs", True),
+        ("virtiofs", True),
+        ("fuse.sshfs", True),
+        ("fuse.gcsfuse", True),
+        ("fuse.davfs2", True),
+        ("ext4", False),
+        ("xfs", False),
+        ("tmpfs", False),
+        ("fuse.myfs", False),
+    ],
+)
+def test_the_watcher_and_doctor_share_one_network_fs_rule(fs_type: str, network: bool) -> None:
+    # The daemon's warning (rootcheck) and `syncd doctor` once kept two lists that disagreed.
+    assert is_network_fs(fs_type) is network

@@ -41,10 +41,18 @@ NETWORK_FS_TYPES: Final = frozenset(
         "fuse.glusterfs",
         "fuse.rclone",
         "fuse.s3fs",
+        "fuse.gcsfuse",
         "fuse.davfs",
+        "fuse.davfs2",
         "davfs",
     }
 )
+
+
+def is_network_fs(fs_type: str) -> bool:
+    """Given a file system type as mountinfo names it, return whether it is a network or
+    shared one (the list above, or any ``nfs*``, ``smb*`` or ``cifs*`` variant)."""
+    return fs_type in NETWORK_FS_TYPES or fs_type.startswith(("nfs", "smb", "cifs"))
 
 
 WatchErrorReason = Literal[
@@ -154,7 +162,7 @@ def network_filesystem(path: str) -> str | None:
         if len(fields) < 3 or fields[2] != want or " - " not in line:
             continue
         fs_type = line.split(" - ", 1)[1].split()[0]
-        return fs_type if fs_type in NETWORK_FS_TYPES else None
+        return fs_type if is_network_fs(fs_type) else None
     return None
 
 

@@ -35,6 +35,7 @@ from syncd.errors import (
     SyncdError,
 )
 from syncd.ingest.pathfilter import PathFilter
+from syncd.ingest.rootcheck import is_network_fs
 from syncd.ledger.sqlite import Ledger, holder_pid
 from syncd.ops.health import is_loopback, parse_listen
 from syncd.ops.render import add_format_arguments, human_bytes, write_json
@@ -43,30 +44,6 @@ from syncd.upload.client import MaviClient
 
 Status = Literal["PASS", "WARN", "FAIL"]
 
-# File systems where inotify misses changes made by other machines (and often by the server).
-NETWORK_FS_TYPES = frozenset(
-    {
-        "nfs",
-        "nfs4",
-        "cifs",
-        "smb3",
-        "smbfs",
-        "ncpfs",
-        "afs",
-        "ceph",
-        "glusterfs",
-        "lustre",
-        "gpfs",
-        "9p",
-        "davfs",
-        "fuse.sshfs",
-        "fuse.rclone",
-        "fuse.s3fs",
-        "fuse.gcsfuse",
-        "fuse.glusterfs",
-        "fuse.davfs2",
-    }
-)
 # A writer on another machine is invisible locally (no inotify, no /proc): only silence tells
 # that its copy is complete, and network clients flush in bursts with long gaps.
 NETWORK_QUIET_S = 30.0
@@ -229,7 +206,7 @@ def check_roots(cfg: Config, mount_table: Sequence[tuple[str, str, str]] | None)
             continue
         found = fs_type_of(os.path.realpath(root.path), mount_table)
         fstype, point = found if found else ("unknown", "?")
-        network = fstype in NETWORK_FS_TYPES or fstype.startswith(("nfs", "smb", "cifs"))
+        network = is_network_fs(fstype)
         if not network:
             mode = "polling" if root.polling else "inotify"
             checks.append(Check("PASS", name, f"readable, {fstype} (mounted at {point}), {mode}"))
