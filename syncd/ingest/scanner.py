@@ -451,11 +451,6 @@ class _Walker:
         post: Callable[[list[ScanEntry]], bool],
         pending: list[tuple[int, str, str, bool, os.stat_result]],
     ) -> None:
-        filt = self.filt
-        file_verdict = filt.file_verdict
-        dir_verdict = filt.dir_verdict
-        recursive = filt.recursive
-        follow = self.follow
         stop = self.stop
         root_name = self.root.path
         report = self.report
@@ -469,7 +464,7 @@ class _Walker:
                 self.pace()
             if fd < 0:
                 try:
-                    opened = self._open_dir(dir_path, dir_st, follow=follow)
+                    opened = self._open_dir(dir_path, dir_st, follow=self.follow)
                 except OSError as exc:
                     self._warn_dir(dir_path, exc)
                     if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
@@ -507,34 +502,10 @@ class _Walker:
                         for entry in chunk:
                             if stop.is_set():
                                 break
-                            name = entry.name
                             try:
-                                if entry.is_file(follow_symlinks=False):
-                                    rel = rel_prefix + name
-                                    if file_verdict(rel, name, dir_included) is not None:
-                                        continue
-                                    st = entry.stat(follow_symlinks=False)
-                                elif entry.is_dir(follow_symlinks=False):
-                                    if recursive:
-                                        rel = rel_prefix + name
-                                        why, included = dir_verdict(rel, name, dir_included)
-                                        if why is None:
-                                            st = entry.stat(follow_symlinks=False)
-                                            pending.append((-1, prefix + name, rel, included, st))
-                                    continue
-                                elif follow and entry.is_symlink():
-                                    linked = self._symlink(
-                                        entry,
-                                        prefix + name,
-                                        rel_prefix + name,
-                                        dir_included,
-                                        pending,
-                                    )
-                                    if linked is None:
-                                        continue
-                                    st = linked
-                                else:
-                                    continue  # FIFOs, sockets, devices, unfollowed symlinks
+                                st = self._candidate(
+                                    entry, prefix, rel_prefix, dir_included, pending
+                                )
                             except FileNotFoundError:
                                 continue  # gone since the listing: the watcher will tell
                             except OSError as exc:
@@ -542,6 +513,9 @@ class _Walker:
                                     warned = True
                                     self._warn_dir(dir_path, exc)
                                 continue
+                            if st is None:
+                                continue
+                            name = entry.name
                             seen += 1
                             fp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
                             if rows is not None:
@@ -583,6 +557,36 @@ class _Walker:
                 flushed_at = time.monotonic()
         if batch and not stop.is_set():
             post(batch)
+
+    def _candidate(
+        self,
+        entry: os.DirEntry[str],
+        prefix: str,
+        rel_prefix: str,
+        dir_included: bool,
+        pending: list[tuple[int, str, str, bool, os.stat_result]],
+    ) -> os.stat_result | None:
+        """Given one entry of a folder's listing, the folder's path and its path relative to
+        the root (each with a trailing slash, or ``""`` for the root), whether the folder is
+        included and the walk's pending folders: return the stat of a file the filter accepts
+        (a followed symlink's target's), or None for anything else. A sub-folder (or a linked
+        one) the filter keeps is queued on ``pending``. Raises the ``OSError`` of a stat."""
+        name = entry.name
+        if entry.is_file(follow_symlinks=False):
+            if self.filt.file_verdict(rel_prefix + name, name, dir_included) is not None:
+                return None
+            return entry.stat(follow_symlinks=False)
+        if entry.is_dir(follow_symlinks=False):
+            if self.filt.recursive:
+                rel = rel_prefix + name
+                why, included = self.filt.dir_verdict(rel, name, dir_included)
+                if why is None:
+                    st = entry.stat(follow_symlinks=False)
+                    pending.append((-1, prefix + name, rel, included, st))
+            return None
+        if self.follow and entry.is_symlink():
+            return self._symlink(entry, prefix + name, rel_prefix + name, dir_included, pending)
+        return None  # FIFOs, sockets, devices, unfollowed symlinks
 
     def _unchanged_files(
         self,
