@@ -82,7 +82,6 @@ class PathRows(LedgerBase):
 
         await self._transaction(tx)
 
-    @_retry_stalled
     async def record_content(
         self,
         path: str,
@@ -95,18 +94,10 @@ class PathRows(LedgerBase):
 
         Creates the content as ``pending`` (due now) if it is new; a known content is not
         uploaded again. A content waiting for a present path becomes due again. Returns the
-        content as it now stands.
+        content as it now stands. (A batch of one: :meth:`record_contents` holds the SQL.)
         """
-        now = self._clock()
-
-        def tx(db: sqlite3.Connection) -> Content:
-            _record_content(db, path, root, fingerprint, sha256, extension, now)
-            row = db.execute(
-                f"SELECT {_CONTENT_COLS} FROM contents WHERE sha256 = ?", (sha256,)
-            ).fetchone()
-            return _content(_must(row))
-
-        return await self._transaction(tx)
+        batch = [HashedPath(path, root, fingerprint, sha256, extension)]
+        return (await self.record_contents(batch))[0]
 
     @_retry_stalled
     async def record_contents(self, hashed: Sequence[HashedPath]) -> list[Content]:
@@ -118,8 +109,8 @@ class PathRows(LedgerBase):
         now = self._clock()
 
         def tx(db: sqlite3.Connection) -> list[Content]:
-            # The statements of record_content, each run once per chunk of the batch with
-            # many rows (multi-row VALUES, an IN list) instead of four per path: at 20,000
+            # Each statement runs once per chunk of the batch with many rows (multi-row
+            # VALUES, an IN list) instead of four statements per path: at 20,000
             # new files this cut the writer thread's CPU by about a third and its WAL writes
             # (pwrite calls) from ~540,000 to ~340,000, and each statement is one hand-back
             # of the GIL, not one per row. Contents go first, so the paths and holdings
@@ -271,36 +262,6 @@ class PathRows(LedgerBase):
     async def forget_path(self, path: str) -> bool:
         """Stop tracking ``path`` (the content and the remote asset stay). Returns True if known."""
         return await self._write("DELETE FROM paths WHERE path = ?", (_b(path),)) > 0
-
-
-def _record_content(
-    db: sqlite3.Connection,
-    path: str,
-    root: str,
-    fingerprint: Fingerprint,
-    sha256: str,
-    extension: str,
-    now: float,
-) -> None:
-    """Record that ``path`` holds ``sha256`` (see :meth:`PathRows.record_content`)."""
-    db.execute(
-        "INSERT INTO contents (sha256, size, extension, state, next_attempt_at, "
-        "created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?) "
-        "ON CONFLICT (sha256) DO NOTHING",
-        (sha256, fingerprint.size, extension, now, now, now),
-    )
-    db.execute(
-        "UPDATE contents SET next_attempt_at = ?, updated_at = ? "
-        "WHERE sha256 = ? AND state IN ('pending', 'allocated') AND next_attempt_at > ? "
-        "AND last_error LIKE 'no present path%'",
-        (now, now, sha256, now),
-    )
-    _upsert_path(db, path, root, "present", sha256, None, fingerprint, now)
-    db.execute(
-        "INSERT INTO holdings (sha256, path, first_seen, last_seen) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (sha256, path) DO UPDATE SET last_seen = excluded.last_seen",
-        (sha256, _b(path), now, now),
-    )
 
 
 def _upsert_path(
