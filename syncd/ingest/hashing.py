@@ -143,27 +143,12 @@ class Hasher:
         (``FileNotFoundError`` also when it was deleted while it was read, ``PermissionError``).
         Cancelling the call stops the thread at its next chunk.
         """
-        if self._closed:
-            raise HasherClosed("the hasher is closed")
-        loop = asyncio.get_running_loop()
-        job = _Job()
-        self._jobs.add(job)
-        try:
-            result = await loop.run_in_executor(
-                self._pool, self._hash_sync, path, expected, follow_symlinks, job
-            )
-        except asyncio.CancelledError:
-            job.cancelled = True  # a cancelled await leaves the thread running: stop it
-            task = asyncio.current_task()
-            if self._closed and task is not None and not task.cancelling():
-                # close() dropped this queued hash; the caller itself was not cancelled.
-                raise HasherClosed(f"hashing of {display_path(path)} was stopped") from None
-            raise
-        finally:
-            self._jobs.discard(job)
-        self.files_hashed += 1
-        self.bytes_hashed += result.size
-        return result
+        outcome = (await self.hash_batch([HashItem(path, expected, follow_symlinks)]))[0]
+        if isinstance(outcome, Hashed):
+            return outcome
+        if isinstance(outcome, Refused):  # pragma: no cover - no head check, no refusal
+            raise TypeError(f"internal error: {display_path(path)} refused without a check")
+        raise outcome
 
     async def hash_batch(
         self,
@@ -194,10 +179,13 @@ class Hasher:
                 self._pool, self._batch_sync, items, check, head_bytes, job
             )
         except asyncio.CancelledError:
-            job.cancelled = True
+            job.cancelled = True  # a cancelled await leaves the thread running: stop it
             task = asyncio.current_task()
             if self._closed and task is not None and not task.cancelling():
-                return [HasherClosed("the hasher was closed") for _ in items]
+                # close() dropped this queued batch; the caller itself was not cancelled.
+                return [
+                    HasherClosed(f"hashing of {display_path(i.path)} was stopped") for i in items
+                ]
             raise
         finally:
             self._jobs.discard(job)
@@ -241,14 +229,6 @@ class Hasher:
             # page boundary, which makes the kernel's copy into it about 40% slower.
             view = self._local.view = memoryview(mmap.mmap(-1, self.buffer_bytes))
         return view
-
-    def _hash_sync(
-        self, path: str, expected: Fingerprint | None, follow_symlinks: bool, job: _Job
-    ) -> Hashed:
-        hashed = self._hash_file(path, expected, follow_symlinks, job, None, 0)
-        if not isinstance(hashed, Hashed):  # pragma: no cover - no head check, no refusal
-            raise TypeError(f"internal error: {display_path(path)} refused without a check")
-        return hashed
 
     def _batch_sync(
         self, items: Sequence[HashItem], check: HeadCheck | None, head_bytes: int, job: _Job
