@@ -92,10 +92,6 @@ class Poller:
             delay = 30.0 if next_at is None else min(30.0, max(0.05, next_at - self.clock()))
             await self._wake.sleep(delay)
 
-    async def poll_one(self, content: Content) -> None:
-        """Ask for one asset's status and record the answer."""
-        await self.poll_batch([content])
-
     async def poll_batch(self, contents: list[Content]) -> None:
         """Ask for each asset's status in turn, each through the metadata pacer, and record
         the answers a few at a time: queued together, the ledger commits them as one group
