@@ -67,6 +67,11 @@ class LocalFileError(SyncdError, OSError):
     def __str__(self) -> str:
         return str(self.args[0])
 
+    @classmethod
+    def of(cls, path: str, exc: OSError) -> LocalFileError:
+        """Given the path and the ``OSError`` of opening or reading it, return the error."""
+        return cls(path, exc.strerror or str(exc), exc.errno)
+
 
 def multipart_filename(name: str) -> str:
     """Return ``name`` as it goes between the quotes of the multipart ``filename`` parameter.
@@ -107,7 +112,7 @@ def open_checked(path: str, expected: Fingerprint | None) -> tuple[int, int]:
     except NotRegularFile as exc:
         raise LocalFileError(path, f"not a regular file (it is {exc.kind})") from None
     except OSError as exc:
-        raise LocalFileError(path, exc.strerror or str(exc), exc.errno) from None
+        raise LocalFileError.of(path, exc) from None
     if expected is not None and Fingerprint.of(st) != expected:
         os.close(fd)
         raise LocalFileError(path, "changed since it was checked; nothing was sent")
@@ -241,7 +246,7 @@ class FilePayload(aiohttp.Payload):
                 try:
                     payload._first = _read_span(fd, 0, size, payload.sha256, payload._verify)
                 except OSError as exc:
-                    raise LocalFileError(path, exc.strerror or str(exc), exc.errno) from None
+                    raise LocalFileError.of(path, exc) from None
         except BaseException:
             os.close(fd)
             raise
@@ -294,9 +299,7 @@ class FilePayload(aiohttp.Payload):
                         _read_span, self.fd, offset, want, self.sha256, verify
                     )
                 except OSError as exc:
-                    self.local_error = LocalFileError(
-                        self._path, exc.strerror or str(exc), exc.errno
-                    )
+                    self.local_error = LocalFileError.of(self._path, exc)
                     raise self.local_error from None
             if verify is None and not data:
                 self.local_error = LocalFileError(
